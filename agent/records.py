@@ -1,0 +1,111 @@
+"""Plain records passed between modules. Frozen dataclasses; no I/O, no pydicom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class Order:
+    """Who and what the images are for: a worklist item, or the unscheduled case.
+
+    Names are in DICOM PN form (`Family^Given`). In the unscheduled case
+    `study_instance_uid` is None (the agent generates one) and accession number and
+    requested procedure ID stay empty: no dummy values (IHE SWF).
+    """
+
+    patient_name: str
+    patient_id: str
+    patient_birth_date: str = ""          # YYYYMMDD or ""
+    patient_sex: str = ""                  # "M", "F", "O" or ""
+    issuer_of_patient_id: str = ""
+    study_instance_uid: str | None = None
+    accession_number: str = ""
+    requested_procedure_id: str = ""
+    requested_procedure_description: str = ""
+    referring_physician_name: str = ""
+    sps_id: str = ""
+    sps_description: str = ""
+    scheduled: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device's identity, from `[modality]` of the config."""
+
+    modality: str
+    manufacturer: str
+    model_name: str
+    device_serial_number: str
+    station_name: str
+    institution_name: str
+    software_versions: str
+
+
+@dataclass(frozen=True)
+class SeriesContext:
+    """Everything shared by the instances of one series. UIDs are fixed when this is made."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    study_id: str
+    series_number: int
+    study_datetime: str      # DICOM DT without offset, YYYYMMDDHHMMSS[.FFFFFF], local time
+    series_datetime: str
+
+
+class DeliveryState(StrEnum):
+    """States of one object × destination row (ARCHITECTURE.md, the queue)."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    COMMIT_REQUESTED = "commit_requested"
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+
+#: states after which the archive holds the object (for a destination without commitment,
+#: `sent` is final)
+DELIVERED_STATES = frozenset({DeliveryState.SENT, DeliveryState.COMMIT_REQUESTED,
+                              DeliveryState.COMMITTED})
+
+
+@dataclass(frozen=True)
+class QueuedObject:
+    """One spooled Part 10 object. `queue_id` names its file; the bytes are opaque here."""
+
+    queue_id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size_bytes: int
+    sha256: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One object × destination row."""
+
+    delivery_id: int
+    queue_id: int
+    destination: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+    transaction_uid: str | None
+    updated_at: float
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class CommitmentResult:
+    """A parsed Storage Commitment report (N-EVENT-REPORT), validated, not yet applied."""
+
+    transaction_uid: str
+    committed: tuple[tuple[str, str], ...]            # (sop_class_uid, sop_instance_uid)
+    failed: tuple[tuple[str, str, int], ...]          # (class, instance, failure reason)

@@ -1,0 +1,173 @@
+"""The Driver interface: the public methods do the shared work, backends write `_open`,
+`_close` and `_read_frame` (python-can's BusABC/_recv_internal pattern)."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from drivers.errors import DriverConfigError, DriverStateError, DriverTimeoutError
+from drivers.frame import Frame
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriverStatus:
+    """What `status` shows about the device."""
+
+    name: str
+    is_open: bool
+    frames_read: int
+    last_frame_t_wall: float | None
+    detail: str = ""
+
+
+class Driver(abc.ABC):
+    """Base class of every device driver.
+
+    Subclasses set `name` and `option_types`, and implement `_open`, `_close` and `_read_frame`.
+    Options are checked here against `option_types` before the subclass sees them.
+    """
+
+    name: ClassVar[str] = "abstract"
+    #: option name -> (type or tuple of types, default); a default of `REQUIRED` marks it required
+    option_types: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {}
+
+    REQUIRED: ClassVar[object] = object()
+
+    def __init__(self, **options: Any) -> None:
+        self.options: dict[str, Any] = self.validate_options(options)
+        self._is_open = False
+        self._frames_read = 0
+        self._last_frame_t_wall: float | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Return the options with defaults filled in.
+
+        Raises
+        ------
+        DriverConfigError
+            Listing every unknown, missing or mistyped option.
+        """
+        problems: list[str] = []
+        result: dict[str, Any] = {}
+        for key in options:
+            if key not in cls.option_types:
+                known = ", ".join(sorted(cls.option_types)) or "none"
+                problems.append(f"{key}: unknown option for driver {cls.name!r} (known: {known})")
+        for key, (expected, default) in cls.option_types.items():
+            if key not in options:
+                if default is cls.REQUIRED:
+                    problems.append(f"{key}: required by driver {cls.name!r}")
+                else:
+                    result[key] = default
+                continue
+            value = options[key]
+            types = expected if isinstance(expected, tuple) else (expected,)
+            # bool is an int in Python: only accept it where bool is asked for
+            ok = isinstance(value, types) and not (
+                isinstance(value, bool) and bool not in types
+            )
+            if float in types and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+                value = float(value)
+            if not ok:
+                names = " or ".join(t.__name__ for t in types)
+                problems.append(f"{key}: expected {names}, got {value!r}")
+                continue
+            result[key] = value
+        problems.extend(cls._check_option_values(result) if not problems else [])
+        if problems:
+            raise DriverConfigError("; ".join(problems))
+        return result
+
+    @classmethod
+    def _check_option_values(cls, options: Mapping[str, Any]) -> list[str]:
+        """Range checks beyond types; subclasses return a list of problems."""
+        return []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        if self._is_open:
+            return
+        self._open()
+        self._is_open = True
+        self._frames_read = 0
+        logger.info("driver %s opened", self.name)
+
+    def close(self) -> None:
+        if not self._is_open:
+            return
+        try:
+            self._close()
+        finally:
+            self._is_open = False
+            logger.info("driver %s closed after %d frames", self.name, self._frames_read)
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._is_open
+
+    # -- frames ----------------------------------------------------------------------------
+    def read_frame(self, timeout: float) -> Frame:
+        """Return the next frame.
+
+        Raises
+        ------
+        DriverStateError
+            If the driver is not open.
+        DriverTimeoutError
+            If no frame arrives within `timeout` seconds.
+        """
+        if not self._is_open:
+            raise DriverStateError(f"{self.name}: read_frame() before open()")
+        with self._lock:
+            frame = self._read_frame(deadline=time.monotonic() + timeout)
+            if frame is None:
+                raise DriverTimeoutError(f"{self.name}: no frame within {timeout:.1f} s")
+            self._frames_read += 1
+            self._last_frame_t_wall = frame.t_wall
+        return frame
+
+    def status(self) -> DriverStatus:
+        return DriverStatus(
+            name=self.name,
+            is_open=self._is_open,
+            frames_read=self._frames_read,
+            last_frame_t_wall=self._last_frame_t_wall,
+            detail=self._status_detail(),
+        )
+
+    def _status_detail(self) -> str:
+        return ""
+
+    @abc.abstractmethod
+    def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    def _read_frame(self, deadline: float) -> Frame | None:
+        """Return a frame, or None when `deadline` (time.monotonic()) passes without one."""

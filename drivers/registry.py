@@ -1,0 +1,68 @@
+"""Driver names -> classes, imported lazily; plug-ins via the entry-point group
+`modality_agent.drivers` (python-can's BACKENDS table)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib.metadata import entry_points
+from typing import Any
+
+from drivers.base import Driver
+from drivers.errors import DriverNotFoundError, DriverUnavailableError
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "modality_agent.drivers"
+
+#: built-in drivers: name -> (module, class)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "simulated": ("drivers.simulated", "SimulatedDriver"),
+}
+
+
+def _plugin_backends() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_drivers() -> list[str]:
+    """Names of every driver, built in or installed as a plug-in."""
+    return sorted(set(BACKENDS) | set(_plugin_backends()))
+
+
+def driver_class(name: str) -> type[Driver]:
+    """Import and return the class registered under `name`.
+
+    Raises
+    ------
+    DriverNotFoundError
+        If no driver has that name.
+    DriverUnavailableError
+        If its module cannot be imported (a missing SDK or optional extra).
+    """
+    if name in BACKENDS:
+        module_name, class_name = BACKENDS[name]
+    else:
+        plugins = _plugin_backends()
+        if name not in plugins:
+            raise DriverNotFoundError(
+                f"unknown driver {name!r}; known drivers: {', '.join(known_drivers())}"
+            )
+        module_name, _, class_name = plugins[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise DriverUnavailableError(
+            f"driver {name!r} cannot be loaded: {err}"
+        ) from err
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        raise DriverUnavailableError(
+            f"driver {name!r}: {module_name}:{class_name} is not a Driver subclass"
+        )
+    return cls
+
+
+def create_driver(name: str, options: dict[str, Any]) -> Driver:
+    """Construct (but do not open) the named driver with validated options."""
+    return driver_class(name)(**options)
