@@ -56,7 +56,7 @@ class SeriesContext:
 
 
 class DeliveryState(StrEnum):
-    """States of one object × destination row (ARCHITECTURE.md, the queue)."""
+    """States of one object x destination row (ARCHITECTURE.md, the queue)."""
 
     PENDING = "pending"
     SENDING = "sending"
@@ -87,7 +87,7 @@ class QueuedObject:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One object × destination row."""
+    """One object x destination row."""
 
     delivery_id: int
     queue_id: int

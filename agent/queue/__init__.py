@@ -1,0 +1,10 @@
+"""The durable queue: Part 10 bytes in spool files plus a small record in SQLite.
+
+It knows nothing of pixels or pydicom: it stores opaque bytes and the few UIDs the network
+needs (huey's "opaque chunk of data").
+"""
+
+from agent.queue.spool import Spool, write_durably
+from agent.queue.store import QueueStore, ReportOutcome
+
+__all__ = ["QueueStore", "ReportOutcome", "Spool", "write_durably"]

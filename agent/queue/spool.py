@@ -1,0 +1,122 @@
+"""The spool folder: durable file writes, one file per queue id, and the single-instance lock."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from agent.errors import QueueError, SpoolLockedError
+
+logger = logging.getLogger(__name__)
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_synced(path: Path, payload: bytes) -> None:
+    """Write `payload` to a new file and fsync it (without the fsync ext4 may leave an empty
+    file after a power cut)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(path, flags, _FILE_MODE)
+    try:
+        view = memoryview(payload)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install_synced(tmp_path: Path, final_path: Path) -> None:
+    """Rename into place and fsync the folder: the rename is durable only from then on."""
+    os.replace(tmp_path, final_path)
+    fsync_dir(final_path.parent)
+
+
+def write_durably(tmp_path: Path, final_path: Path, payload: bytes) -> None:
+    """tmp → fsync → rename → fsync dir: after return `final_path` survives a power cut."""
+    write_synced(tmp_path, payload)
+    install_synced(tmp_path, final_path)
+
+
+class Spool:
+    """Layout: `queue.db`, `objects/<queue id>.dcm`, `tmp/` (never acknowledged),
+    `quarantine/` (files found without a record), `agent.lock`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects_dir = root / "objects"
+        self.tmp_dir = root / "tmp"
+        self.quarantine_dir = root / "quarantine"
+        self.db_path = root / "queue.db"
+        self._lock_fd: int | None = None
+
+    def create(self) -> None:
+        """Create the folders with owner-only permissions.
+
+        Raises
+        ------
+        QueueError
+            If the spool cannot be created or written.
+        """
+        old_umask = os.umask(0o077)
+        try:
+            for folder in (self.root, self.objects_dir, self.tmp_dir, self.quarantine_dir):
+                folder.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                os.chmod(folder, _DIR_MODE)
+        except OSError as err:
+            raise QueueError(f"spool {self.root}: cannot create ({err.strerror})") from err
+        finally:
+            os.umask(old_umask)
+        if not os.access(self.root, os.W_OK):
+            raise QueueError(f"spool {self.root}: not writable by this user")
+
+    def lock(self) -> None:
+        """Take the single-instance lock: two senders on one spool would double-send.
+
+        Raises
+        ------
+        SpoolLockedError
+            If another process holds it.
+        """
+        fd = os.open(self.root / "agent.lock", os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise SpoolLockedError(
+                    f"spool {self.root} is in use by another modality-agent process"
+                ) from err
+            raise
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def object_path(self, queue_id: int) -> Path:
+        # named by our own id only: never by a received UID or AE title
+        return self.objects_dir / f"{queue_id:010d}.dcm"
+
+    def tmp_path(self, token: str) -> Path:
+        return self.tmp_dir / f"{token}.tmp"
+
+    @staticmethod
+    def queue_id_of(path: Path) -> int | None:
+        stem = path.name.removesuffix(".dcm")
+        return int(stem) if path.name.endswith(".dcm") and stem.isdigit() else None

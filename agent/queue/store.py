@@ -1,0 +1,670 @@
+"""QueueStore: object x destination rows in SQLite, the Part 10 bytes in the spool.
+
+States (ARCHITECTURE.md): pending → sending → sent → commit_requested → committed, or failed with
+the reason kept. An object counts as captured only once `enqueue` returns: its file is fsynced
+and renamed, the folder fsynced and the row committed with synchronous=FULL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import QueueError, UnknownQueueItemError
+from agent.queue.spool import Spool, install_synced, write_synced
+from agent.records import CommitmentResult, Delivery, DeliveryState, QueuedObject
+
+logger = logging.getLogger(__name__)
+
+S = DeliveryState
+
+#: Failure Reason (PS3.4 J.3.3.1.2, Table J.3-2): the archive does not hold the object → resend
+FAILURE_NO_SUCH_OBJECT = 0x0112
+#: resource limitation: the archive may commit later → ask again after a while
+FAILURE_RESOURCE_LIMITATION = 0x0213
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    queue_id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid    TEXT NOT NULL UNIQUE,
+    sop_class_uid       TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    size_bytes          INTEGER NOT NULL,
+    sha256              TEXT NOT NULL,
+    created_at          REAL NOT NULL,
+    purged_at           REAL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue_id         INTEGER NOT NULL REFERENCES objects(queue_id),
+    destination      TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_error       TEXT NOT NULL DEFAULT '',
+    transaction_uid  TEXT,
+    updated_at       REAL NOT NULL,
+    stored_at        REAL,
+    committed_at     REAL,
+    UNIQUE (queue_id, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_state
+    ON deliveries (destination, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS transactions (
+    transaction_uid TEXT PRIMARY KEY,
+    destination     TEXT NOT NULL,
+    requested_at    REAL NOT NULL,
+    deadline        REAL NOT NULL,
+    state           TEXT NOT NULL          -- open | reported | superseded
+);
+CREATE TABLE IF NOT EXISTS transaction_items (
+    transaction_uid TEXT NOT NULL REFERENCES transactions(transaction_uid),
+    delivery_id     INTEGER NOT NULL REFERENCES deliveries(delivery_id),
+    PRIMARY KEY (transaction_uid, delivery_id)
+);
+"""
+
+_DELIVERY_COLUMNS = """
+    d.delivery_id, d.queue_id, d.destination, d.state, d.attempts, d.next_attempt_at,
+    d.last_error, d.transaction_uid, d.updated_at, o.sop_instance_uid, o.sop_class_uid
+"""
+
+
+@dataclass
+class ReportOutcome:
+    """What applying one commitment report changed (counts only: no patient data)."""
+
+    known_transaction: bool
+    committed: int = 0
+    resend: int = 0
+    retry_commit: int = 0
+    failed: int = 0
+    ignored: list[str] = field(default_factory=list)   # instance UIDs not in the transaction
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        delivery_id=row["delivery_id"],
+        queue_id=row["queue_id"],
+        destination=row["destination"],
+        state=S(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        transaction_uid=row["transaction_uid"],
+        updated_at=row["updated_at"],
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+    )
+
+
+def _object(row: sqlite3.Row) -> QueuedObject:
+    return QueuedObject(
+        queue_id=row["queue_id"],
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
+        size_bytes=row["size_bytes"],
+        sha256=row["sha256"],
+        created_at=row["created_at"],
+    )
+
+
+def connect(db_path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """Open the queue database with the durability settings checked, not assumed."""
+    if read_only:
+        conn = sqlite3.connect(
+            f"file:{db_path}?mode=ro", uri=True, timeout=10, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(db_path, timeout=30, check_same_thread=False,
+                               isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    if not read_only:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise QueueError(f"{db_path}: cannot switch to WAL journal (got {mode})")
+    # synchronous is per connection; NORMAL may lose a commit after a power cut in WAL mode
+    conn.execute("PRAGMA synchronous=FULL")
+    if conn.execute("PRAGMA synchronous").fetchone()[0] != 2:
+        raise QueueError(f"{db_path}: PRAGMA synchronous=FULL did not take effect")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class QueueStore:
+    """The durable queue. Thread-safe: one connection, one lock; SQLite serialises writes anyway.
+
+    Parameters
+    ----------
+    spool_dir
+        The spool folder (created 0700 if missing).
+    destinations
+        Names of the configured destinations: every new object gets one row per name.
+    clock
+        Seconds since the epoch; tests pass their own.
+    """
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        destinations: Sequence[str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = Spool(spool_dir)
+        self.destinations = tuple(destinations)
+        self._now = clock
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- opening, recovery -------------------------------------------------------------------
+    def open(self) -> None:
+        """Create/lock the spool, open the database, then recover from a previous crash.
+
+        Raises
+        ------
+        SpoolLockedError
+            If another agent process uses this spool.
+        QueueError
+            If the spool or database cannot be used.
+        """
+        self.spool.create()
+        self.spool.lock()
+        try:
+            self._conn = connect(self.spool.db_path)
+            self._conn.executescript(_SCHEMA)
+            os.chmod(self.spool.db_path, 0o600)
+            self.recover()
+        except sqlite3.DatabaseError as err:
+            self.spool.unlock()
+            raise QueueError(f"{self.spool.db_path}: {err}") from err
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        self.spool.unlock()
+
+    def __enter__(self) -> QueueStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise QueueError("queue is not open")
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def recover(self) -> dict[str, int]:
+        """Undo what a crash left half done; returns counts for the log.
+
+        - `sending` rows go back to `pending`: the same bytes, the same UIDs are sent again.
+        - `tmp/` files were never acknowledged: they are removed.
+        - a file in `objects/` without a row was never acknowledged either: moved to
+          `quarantine/` for inspection, not deleted.
+        - a row whose file is missing is data loss: its deliveries fail with that reason.
+        """
+        now = self._now()
+        counts = {"requeued": 0, "tmp_removed": 0, "quarantined": 0, "missing": 0}
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE deliveries SET state=?, updated_at=? WHERE state=?",
+                (S.PENDING, now, S.SENDING),
+            )
+            counts["requeued"] = cur.rowcount
+        for tmp in self.spool.tmp_dir.iterdir():
+            tmp.unlink()
+            counts["tmp_removed"] += 1
+        known: set[int] = set()
+        purged: set[int] = set()
+        for row in self.conn.execute("SELECT queue_id, purged_at FROM objects"):
+            (known if row["purged_at"] is None else purged).add(row["queue_id"])
+        on_disk: set[int] = set()
+        for path in self.spool.objects_dir.iterdir():
+            queue_id = Spool.queue_id_of(path)
+            if queue_id is not None and queue_id in known:
+                on_disk.add(queue_id)
+                continue
+            if queue_id is not None and queue_id in purged:
+                path.unlink()        # purge was interrupted after its row committed
+                continue
+            path.rename(self.spool.quarantine_dir / path.name)
+            counts["quarantined"] += 1
+            logger.warning("spool file %s has no queue record: moved to quarantine", path.name)
+        for queue_id in sorted(known - on_disk):
+            counts["missing"] += 1
+            logger.error("queue item %d: spool file missing (data loss); marked failed", queue_id)
+            with self._tx() as conn:
+                conn.execute(
+                    "UPDATE deliveries SET state=?, last_error=?, updated_at=? "
+                    "WHERE queue_id=? AND state NOT IN (?, ?)",
+                    (S.FAILED, "spool file missing (data loss)", now, queue_id,
+                     S.COMMITTED, S.FAILED),
+                )
+        if any(counts.values()):
+            logger.info("queue recovery: %s", counts)
+        return counts
+
+    # -- capture -----------------------------------------------------------------------------
+    def enqueue(
+        self,
+        payload: bytes,
+        *,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+    ) -> QueuedObject:
+        """Store one Part 10 object durably; one pending row per destination.
+
+        Raises
+        ------
+        QueueError
+            If the object cannot be made durable (disk full, I/O error) or its SOP Instance
+            UID is already queued (a second copy under the same UID would be a different
+            object).
+        """
+        now = self._now()
+        sha256 = hashlib.sha256(payload).hexdigest()
+        tmp = self.spool.tmp_path(uuid.uuid4().hex)
+        try:
+            write_synced(tmp, payload)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise QueueError(f"spool write failed: {err.strerror}") from err
+        final: Path | None = None
+        try:
+            with self._tx() as conn:
+                cur = conn.execute(
+                    "INSERT INTO objects (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+                    " size_bytes, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (sop_instance_uid, sop_class_uid, transfer_syntax_uid, len(payload),
+                     sha256, now),
+                )
+                queue_id = int(cur.lastrowid or 0)
+                conn.executemany(
+                    "INSERT INTO deliveries (queue_id, destination, state, next_attempt_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?)",
+                    [(queue_id, dest, S.PENDING, now, now) for dest in self.destinations],
+                )
+                final = self.spool.object_path(queue_id)
+                # the file is in place before the row commits: a row never points at nothing
+                install_synced(tmp, final)
+        except sqlite3.IntegrityError as err:
+            tmp.unlink(missing_ok=True)
+            raise QueueError(
+                f"SOP Instance UID {sop_instance_uid} is already queued"
+            ) from err
+        except (sqlite3.DatabaseError, OSError) as err:
+            tmp.unlink(missing_ok=True)
+            if final is not None:
+                final.unlink(missing_ok=True)
+            raise QueueError(f"queue write failed: {err}") from err
+        return QueuedObject(queue_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
+                            len(payload), sha256, now)
+
+    # -- reading -----------------------------------------------------------------------------
+    def get_object(self, queue_id: int) -> QueuedObject:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT * FROM objects WHERE queue_id=?", (queue_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownQueueItemError(f"no queue item {queue_id}")
+        return _object(row)
+
+    def object_path(self, queue_id: int) -> Path:
+        return self.spool.object_path(queue_id)
+
+    def deliveries(
+        self,
+        *,
+        queue_ids: Iterable[int] | None = None,
+        state: DeliveryState | None = None,
+        destination: str | None = None,
+        limit: int = 1000,
+    ) -> list[Delivery]:
+        # only constants and "?" placeholders are interpolated; values go through args
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN objects o USING (queue_id)"  # noqa: S608
+        where: list[str] = []
+        args: list[object] = []
+        if queue_ids is not None:
+            ids = list(queue_ids)
+            where.append(f"d.queue_id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        if state is not None:
+            where.append("d.state=?")
+            args.append(state)
+        if destination is not None:
+            where.append("d.destination=?")
+            args.append(destination)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY d.delivery_id LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            return [_delivery(r) for r in self.conn.execute(sql, args)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{destination: {state: n}} with every state present."""
+        result: dict[str, dict[str, int]] = {
+            dest: {s.value: 0 for s in S} for dest in self.destinations
+        }
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT destination, state, COUNT(*) AS n FROM deliveries "
+                "GROUP BY destination, state"
+            ).fetchall()
+        for row in rows:
+            result.setdefault(row["destination"], {s.value: 0 for s in S})[row["state"]] = row["n"]
+        return result
+
+    def oldest_pending_at(self, destination: str) -> float | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT MIN(o.created_at) FROM deliveries d JOIN objects o USING (queue_id) "
+                "WHERE d.destination=? AND d.state IN (?, ?)",
+                (destination, S.PENDING, S.SENDING),
+            ).fetchone()
+        return row[0] if row else None
+
+    def next_due_at(self, destination: str) -> float | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE destination=? AND state=?",
+                (destination, S.PENDING),
+            ).fetchone()
+        return row[0] if row else None
+
+    # -- sending -----------------------------------------------------------------------------
+    def claim_batch(self, destination: str, *, limit: int = 64) -> list[Delivery]:
+        """Move up to `limit` due `pending` rows of `destination` to `sending`, oldest first."""
+        now = self._now()
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN objects o USING (queue_id) "  # noqa: S608
+                "WHERE d.destination=? AND d.state=? AND d.next_attempt_at<=? "
+                "ORDER BY d.next_attempt_at, d.delivery_id LIMIT ?",
+                (destination, S.PENDING, now, limit),
+            ).fetchall()
+            ids = [r["delivery_id"] for r in rows]
+            conn.executemany(
+                "UPDATE deliveries SET state=?, attempts=attempts+1, updated_at=? "
+                "WHERE delivery_id=?",
+                [(S.SENDING, now, i) for i in ids],
+            )
+        return [
+            Delivery(**{**_delivery(r).__dict__, "state": S.SENDING,
+                        "attempts": r["attempts"] + 1})
+            for r in rows
+        ]
+
+    def mark_sent(self, delivery_id: int, note: str = "") -> None:
+        """The archive answered Success or Warning: it holds the object."""
+        now = self._now()
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE deliveries SET state=?, stored_at=?, updated_at=?, last_error=? "
+                "WHERE delivery_id=? AND state=?",
+                (S.SENT, now, now, note, delivery_id, S.SENDING),
+            )
+
+    def mark_retry(self, delivery_ids: Sequence[int], reason: str, next_attempt_at: float) -> None:
+        """Back to `pending`, not before `next_attempt_at`, the reason kept for `status`."""
+        now = self._now()
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET state=?, next_attempt_at=?, last_error=?, updated_at=? "
+                "WHERE delivery_id=? AND state IN (?, ?, ?)",
+                [(S.PENDING, next_attempt_at, reason, now, i, S.SENDING, S.SENT,
+                  S.COMMIT_REQUESTED) for i in delivery_ids],
+            )
+
+    def mark_failed(self, delivery_id: int, reason: str) -> None:
+        """Permanent failure: kept on disk, shown with its reason, retried only by hand."""
+        now = self._now()
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE deliveries SET state=?, last_error=?, updated_at=? WHERE delivery_id=?",
+                (S.FAILED, reason, now, delivery_id),
+            )
+
+    def retry(self, queue_ids: Sequence[int]) -> int:
+        """`queue retry`: failed rows of these objects go back to pending now."""
+        now = self._now()
+        with self._tx() as conn:
+            count = 0
+            for queue_id in queue_ids:
+                if conn.execute("SELECT 1 FROM objects WHERE queue_id=? AND purged_at IS NULL",
+                                (queue_id,)).fetchone() is None:
+                    raise UnknownQueueItemError(f"no queue item {queue_id}")
+                count += conn.execute(
+                    "UPDATE deliveries SET state=?, next_attempt_at=?, attempts=0, "
+                    "updated_at=? WHERE queue_id=? AND state=?",
+                    (S.PENDING, now, now, queue_id, S.FAILED),
+                ).rowcount
+        return count
+
+    # -- storage commitment ------------------------------------------------------------------
+    def begin_commitment(
+        self, destination: str, delivery_ids: Sequence[int], transaction_uid: str,
+        deadline: float,
+    ) -> None:
+        """Record the transaction *before* the N-ACTION goes out: the report may arrive
+        within milliseconds, on another thread, and must find it."""
+        now = self._now()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO transactions (transaction_uid, destination, requested_at, deadline,"
+                " state) VALUES (?, ?, ?, ?, 'open')",
+                (transaction_uid, destination, now, deadline),
+            )
+            conn.executemany(
+                "INSERT INTO transaction_items (transaction_uid, delivery_id) VALUES (?, ?)",
+                [(transaction_uid, i) for i in delivery_ids],
+            )
+            conn.executemany(
+                "UPDATE deliveries SET state=?, transaction_uid=?, updated_at=? "
+                "WHERE delivery_id=? AND state IN (?, ?)",
+                [(S.COMMIT_REQUESTED, transaction_uid, now, i, S.SENT, S.COMMIT_REQUESTED)
+                 for i in delivery_ids],
+            )
+
+    def sent_awaiting_commitment(self, destination: str, limit: int = 500) -> list[Delivery]:
+        """`sent` rows that still need a commitment request (e.g. after a crash or a failed
+        N-ACTION)."""
+        return self.deliveries(state=S.SENT, destination=destination, limit=limit)
+
+    def expire_transactions(self, destination: str, *, now: float | None = None) -> list[int]:
+        """Close open transactions past their deadline and return their still-uncommitted
+        delivery ids, back in `sent`, so a new request with a new Transaction UID is made."""
+        now = self._now() if now is None else now
+        with self._tx() as conn:
+            expired = [
+                r["transaction_uid"] for r in conn.execute(
+                    "SELECT transaction_uid FROM transactions "
+                    "WHERE destination=? AND state='open' AND deadline<=?",
+                    (destination, now),
+                )
+            ]
+            ids: list[int] = []
+            for txn in expired:
+                conn.execute(
+                    "UPDATE transactions SET state='superseded' WHERE transaction_uid=?", (txn,)
+                )
+                rows = conn.execute(
+                    "SELECT delivery_id FROM deliveries WHERE transaction_uid=? AND state=?",
+                    (txn, S.COMMIT_REQUESTED),
+                ).fetchall()
+                ids.extend(r[0] for r in rows)
+                conn.executemany(
+                    "UPDATE deliveries SET state=?, updated_at=? WHERE delivery_id=?",
+                    [(S.SENT, now, r[0]) for r in rows],
+                )
+        for txn in expired:
+            logger.warning("commitment transaction %s to %s: no report before its deadline",
+                           txn, destination)
+        return ids
+
+    def fail_transaction_request(self, transaction_uid: str, reason: str) -> None:
+        """The N-ACTION itself failed: the UID is spent (PS3.4 J.3.2.1.2); its rows go back
+        to `sent` for a new request."""
+        now = self._now()
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE transactions SET state='superseded' WHERE transaction_uid=?",
+                (transaction_uid,),
+            )
+            conn.execute(
+                "UPDATE deliveries SET state=?, last_error=?, updated_at=? "
+                "WHERE transaction_uid=? AND state=?",
+                (S.SENT, reason, now, transaction_uid, S.COMMIT_REQUESTED),
+            )
+
+    def transaction_destination(self, transaction_uid: str) -> str | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT destination FROM transactions WHERE transaction_uid=?",
+                (transaction_uid,),
+            ).fetchone()
+        return row[0] if row else None
+
+    def apply_commitment_report(
+        self, result: CommitmentResult, *, retry_commit_at: float,
+    ) -> ReportOutcome:
+        """Apply a validated report durably; the caller answers 0x0000 only after this returns.
+
+        Only instances that the named transaction referenced are touched; anything else is
+        counted in `ignored`. A repeated report changes nothing (idempotent). A report for a
+        superseded transaction is still honoured: the archive's word on an instance holds.
+        """
+        now = self._now()
+        with self._tx() as conn:
+            txn = conn.execute(
+                "SELECT destination FROM transactions WHERE transaction_uid=?",
+                (result.transaction_uid,),
+            ).fetchone()
+            if txn is None:
+                return ReportOutcome(known_transaction=False)
+            outcome = ReportOutcome(known_transaction=True)
+            members = {
+                r["sop_instance_uid"]: (r["delivery_id"], r["state"], r["sop_class_uid"])
+                for r in conn.execute(
+                    "SELECT d.delivery_id, d.state, o.sop_instance_uid, o.sop_class_uid "
+                    "FROM transaction_items t JOIN deliveries d USING (delivery_id) "
+                    "JOIN objects o USING (queue_id) WHERE t.transaction_uid=?",
+                    (result.transaction_uid,),
+                )
+            }
+            for sop_class, sop_instance in result.committed:
+                member = members.get(sop_instance)
+                if member is None or member[2] != sop_class:
+                    outcome.ignored.append(sop_instance)
+                    continue
+                delivery_id, state, _ = member
+                if state in (S.SENT, S.COMMIT_REQUESTED, S.PENDING, S.FAILED):
+                    conn.execute(
+                        "UPDATE deliveries SET state=?, committed_at=?, updated_at=?, "
+                        "last_error='' WHERE delivery_id=?",
+                        (S.COMMITTED, now, now, delivery_id),
+                    )
+                outcome.committed += 1
+            for sop_class, sop_instance, reason in result.failed:
+                member = members.get(sop_instance)
+                if member is None or member[2] != sop_class:
+                    outcome.ignored.append(sop_instance)
+                    continue
+                delivery_id, state, _ = member
+                if state == S.COMMITTED:
+                    continue           # a stale report cannot undo a commitment
+                text = f"archive did not commit (Failure Reason 0x{reason:04X})"
+                if reason == FAILURE_NO_SUCH_OBJECT:
+                    conn.execute(
+                        "UPDATE deliveries SET state=?, next_attempt_at=?, last_error=?, "
+                        "updated_at=? WHERE delivery_id=?",
+                        (S.PENDING, now, text + ": resending", now, delivery_id),
+                    )
+                    outcome.resend += 1
+                elif reason == FAILURE_RESOURCE_LIMITATION:
+                    conn.execute(
+                        "UPDATE deliveries SET state=?, next_attempt_at=?, last_error=?, "
+                        "updated_at=? WHERE delivery_id=?",
+                        (S.SENT, retry_commit_at, text + ": asking again later", now,
+                         delivery_id),
+                    )
+                    outcome.retry_commit += 1
+                else:
+                    conn.execute(
+                        "UPDATE deliveries SET state=?, last_error=?, updated_at=? "
+                        "WHERE delivery_id=?",
+                        (S.FAILED, text, now, delivery_id),
+                    )
+                    outcome.failed += 1
+            conn.execute(
+                "UPDATE transactions SET state='reported' WHERE transaction_uid=? "
+                "AND state='open'",
+                (result.transaction_uid,),
+            )
+        return outcome
+
+    # -- retention ---------------------------------------------------------------------------
+    def purge(self, *, retention_s: float, final_states: Mapping[str, DeliveryState]) -> int:
+        """Delete spool files of objects final at every destination for `retention_s`.
+
+        `final_states` gives, per destination, the state that counts as final: `committed`
+        where storage commitment is used, `sent` where it is not. An object with a row for a
+        destination not in `final_states` is kept.
+        """
+        now = self._now()
+        with self._lock:
+            candidates = self.conn.execute(
+                "SELECT o.queue_id, d.destination, d.state, "
+                "COALESCE(d.committed_at, d.stored_at) AS done_at "
+                "FROM objects o JOIN deliveries d USING (queue_id) WHERE o.purged_at IS NULL"
+            ).fetchall()
+        ready: dict[int, bool] = {}
+        for row in candidates:
+            final = final_states.get(row["destination"])
+            ok = (
+                final is not None
+                and row["state"] == final
+                and row["done_at"] is not None
+                and row["done_at"] + retention_s <= now
+            )
+            ready[row["queue_id"]] = ready.get(row["queue_id"], True) and ok
+        purged = 0
+        for queue_id, ok in ready.items():
+            if not ok:
+                continue
+            # the row first: a crash in between leaves a purged row's file, removed at recovery,
+            # never a live row without its file (which would read as data loss)
+            with self._tx() as conn:
+                conn.execute("UPDATE objects SET purged_at=? WHERE queue_id=?", (now, queue_id))
+            self.spool.object_path(queue_id).unlink(missing_ok=True)
+            purged += 1
+        return purged
