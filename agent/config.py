@@ -6,10 +6,21 @@ rename.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import datetime
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclass(frozen=True)
@@ -97,12 +108,625 @@ class AgentConfig:
     queue: QueueSection
 
 
+KNOWN_IODS: tuple[str, ...] = ("secondary-capture",)
+"""Values accepted for `[modality] iod`; grows as the IOD builder learns new IODs."""
+
+KNOWN_TRANSFER_SYNTAXES: tuple[str, ...] = ("explicit-little",)
+"""Values accepted for `[modality] transfer_syntax`; grows with the encoders."""
+
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+CONFIG_PATH_ENV = "MODALITY_AGENT_CONFIG"
+DEFAULT_CONFIG_PATH = Path("/etc/modality-agent/agent.toml")
+
+# A UID is at most 64 characters (PS3.5 9.1); 40 for the root leaves 24 for the suffixes that
+# make study, series and instance UIDs unique.
+_UID_ROOT_MAX_LEN = 40
+_UID_ROOT_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+# (0008,0060) Modality is CS: upper case, digits, space and underscore (PS3.5 6.2).
+_MODALITY_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
+# Driver names are entry-point names and module-ish identifiers; keep them boring.
+_DRIVER_RE = re.compile(r"[a-z0-9_-]+")
+_DESTINATION_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+# Long values would drown the message; the key and the expectation already locate the problem.
+_SHOW_MAX_CHARS = 40
+
+
+def default_config_path() -> Path:
+    """The config file to read when none is given on the command line.
+
+    Returns
+    -------
+    Path
+        ``$MODALITY_AGENT_CONFIG`` if set and non-empty, else ``/etc/modality-agent/agent.toml``.
+
+    Raises
+    ------
+    Nothing
+        The file is neither read nor checked here; `load_config` reports a missing file.
+    """
+    # An empty value is what `MODALITY_AGENT_CONFIG= modality-agent ...` sets to clear it; treating
+    # it as "." would make the agent try to read a directory.
+    from_env = os.environ.get(CONFIG_PATH_ENV, "")
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
 def load_config(path: Path) -> AgentConfig:
     """Read and validate the config file.
+
+    Every key of every section is checked and every problem is collected before raising, so one
+    edit-and-restart cycle fixes them all. Relative paths are resolved against the folder of the
+    config file; nothing on disk is created or touched.
+
+    Parameters
+    ----------
+    path
+        The TOML file; relative to the current directory if not absolute.
+
+    Returns
+    -------
+    AgentConfig
+        Frozen, with defaults filled in, AE titles stripped and paths absolute.
 
     Raises
     ------
     ConfigError
-        With every problem found, each as `file: [section] key: expected X, got Y`.
+        If the file cannot be read or is not TOML (one problem naming the file, with the line and
+        column for a syntax error), or if any value is invalid: one problem per key, each as
+        ``<file name>: [section] key: expected X, got Y``.
     """
-    raise NotImplementedError("load_config is being written")
+    path = Path(path).absolute()
+    document = _read_toml(path)
+    problems = _Problems(path.name)
+    config = _check_document(document, path, problems)
+    if problems.lines or config is None:
+        raise ConfigError(problems.lines)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read config file: {err.strerror or err}"]) from err
+    try:
+        # utf-8-sig: editors on Windows prepend a BOM, which TOML parsers otherwise reject.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            [f"{path}: not UTF-8 (byte {err.start} is {raw[err.start]:#04x}); TOML files are UTF-8"]
+        ) from err
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        # The message already carries "(at line L, column C)".
+        raise ConfigError([f"{path}: not valid TOML: {err}"]) from err
+    except ValueError as err:
+        # An integer longer than Python's int/str conversion limit escapes tomllib as ValueError.
+        raise ConfigError([f"{path}: not valid TOML: {err}"]) from err
+    except RecursionError as err:
+        raise ConfigError([f"{path}: not valid TOML: arrays or tables nested too deeply"]) from err
+
+
+class _Problems:
+    """Collects problems as `file: where: expected X, got Y` lines."""
+
+    def __init__(self, file_name: str) -> None:
+        self.file_name = file_name
+        self.lines: list[str] = []
+
+    def add(self, where: str, expected: str, got: str) -> None:
+        self.lines.append(f"{self.file_name}: {where}: expected {expected}, got {got}")
+
+
+class _Invalid(Exception):
+    """Raised by a check's `convert`; `note` says why when the value alone does not show it."""
+
+    def __init__(self, note: str = "") -> None:
+        super().__init__(note)
+        self.note = note
+
+
+@dataclass(frozen=True)
+class _Check:
+    expected: str
+    convert: Callable[[Any], Any]       # returns the value to store, or raises _Invalid
+
+
+_MISSING: Any = object()                # a required key without a value
+_INVALID: Any = object()                # a value already reported as a problem
+
+
+def _show(value: Any) -> str:
+    """The value as it would be written in TOML, so the user can find it in the file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = value[:_SHOW_MAX_CHARS]
+        # Escape so a problem stays on one line and invisible characters become visible.
+        escaped = "".join(
+            "\\" + char if char in '"\\' else char if char.isprintable() else f"\\u{ord(char):04x}"
+            for char in text
+        )
+        return f'"{escaped}"' + ("..." if len(value) > _SHOW_MAX_CHARS else "")
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        digits = str(value)
+        return digits if len(digits) <= 20 else f"an integer of {len(digits)} digits"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return f"an array of {len(value)} items"
+    if isinstance(value, datetime.datetime):
+        return f"the date-time {value.isoformat()}"
+    if isinstance(value, datetime.date):
+        return f"the date {value.isoformat()}"
+    if isinstance(value, datetime.time):
+        return f"the time {value.isoformat()}"
+    return type(value).__name__
+
+
+# --- checks: each knows what it expects and turns a TOML value into the stored value ----------
+
+
+def _integer(low: int, high: int) -> _Check:
+    def convert(value: Any) -> int:
+        # bool first: isinstance(True, int) is True, and `port = true` is a typo, not port 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid()
+        if not low <= value <= high:
+            raise _Invalid()
+        return value
+
+    return _Check(f"an integer {low}..{high}", convert)
+
+
+def _number(*, above: float | None = None, at_least: float | None = None) -> _Check:
+    bound = ""
+    if above is not None:
+        bound = f" > {above:g}"
+    elif at_least is not None:
+        bound = f" >= {at_least:g}"
+
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid()
+        try:
+            number = float(value)
+        except OverflowError as err:
+            raise _Invalid("too large") from err
+        if not math.isfinite(number):
+            raise _Invalid()
+        if (above is not None and not number > above) or (
+            at_least is not None and not number >= at_least
+        ):
+            raise _Invalid()
+        return number
+
+    return _Check(f"a finite number{bound}", convert)
+
+
+def _convert_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid()
+    return value
+
+
+_BOOL = _Check("true or false", _convert_bool)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid()
+    return value
+
+
+def _convert_ae_title(value: Any) -> str:
+    text = _string(value)
+    # PS3.5 6.2 AE: leading and trailing spaces are not significant; 16 characters of the default
+    # repertoire (ASCII) without backslash or control characters; all spaces is "no title".
+    stripped = text.strip(" ")
+    if not stripped:
+        raise _Invalid("empty or all spaces")
+    if len(stripped) > 16:
+        raise _Invalid(f"{len(stripped)} characters")
+    if "\\" in stripped:
+        raise _Invalid("contains a backslash")
+    if not (stripped.isascii() and stripped.isprintable()):
+        raise _Invalid("contains a control or non-ASCII character")
+    return stripped
+
+
+_AE_TITLE = _Check(
+    "an AE title: 1..16 printable ASCII characters, no backslash, not all spaces",
+    _convert_ae_title,
+)
+
+
+def _convert_host(value: Any) -> str:
+    text = _string(value)
+    if not text or any(char.isspace() or not char.isprintable() for char in text):
+        raise _Invalid()
+    return text
+
+
+_HOST = _Check("a host name or IP address (non-empty, no whitespace)", _convert_host)
+_PORT = _integer(1, 65535)
+
+
+def _dicom_text(max_chars: int, vr: str) -> _Check:
+    def convert(value: Any) -> str:
+        # LO and SH (PS3.5 6.2): leading/trailing spaces are padding, backslash separates values.
+        text = _string(value).strip(" ")
+        if len(text) > max_chars:
+            raise _Invalid(f"{len(text)} characters")
+        if "\\" in text:
+            raise _Invalid("contains a backslash")
+        if not text.isprintable():
+            raise _Invalid("contains a control character")
+        return text
+
+    return _Check(
+        f"a string of at most {max_chars} characters, no backslash or control characters "
+        f"(DICOM {vr})",
+        convert,
+    )
+
+
+def _one_of(choices: tuple[str, ...]) -> _Check:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _Invalid()
+        return value
+
+    return _Check("one of " + ", ".join(f'"{choice}"' for choice in choices), convert)
+
+
+def _matching(pattern: re.Pattern[str], expected: str) -> _Check:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise _Invalid()
+        return value
+
+    return _Check(expected, convert)
+
+
+def _convert_modality(value: Any) -> str:
+    # CS: leading and trailing spaces are not significant (PS3.5 6.2).
+    text = _string(value).strip(" ")
+    if not _MODALITY_RE.fullmatch(text):
+        raise _Invalid()
+    return text
+
+
+_MODALITY = _Check(
+    'a DICOM modality code: 1..16 of A-Z 0-9 _ and space, e.g. "OT", "DX"', _convert_modality
+)
+
+
+def _convert_uid_root(value: Any) -> str:
+    text = _string(value)
+    if text == "":
+        return text
+    if len(text) > _UID_ROOT_MAX_LEN:
+        raise _Invalid(f"{len(text)} characters")
+    if not _UID_ROOT_RE.fullmatch(text):
+        raise _Invalid()
+    return text
+
+
+_UID_ROOT = _Check(
+    f'"" or a UID root: digits and dots, at most {_UID_ROOT_MAX_LEN} characters, no component '
+    'with a leading zero, not ending with a dot, e.g. "1.2.826.0.1.3680043.10.1234"',
+    _convert_uid_root,
+)
+
+
+def _convert_path(value: Any) -> Path:
+    text = _string(value)
+    if not text or "\x00" in text:
+        raise _Invalid()
+    if text.startswith("~"):
+        # The daemon runs as a service user; "~" would silently become a folder named "~".
+        raise _Invalid("~ is not expanded")
+    return Path(text)
+
+
+_PATH = _Check(
+    "a path, absolute or relative to the config file's folder (non-empty)", _convert_path
+)
+
+
+def _convert_options(value: Any) -> MappingProxyType[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid()
+    # The driver checks its own options when it is built (drivers/base.py); here they only
+    # become read-only.
+    return MappingProxyType(value)
+
+
+_OPTIONS = _Check("a table ([device.options])", _convert_options)
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+_SectionT = TypeVar("_SectionT", bound="DataclassInstance")
+
+
+class _Table(Generic[_SectionT]):
+    """One TOML table being turned into one section dataclass.
+
+    Defaults come from the dataclass fields, so they are written down once.
+    """
+
+    def __init__(
+        self, problems: _Problems, label: str, table: dict[str, Any], cls: type[_SectionT]
+    ) -> None:
+        self.problems = problems
+        self.label = label
+        self.table = table
+        self.cls = cls
+        self.values: dict[str, Any] = {}
+        self.valid = True
+
+    def _default(self, key: str) -> Any:
+        for item in fields(self.cls):
+            if item.name == key:
+                if item.default is not MISSING:
+                    return item.default
+                if item.default_factory is not MISSING:
+                    return item.default_factory()
+                return _MISSING
+        raise AssertionError(f"{self.cls.__name__} has no field {key}")
+
+    def take(self, key: str, check: _Check) -> Any:
+        """Check `key`, remember the value for `build`, and return it (or `_INVALID`)."""
+        if key not in self.table:
+            value = self._default(key)
+            if value is _MISSING:
+                self.report(key, check.expected, "nothing (the key is required)")
+                value = _INVALID
+        else:
+            raw = self.table[key]
+            try:
+                value = check.convert(raw)
+            except _Invalid as err:
+                got = _show(raw) + (f" ({err.note})" if err.note else "")
+                self.report(key, check.expected, got)
+                value = _INVALID
+        self.values[key] = value
+        return value
+
+    def report(self, key: str, expected: str, got: str) -> None:
+        self.valid = False
+        self.problems.add(f"{self.label} {key}", expected, got)
+
+    def build(self) -> _SectionT | None:
+        """The dataclass, or None if any key was invalid; unknown keys are problems too."""
+        known = [item.name for item in fields(self.cls)]
+        for key in self.table:
+            if key not in known:
+                self.report(key, f"one of the keys ({', '.join(known)})", "an unknown key")
+        missed = [key for key in known if key not in self.values]
+        assert not missed, f"{self.cls.__name__}: keys never checked: {missed}"
+        return self.cls(**self.values) if self.valid else None
+
+
+def _section_table(
+    document: dict[str, Any], name: str, problems: _Problems
+) -> dict[str, Any] | None:
+    """The table for section `name`, {} if absent, None if it is not a table."""
+    table = document.get(name, {})
+    if not isinstance(table, dict):
+        problems.add(f"[{name}]", "a table", _show(table))
+        return None
+    return table
+
+
+_SECTIONS: tuple[str, ...] = (
+    "agent", "listener", "api", "device", "modality", "worklist", "destinations", "mpps", "queue"
+)
+
+
+def _check_document(
+    document: dict[str, Any], path: Path, problems: _Problems
+) -> AgentConfig | None:
+    known = ", ".join(
+        f"[[{name}]]" if name == "destinations" else f"[{name}]" for name in _SECTIONS
+    )
+    for name, value in document.items():
+        if name not in _SECTIONS:
+            where = f"[{name}]" if isinstance(value, dict) else name
+            got = "an unknown section" if isinstance(value, dict) else "an unknown top-level key"
+            problems.add(where, f"one of the sections ({known})", got)
+
+    config_dir = path.parent
+    agent = _check_agent(_section_table(document, "agent", problems), problems, config_dir)
+    listener = _check_endpoint(
+        _section_table(document, "listener", problems), "listener", ListenerSection, problems
+    )
+    api = _check_endpoint(_section_table(document, "api", problems), "api", ApiSection, problems)
+    device = _check_device(_section_table(document, "device", problems), problems)
+    modality = _check_modality(_section_table(document, "modality", problems), problems)
+    worklist = None
+    if "worklist" in document:
+        worklist = _check_worklist(_section_table(document, "worklist", problems), problems)
+    destinations = _check_destinations(document.get("destinations"), problems)
+    mpps = None
+    if "mpps" in document:
+        mpps = _check_mpps(_section_table(document, "mpps", problems), problems)
+    queue = _check_queue(_section_table(document, "queue", problems), problems)
+
+    # Each section is None only if it had a problem; the explicit checks are for the type checker.
+    if (
+        problems.lines
+        or agent is None
+        or listener is None
+        or api is None
+        or device is None
+        or modality is None
+        or queue is None
+    ):
+        return None
+    return AgentConfig(
+        path=path,
+        agent=agent,
+        listener=listener,
+        api=api,
+        device=device,
+        modality=modality,
+        worklist=worklist,
+        destinations=destinations,
+        mpps=mpps,
+        queue=queue,
+    )
+
+
+def _check_agent(
+    table: dict[str, Any] | None, problems: _Problems, config_dir: Path
+) -> AgentSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[agent]", table, AgentSection)
+    section.take("ae_title", _AE_TITLE)
+    spool_dir = section.take("spool_dir", _PATH)
+    if spool_dir is not _INVALID:
+        # Relative to the config file, not the working directory, which differs between a shell
+        # and systemd. Joining leaves an absolute path as it is. No resolve(): it would follow
+        # symlinks on disk, and this function does not touch the file system beyond the file.
+        section.values["spool_dir"] = config_dir / spool_dir
+    section.take("log_level", _one_of(LOG_LEVELS))
+    section.take("uid_root", _UID_ROOT)
+    return section.build()
+
+
+_EndpointT = TypeVar("_EndpointT", ListenerSection, ApiSection)
+
+
+def _check_endpoint(
+    table: dict[str, Any] | None, name: str, cls: type[_EndpointT], problems: _Problems
+) -> _EndpointT | None:
+    if table is None:
+        return None
+    section = _Table(problems, f"[{name}]", table, cls)
+    section.take("host", _HOST)
+    section.take("port", _PORT)
+    return section.build()
+
+
+def _check_device(table: dict[str, Any] | None, problems: _Problems) -> DeviceSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[device]", table, DeviceSection)
+    section.take(
+        "driver", _matching(_DRIVER_RE, 'a driver name of a-z 0-9 _ -, e.g. "simulated"')
+    )
+    section.take("options", _OPTIONS)
+    return section.build()
+
+
+def _check_modality(table: dict[str, Any] | None, problems: _Problems) -> ModalitySection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[modality]", table, ModalitySection)
+    section.take("modality", _MODALITY)
+    section.take("iod", _one_of(KNOWN_IODS))
+    section.take("manufacturer", _dicom_text(64, "LO"))
+    section.take("model_name", _dicom_text(64, "LO"))
+    section.take("device_serial_number", _dicom_text(64, "LO"))
+    section.take("station_name", _dicom_text(16, "SH"))
+    section.take("institution_name", _dicom_text(64, "LO"))
+    section.take("transfer_syntax", _one_of(KNOWN_TRANSFER_SYNTAXES))
+    return section.build()
+
+
+def _check_worklist(table: dict[str, Any] | None, problems: _Problems) -> WorklistSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[worklist]", table, WorklistSection)
+    section.take("host", _HOST)
+    section.take("port", _PORT)
+    section.take("called_ae", _AE_TITLE)
+    section.take("refresh_s", _number(above=0))
+    return section.build()
+
+
+def _check_mpps(table: dict[str, Any] | None, problems: _Problems) -> MppsSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[mpps]", table, MppsSection)
+    section.take("host", _HOST)
+    section.take("port", _PORT)
+    section.take("called_ae", _AE_TITLE)
+    return section.build()
+
+
+def _check_destinations(
+    value: Any, problems: _Problems
+) -> tuple[DestinationSection, ...]:
+    if value is None:
+        problems.add("[[destinations]]", "at least one [[destinations]] table", "none")
+        return ()
+    if not isinstance(value, list):
+        got = _show(value)
+        if isinstance(value, dict):
+            got += " (write each archive as [[destinations]] with a name key)"
+        problems.add("[[destinations]]", "one or more [[destinations]] tables", got)
+        return ()
+    if not value:
+        problems.add("[[destinations]]", "at least one [[destinations]] table", "an empty array")
+        return ()
+
+    destinations = []
+    first_use: dict[str, int] = {}
+    for number, table in enumerate(value, start=1):
+        label = f"[[destinations]] #{number}"
+        if not isinstance(table, dict):
+            problems.add(label, "a table", _show(table))
+            continue
+        section = _Table(problems, label, table, DestinationSection)
+        name = section.take(
+            "name", _matching(_DESTINATION_NAME_RE, "a name of A-Z a-z 0-9 _ -, e.g. \"pacs\"")
+        )
+        if name is not _INVALID:
+            # Names key the queue's per-destination state; two archives sharing one would share it.
+            if name in first_use:
+                section.report(
+                    "name",
+                    "a name no other destination uses",
+                    f"{_show(name)} (also #{first_use[name]})",
+                )
+            else:
+                first_use[name] = number
+        section.take("host", _HOST)
+        section.take("port", _PORT)
+        section.take("called_ae", _AE_TITLE)
+        section.take("storage_commitment", _BOOL)
+        section.take("commitment_timeout_s", _number(above=0))
+        section.take("max_associations", _integer(1, 16))
+        built = section.build()
+        if built is not None:
+            destinations.append(built)
+    return tuple(destinations)
+
+
+def _check_queue(table: dict[str, Any] | None, problems: _Problems) -> QueueSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[queue]", table, QueueSection)
+    initial = section.take("retry_initial_s", _number(above=0))
+    maximum = section.take("retry_max_s", _number(above=0))
+    if initial is not _INVALID and maximum is not _INVALID and maximum < initial:
+        if "retry_max_s" in table:
+            got = _show(table["retry_max_s"])
+        else:
+            got = f"{maximum:g} (the default)"
+        section.report("retry_max_s", f"a number >= retry_initial_s ({initial:g})", got)
+    section.take("retention_s", _number(at_least=0))
+    return section.build()
