@@ -100,6 +100,7 @@ class Delivery:
     updated_at: float
     sop_instance_uid: str
     sop_class_uid: str
+    created_at: float = 0.0          # when the object was captured (queued)
 
 
 @dataclass(frozen=True)

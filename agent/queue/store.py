@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS transaction_items (
 
 _DELIVERY_COLUMNS = """
     d.delivery_id, d.queue_id, d.destination, d.state, d.attempts, d.next_attempt_at,
-    d.last_error, d.transaction_uid, d.updated_at, o.sop_instance_uid, o.sop_class_uid
+    d.last_error, d.transaction_uid, d.updated_at, o.sop_instance_uid, o.sop_class_uid,
+    o.created_at
 """
 
 
@@ -104,6 +105,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         updated_at=row["updated_at"],
         sop_instance_uid=row["sop_instance_uid"],
         sop_class_uid=row["sop_class_uid"],
+        created_at=row["created_at"],
     )
 
 
@@ -531,9 +533,11 @@ class QueueStore:
                            txn, destination)
         return ids
 
-    def fail_transaction_request(self, transaction_uid: str, reason: str) -> None:
+    def fail_transaction_request(
+        self, transaction_uid: str, reason: str, *, next_attempt_at: float | None = None,
+    ) -> None:
         """The N-ACTION itself failed: the UID is spent (PS3.4 J.3.2.1.2); its rows go back
-        to `sent` for a new request."""
+        to `sent`, to be asked for again under a new UID from `next_attempt_at`."""
         now = self._now()
         with self._tx() as conn:
             conn.execute(
@@ -541,9 +545,10 @@ class QueueStore:
                 (transaction_uid,),
             )
             conn.execute(
-                "UPDATE deliveries SET state=?, last_error=?, updated_at=? "
+                "UPDATE deliveries SET state=?, last_error=?, updated_at=?, next_attempt_at=? "
                 "WHERE transaction_uid=? AND state=?",
-                (S.SENT, reason, now, transaction_uid, S.COMMIT_REQUESTED),
+                (S.SENT, reason, now, now if next_attempt_at is None else next_attempt_at,
+                 transaction_uid, S.COMMIT_REQUESTED),
             )
 
     def transaction_destination(self, transaction_uid: str) -> str | None:
@@ -668,3 +673,28 @@ class QueueStore:
             self.spool.object_path(queue_id).unlink(missing_ok=True)
             purged += 1
         return purged
+
+
+def read_counts(db_path: Path) -> dict[str, dict[str, int]]:
+    """{destination: {state: n}} read without taking the spool lock (for `status` while the
+    daemon is down or busy).
+
+    Raises
+    ------
+    QueueError
+        If the database cannot be read.
+    """
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = conn.execute(
+                "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise QueueError(f"{db_path}: {err}") from err
+    result: dict[str, dict[str, int]] = {}
+    for destination, state, n in rows:
+        result.setdefault(destination, {s.value: 0 for s in S})[state] = n
+    return result

@@ -1,0 +1,160 @@
+"""Acquisition: frames from the driver → DICOM objects → the durable queue.
+
+The only agent module that touches drivers (through drivers.registry). It never waits on the
+network: an object is acknowledged as captured once the queue has it on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.config import ModalitySection
+from agent.errors import AcquisitionError, AgentError, IODError
+from agent.iod import (
+    UIDSource,
+    build_secondary_capture,
+    encode_part10,
+    new_series_context,
+    validate_image,
+)
+from agent.queue import QueueStore
+from agent.records import DeviceInfo, Order
+from drivers.base import Driver, DriverStatus
+from drivers.errors import DriverError
+from drivers.registry import create_driver
+
+logger = logging.getLogger(__name__)
+
+#: a frame later than this beyond the device's frame interval is a device fault
+FRAME_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class CapturedObject:
+    """An object that is durably queued (the acknowledgement `acquire` prints)."""
+
+    queue_id: int
+    sop_instance_uid: str
+    frame_sequence_number: int
+
+
+@dataclass(frozen=True)
+class AcquisitionResult:
+    study_instance_uid: str
+    series_instance_uid: str
+    objects: tuple[CapturedObject, ...]
+    error: str = ""            # set when fewer frames than asked were captured
+
+
+def device_info(modality: ModalitySection, software_versions: str) -> DeviceInfo:
+    return DeviceInfo(
+        modality=modality.modality,
+        manufacturer=modality.manufacturer,
+        model_name=modality.model_name,
+        device_serial_number=modality.device_serial_number,
+        station_name=modality.station_name,
+        institution_name=modality.institution_name,
+        software_versions=software_versions,
+    )
+
+
+class Acquisition:
+    """Owns the device; one acquisition at a time."""
+
+    def __init__(
+        self,
+        *,
+        driver_name: str,
+        driver_options: dict[str, object],
+        device: DeviceInfo,
+        queue: QueueStore,
+        uids: UIDSource,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._driver: Driver = create_driver(driver_name, dict(driver_options))
+        self._device = device
+        self._queue = queue
+        self._uids = uids
+        self._on_queued = on_queued
+        self._lock = threading.Lock()
+        self.last_error = ""
+
+    def open(self) -> None:
+        """Open the device; a failure is kept for `status` and retried at the next acquire."""
+        try:
+            self._driver.open()
+            self.last_error = ""
+        except DriverError as err:
+            self.last_error = str(err)
+            logger.error("device %s cannot be opened: %s", self._driver.name, err)
+
+    def close(self) -> None:
+        self._driver.close()
+
+    def status(self) -> DriverStatus:
+        return self._driver.status()
+
+    def acquire(self, order: Order, frames: int) -> AcquisitionResult:
+        """Capture `frames` frames for `order`, one object each, in one new series.
+
+        Raises
+        ------
+        AcquisitionError
+            If the device cannot be opened or no frame could be captured at all. When some
+            frames were captured, they are returned with `error` set: nothing already
+            captured is lost.
+        """
+        if frames < 1:
+            raise AcquisitionError(f"frames: expected at least 1, got {frames}")
+        with self._lock:
+            if not self._driver.is_open:
+                self.open()
+                if not self._driver.is_open:
+                    raise AcquisitionError(f"device not available: {self.last_error}")
+            series = new_series_context(
+                self._uids, order, started_at=datetime.now().astimezone().replace(tzinfo=None),
+                series_number=1,
+            )
+            captured: list[CapturedObject] = []
+            error = ""
+            for index in range(frames):
+                try:
+                    captured.append(self._capture_one(order, series, index + 1))
+                except (DriverError, AgentError) as err:
+                    error = f"frame {index + 1} of {frames}: {err}"
+                    logger.error("acquisition stopped at %s", error)
+                    break
+            if not captured:
+                raise AcquisitionError(error)
+            logger.info("acquired %d object(s) in series %s", len(captured),
+                        series.series_instance_uid)
+            return AcquisitionResult(series.study_instance_uid, series.series_instance_uid,
+                                     tuple(captured), error)
+
+    def _capture_one(self, order: Order, series: object, instance_number: int) -> CapturedObject:
+        frame = self._driver.read_frame(timeout=FRAME_TIMEOUT_S)
+        sop_instance_uid = self._uids.new_uid()
+        ds = build_secondary_capture(
+            frame, order=order, device=self._device, series=series,  # type: ignore[arg-type]
+            instance_number=instance_number, sop_instance_uid=sop_instance_uid,
+        )
+        validate_image(ds)
+        payload = encode_part10(ds)
+        if not payload:
+            raise IODError("Part 10 encoding produced no bytes")
+        queued = self._queue.enqueue(
+            payload,
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID)
+            if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta
+            else "1.2.840.10008.1.2.1",
+        )
+        self._on_queued()
+        logger.info("queue item %d: captured frame %d as %s", queued.queue_id,
+                    frame.sequence_number, sop_instance_uid)
+        return CapturedObject(queued.queue_id, sop_instance_uid, frame.sequence_number)

@@ -1,0 +1,145 @@
+"""The local HTTP API (JSON) that the CLI and, later, the console use. Loopback by default.
+
+Standard library only for now: a few JSON endpoints do not need a framework.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from agent.errors import AcquisitionError, AgentError
+from agent.records import Order
+
+if TYPE_CHECKING:
+    from agent.daemon import Daemon
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FRAMES = 10_000
+_PN_FORBIDDEN = re.compile(r"[\x00-\x1f\\]")
+
+
+class BadRequest(AgentError, ValueError):
+    pass
+
+
+def parse_acquire_request(body: dict[str, Any]) -> tuple[Order, int]:
+    """Validate the JSON of POST /api/acquire.
+
+    Raises
+    ------
+    BadRequest
+        Naming the field and what was expected.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object")
+    frames = body.get("frames", 1)
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
+        raise BadRequest(f"frames: expected an integer 1..{MAX_FRAMES}, got {frames!r}")
+    if body.get("unscheduled") is not True:
+        raise BadRequest("only unscheduled acquisition is available: set \"unscheduled\": true "
+                         "(worklist selection comes with the worklist feature)")
+    patient_id = body.get("patient_id")
+    patient_name = body.get("patient_name")
+    if not isinstance(patient_id, str) or not 1 <= len(patient_id.strip()) <= 64 \
+            or _PN_FORBIDDEN.search(patient_id):
+        raise BadRequest("patient_id: expected 1..64 characters without control characters "
+                         "or backslash")
+    if not isinstance(patient_name, str) or not 1 <= len(patient_name.strip()) <= 320 \
+            or _PN_FORBIDDEN.search(patient_name):
+        raise BadRequest("patient_name: expected 'Family^Given' (1..320 characters, no control "
+                         "characters or backslash)")
+    return Order(patient_name=patient_name.strip(), patient_id=patient_id.strip()), frames
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # paths hold no patient data; bodies are never logged
+        logger.debug("api: %s", format % args)
+
+    def _reply(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        daemon = self.server.daemon
+        if url.path == "/api/status":
+            self._reply(HTTPStatus.OK, daemon.status())
+        elif url.path == "/api/objects":
+            try:
+                ids = [int(v) for v in parse_qs(url.query).get("queue_id", [])]
+            except ValueError:
+                self._reply(HTTPStatus.BAD_REQUEST, {"error": "queue_id: expected integers"})
+                return
+            self._reply(HTTPStatus.OK, {"objects": daemon.objects(ids)})
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {url.path}"})
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/api/acquire":
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {url.path}"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
+            return
+        try:
+            order, frames = parse_acquire_request(json.loads(self.rfile.read(length) or b"{}"))
+            result = self.server.daemon.acquire(order, frames)
+        except (BadRequest, json.JSONDecodeError) as err:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+            return
+        except AcquisitionError as err:
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(err)})
+            return
+        self._reply(HTTPStatus.OK, result)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], daemon: Daemon) -> None:
+        self.daemon = daemon
+        super().__init__(address, _Handler)
+
+
+class ApiServer:
+    def __init__(self, host: str, port: int, daemon: Daemon) -> None:
+        self.host = host
+        self.port = port
+        self._daemon = daemon
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._server = _Server((self.host, self.port), self._daemon)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

@@ -1,0 +1,319 @@
+"""`modality-agent [--config FILE] COMMAND`: the command line contract of ARCHITECTURE.md.
+
+Every command exits non-zero with a one-line reason on failure (no traceback); `--json` prints
+machine-readable output on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, default_config_path, load_config
+from agent.errors import AgentError, ConfigError, DaemonUnavailable
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(f"modality-agent: {text}\n")
+
+
+# -- talking to the daemon -------------------------------------------------------------------
+def api_call(config: AgentConfig, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout_s: float = 600.0) -> dict[str, Any]:
+    """Call the daemon's API.
+
+    Raises
+    ------
+    DaemonUnavailable
+        If nothing answers on [api] host/port.
+    AgentError
+        With the daemon's own error message for a refused request.
+    """
+    host = config.api.host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.api.port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+    except urllib.error.HTTPError as err:
+        try:
+            message = json.loads(err.read()).get("error", str(err))
+        except ValueError:
+            message = str(err)
+        raise AgentError(message) from err
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        raise DaemonUnavailable(
+            f"the daemon is not answering at {url} (is `modality-agent run` running?)"
+        ) from err
+
+
+# -- commands --------------------------------------------------------------------------------
+def cmd_check_config(config: AgentConfig, args: argparse.Namespace) -> int:
+    from agent.daemon import preflight
+
+    problems = preflight(config)
+    if problems:
+        for problem in problems:
+            _out(problem)
+        return EXIT_FAILURE
+    _out(f"{config.path}: OK ({len(config.destinations)} destination(s), "
+         f"driver {config.device.driver})")
+    return EXIT_OK
+
+
+def cmd_run(config: AgentConfig, args: argparse.Namespace) -> int:
+    from agent.daemon import Daemon, preflight
+    from agent.logsetup import setup_logging
+
+    problems = preflight(config)
+    if problems:
+        for problem in problems:
+            _err(problem)
+        return EXIT_FAILURE
+    setup_logging(config.agent.log_level)
+    try:
+        Daemon(config).run_forever()
+    except OSError as err:
+        raise AgentError(f"cannot start: {err}") from err
+    return EXIT_OK
+
+
+def _wait_until_done(config: AgentConfig, queue_ids: list[int], wait_s: float) -> list[Any]:
+    deadline = time.monotonic() + wait_s
+    query = "&".join(f"queue_id={q}" for q in queue_ids)
+    delay = 0.05
+    while True:
+        objects: list[Any] = api_call(config, "GET", f"/api/objects?{query}")["objects"]
+        if all(o["done"] for o in objects) or any(o["state"] == "failed" for o in objects):
+            return objects
+        if time.monotonic() >= deadline:
+            return objects
+        time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+        delay = min(delay * 2, 1.0)
+
+
+def cmd_acquire(config: AgentConfig, args: argparse.Namespace) -> int:
+    if not args.unscheduled:
+        raise AgentError("only --unscheduled acquisition is available in this version "
+                         "(--accession/--sps-id need the worklist)")
+    if not args.patient_id or not args.patient_name:
+        raise AgentError("--unscheduled needs --patient-id and --patient-name")
+    result = api_call(config, "POST", "/api/acquire", {
+        "unscheduled": True, "patient_id": args.patient_id,
+        "patient_name": args.patient_name, "frames": args.frames,
+    })
+    objects = result["objects"]
+    if not args.json:
+        for o in objects:
+            _out(f"queued {o['queue_id']} {o['sop_instance_uid']}")
+    if result.get("error"):
+        _err(f"acquisition incomplete: {result['error']}")
+    code = EXIT_FAILURE if result.get("error") else EXIT_OK
+    if args.wait is not None:
+        objects = _wait_until_done(config, [o["queue_id"] for o in objects], args.wait)
+        if any(o["state"] == "failed" for o in objects):
+            code = EXIT_FAILURE
+        elif not all(o["done"] for o in objects):
+            code = EXIT_TIMEOUT
+        if not args.json:
+            for o in objects:
+                _out(f"{o['queue_id']} {o['sop_instance_uid']} {o['state']}")
+            if code == EXIT_TIMEOUT:
+                _err(f"not all objects committed within {args.wait:g} s")
+    if args.json:
+        _out(json.dumps({"objects": [
+            {"queue_id": o["queue_id"], "sop_instance_uid": o["sop_instance_uid"],
+             "state": o["state"], "destinations": o["destinations"]} for o in objects]}))
+    return code
+
+
+def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
+    try:
+        status = api_call(config, "GET", "/api/status", timeout_s=10)
+    except DaemonUnavailable:
+        from agent.daemon import offline_status
+
+        status = offline_status(config)
+    if args.json:
+        _out(json.dumps(status))
+        return EXIT_OK
+    agent = status["agent"]
+    _out(f"agent {agent['ae_title']} {'running' if agent['running'] else 'NOT RUNNING'}"
+         f" (version {agent['version']})")
+    device = status.get("device")
+    if device:
+        state = "connected" if device["connected"] else f"NOT CONNECTED {device['error']}"
+        _out(f"device {device['driver']}: {state}, {device['frames_read']} frames read")
+    for dest in status["destinations"]:
+        q = dest.get("queue", {})
+        line = (f"destination {dest['name']}: " + ", ".join(f"{k} {v}" for k, v in q.items()))
+        if dest.get("reachable") is False:
+            since = time.strftime("%H:%M:%S", time.localtime(dest["unreachable_since"]))
+            line += f" -- WAITING: {dest['last_error']} (since {since})"
+        _out(line)
+    return EXIT_OK
+
+
+def cmd_echo(config: AgentConfig, args: argparse.Namespace) -> int:
+    from agent.net.echo import echo
+
+    peers = [(d.name, d.host, d.port, d.called_ae) for d in config.destinations]
+    if config.worklist is not None:
+        peers.append(("worklist", config.worklist.host, config.worklist.port,
+                      config.worklist.called_ae))
+    if config.mpps is not None:
+        peers.append(("mpps", config.mpps.host, config.mpps.port, config.mpps.called_ae))
+    if args.destination:
+        peers = [p for p in peers if p[0] == args.destination]
+        if not peers:
+            raise AgentError(f"no configured peer named {args.destination!r}")
+    failures = 0
+    results = []
+    for name, host, port, called_ae in peers:
+        ok, detail, elapsed_s = echo(config.agent.ae_title, host, port, called_ae)
+        failures += not ok
+        results.append({"name": name, "ok": ok, "detail": detail,
+                        "ms": round(elapsed_s * 1000, 1)})
+        if not args.json:
+            _out(f"{name} ({called_ae}@{host}:{port}): "
+                 f"{'OK' if ok else 'FAILED'} {detail} {elapsed_s * 1000:.1f} ms")
+    if args.json:
+        _out(json.dumps({"peers": results}))
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def cmd_queue(config: AgentConfig, args: argparse.Namespace) -> int:
+    from agent.queue import QueueStore
+    from agent.records import DeliveryState
+
+    if args.queue_command == "retry":
+        # the daemon holds the spool lock; a retry goes through the queue database directly
+        # only when it is down
+        store = QueueStore(config.agent.spool_dir, [d.name for d in config.destinations])
+        store.open()
+        try:
+            n = store.retry([int(q) for q in args.ids])
+        finally:
+            store.close()
+        _out(f"{n} delivery row(s) back to pending")
+        return EXIT_OK
+    from agent.queue.store import connect
+
+    db = Path(config.agent.spool_dir) / "queue.db"
+    if not db.exists():
+        raise AgentError(f"no queue at {db}")
+    conn = connect(db, read_only=True)
+    try:
+        sql = ("SELECT d.queue_id, d.destination, d.state, d.attempts, d.last_error, "
+               "o.sop_instance_uid FROM deliveries d JOIN objects o USING (queue_id)")
+        params: tuple[Any, ...] = ()
+        if args.state:
+            DeliveryState(args.state)
+            sql += " WHERE d.state=?"
+            params = (args.state,)
+        rows = [dict(r) for r in conn.execute(sql + " ORDER BY d.delivery_id", params)]
+    finally:
+        conn.close()
+    if args.json:
+        _out(json.dumps({"items": rows}))
+    else:
+        for r in rows:
+            _out(f"{r['queue_id']:>6} {r['destination']:<12} {r['state']:<17} "
+                 f"{r['sop_instance_uid']} {r['last_error']}")
+    return EXIT_OK
+
+
+def cmd_demo(config: AgentConfig | None, args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(keep=args.keep, as_json=args.json, frames=args.frames)
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modality-agent",
+        description="DICOM agent of an imaging device: worklist, images, store and commit.",
+    )
+    parser.add_argument("--config", type=Path, default=None,
+                        help="config file (default: $MODALITY_AGENT_CONFIG or "
+                             "/etc/modality-agent/agent.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="the daemon (foreground)")
+    sub.add_parser("check-config", help="validate the config and print every problem")
+    p = sub.add_parser("acquire", help="capture frames for a procedure")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--accession")
+    who.add_argument("--sps-id")
+    who.add_argument("--unscheduled", action="store_true")
+    p.add_argument("--patient-id")
+    p.add_argument("--patient-name")
+    p.add_argument("--frames", type=int, default=1)
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="exit 0 only once every object is committed (or stored)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="device, destinations, queue counts")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("echo", help="C-ECHO to the configured peers")
+    p.add_argument("destination", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("queue", help="inspect and retry queue items")
+    qsub = p.add_subparsers(dest="queue_command", required=True)
+    q = qsub.add_parser("list")
+    q.add_argument("--state")
+    q.add_argument("--json", action="store_true")
+    q = qsub.add_parser("retry")
+    q.add_argument("ids", nargs="+")
+    p = sub.add_parser("demo", help="a complete local system: archive, device, acquisitions")
+    p.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--frames", type=int, default=3)
+    return parser
+
+
+COMMANDS = {
+    "run": cmd_run, "check-config": cmd_check_config, "acquire": cmd_acquire,
+    "status": cmd_status, "echo": cmd_echo, "queue": cmd_queue,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return cmd_demo(None, args)
+        config = load_config(args.config or default_config_path())
+        return COMMANDS[args.command](config, args)
+    except ConfigError as err:
+        for problem in err.problems:
+            _err(problem)
+        return EXIT_FAILURE
+    except AgentError as err:
+        _err(str(err))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The daemon: one process owning the device, the queue, the forwarder, the listener and the
+API. systemd runs `modality-agent run`, which is `Daemon(config).run_forever()`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.acquisition import Acquisition, device_info
+from agent.api import ApiServer
+from agent.config import AgentConfig
+from agent.errors import AcquisitionError, AgentError
+from agent.forwarder import DestinationWorker, Forwarder
+from agent.iod import UIDSource
+from agent.listener import CommitmentReportHandler, Listener
+from agent.queue import QueueStore
+from agent.queue.store import read_counts
+from agent.records import DELIVERED_STATES, DeliveryState, Order
+from drivers.errors import DriverError
+from drivers.registry import driver_class
+
+logger = logging.getLogger(__name__)
+
+#: how often committed objects past their retention time are removed
+PURGE_INTERVAL_S = 60.0
+
+
+def preflight(config: AgentConfig) -> list[str]:
+    """Checks beyond the config file's own syntax: driver options, spool folder.
+
+    Returns the problems, in the `file: [section] key: ...` form.
+    """
+    problems: list[str] = []
+    name = config.path.name
+    try:
+        driver_class(config.device.driver).validate_options(dict(config.device.options))
+    except DriverError as err:
+        for part in str(err).split("; "):
+            problems.append(f"{name}: [device.options] {part}")
+    spool = config.agent.spool_dir
+    existing = spool
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"{name}: [agent] spool_dir: expected a folder this user can write, "
+                        f"got {str(spool)!r} ({existing} is not writable)")
+    return problems
+
+
+def final_state_by_destination(config: AgentConfig) -> dict[str, DeliveryState]:
+    return {
+        d.name: DeliveryState.COMMITTED if d.storage_commitment else DeliveryState.SENT
+        for d in config.destinations
+    }
+
+
+def summarize_object(states: dict[str, DeliveryState],
+                     final: dict[str, DeliveryState]) -> dict[str, Any]:
+    """One object's view over its destinations: the least advanced state, and `done` when
+    every destination holds it as finally as it can (committed, or stored without
+    commitment)."""
+    order = [DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.SENT,
+             DeliveryState.COMMIT_REQUESTED, DeliveryState.COMMITTED]
+    if any(s is DeliveryState.FAILED for s in states.values()):
+        overall = DeliveryState.FAILED
+    elif states:
+        overall = min(states.values(), key=order.index)
+    else:
+        overall = DeliveryState.PENDING
+    done = bool(states) and all(
+        s is final.get(dest) or (s in DELIVERED_STATES and final.get(dest) is DeliveryState.SENT)
+        for dest, s in states.items()
+    )
+    return {"state": overall.value, "done": done,
+            "destinations": {dest: s.value for dest, s in states.items()}}
+
+
+class Daemon:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self.uids = UIDSource(config.agent.uid_root)
+        self.queue = QueueStore(config.agent.spool_dir, [d.name for d in config.destinations])
+        self._final = final_state_by_destination(config)
+        self.report_handler = CommitmentReportHandler(
+            self.queue, config.destinations,
+            retry_commit_s=config.queue.retry_initial_s, on_change=self._notify,
+        )
+        self.listener = Listener(
+            ae_title=config.agent.ae_title, host=config.listener.host,
+            port=config.listener.port, destinations=config.destinations,
+            report_handler=self.report_handler,
+        )
+        self.forwarder = Forwarder([
+            DestinationWorker(d, ae_title=config.agent.ae_title, queue=self.queue,
+                              queue_config=config.queue, uids=self.uids,
+                              report_handler=self.report_handler, on_change=self._notify)
+            for d in config.destinations
+        ])
+        self.acquisition = Acquisition(
+            driver_name=config.device.driver, driver_options=dict(config.device.options),
+            device=device_info(config.modality, f"modality-agent {__version__}"),
+            queue=self.queue, uids=self.uids, on_queued=self.forwarder.wake,
+        )
+        self.api = ApiServer(config.api.host, config.api.port, self)
+        self._purge_thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the queue (recovering from a crash), then listener, forwarder, device, API.
+
+        Raises
+        ------
+        AgentError
+            If the spool is locked or unusable.
+        OSError
+            If the listener or API address cannot be bound.
+        """
+        self.queue.open()
+        try:
+            self.listener.start()
+            self.forwarder.start()
+            self.acquisition.open()
+            self.api.start()
+        except BaseException:
+            self.stop()
+            raise
+        self._purge_thread = threading.Thread(target=self._purge_loop, name="purge",
+                                              daemon=True)
+        self._purge_thread.start()
+        logger.info("modality-agent %s running: AE %s, listener %s:%d, API http://%s:%d/",
+                    __version__, self.config.agent.ae_title, self.config.listener.host,
+                    self.listener.port, self.config.api.host, self.api.port)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.api.stop()
+        self.forwarder.stop()
+        self.listener.stop()
+        self.acquisition.close()
+        if self._purge_thread is not None:
+            self._purge_thread.join(timeout=5)
+        self.queue.close()
+        logger.info("modality-agent stopped")
+
+    def run_forever(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self.start()
+        try:
+            self._stop.wait()
+        finally:
+            self.stop()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _purge_loop(self) -> None:
+        while not self._stop.wait(PURGE_INTERVAL_S):
+            try:
+                purged = self.queue.purge(retention_s=self.config.queue.retention_s,
+                                          final_states=self._final)
+                if purged:
+                    logger.info("removed %d committed object(s) past retention", purged)
+            except AgentError as err:
+                logger.error("purge failed: %s", err)
+
+    # -- what the API serves -----------------------------------------------------------------
+    def acquire(self, order: Order, frames: int) -> dict[str, Any]:
+        """Raises AcquisitionError when nothing could be captured."""
+        result = self.acquisition.acquire(order, frames)
+        self.forwarder.wake()
+        objects = self.objects([o.queue_id for o in result.objects])
+        return {"study_instance_uid": result.study_instance_uid,
+                "series_instance_uid": result.series_instance_uid,
+                "objects": objects, "error": result.error}
+
+    def objects(self, queue_ids: Sequence[int]) -> list[dict[str, Any]]:
+        by_object: dict[int, dict[str, DeliveryState]] = {q: {} for q in queue_ids}
+        uids: dict[int, str] = {}
+        errors: dict[int, list[str]] = {}
+        queued_at: dict[int, float] = {}
+        last_change_at: dict[int, float] = {}
+        for d in self.queue.deliveries(queue_ids=queue_ids, limit=100_000):
+            by_object[d.queue_id][d.destination] = d.state
+            uids[d.queue_id] = d.sop_instance_uid
+            queued_at[d.queue_id] = d.created_at
+            last_change_at[d.queue_id] = max(last_change_at.get(d.queue_id, 0.0), d.updated_at)
+            if d.last_error:
+                errors.setdefault(d.queue_id, []).append(f"{d.destination}: {d.last_error}")
+        result = []
+        for q in queue_ids:
+            summary = summarize_object(by_object[q], self._final)
+            result.append({
+                "queue_id": q, "sop_instance_uid": uids.get(q, ""), **summary,
+                "queued_at": queued_at.get(q),
+                # when the last destination reached its final state
+                "done_at": last_change_at.get(q) if summary["done"] else None,
+                "errors": errors.get(q, []),
+            })
+        return result
+
+    def status(self) -> dict[str, Any]:
+        counts = self.queue.counts()
+        device = self.acquisition.status()
+        return {
+            "agent": {"ae_title": self.config.agent.ae_title, "version": __version__,
+                      "uptime_s": round(time.time() - self.started_at, 1), "running": True},
+            "device": {"driver": device.name, "connected": device.is_open,
+                       "frames_read": device.frames_read,
+                       "last_frame_at": device.last_frame_t_wall,
+                       "error": self.acquisition.last_error},
+            "listener": {"host": self.config.listener.host, "port": self.listener.port},
+            "destinations": [
+                {**health, "queue": counts.get(health["name"], {}),
+                 "oldest_pending_at": self.queue.oldest_pending_at(health["name"])}
+                for health in self.forwarder.health()
+            ],
+            "queue": _total(counts),
+        }
+
+
+def _total(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    total = {s.value: 0 for s in DeliveryState}
+    for per_state in counts.values():
+        for state, n in per_state.items():
+            total[state] = total.get(state, 0) + n
+    return total
+
+
+def offline_status(config: AgentConfig) -> dict[str, Any]:
+    """`status` when the daemon is down: read the spool directly, read-only."""
+    db = Path(config.agent.spool_dir) / "queue.db"
+    counts = read_counts(db) if db.exists() else {}
+    return {
+        "agent": {"ae_title": config.agent.ae_title, "version": __version__, "running": False},
+        "destinations": [{"name": d.name, "queue": counts.get(d.name, {})}
+                         for d in config.destinations],
+        "queue": _total(counts),
+    }
+
+
+__all__ = ["AcquisitionError", "Daemon", "offline_status", "preflight"]

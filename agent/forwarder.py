@@ -1,0 +1,323 @@
+"""The forwarder: sends queued objects to each destination by C-STORE over one association per
+batch, then asks for Storage Commitment on the same association.
+
+One worker thread per destination (associations are not thread-safe, pynetdicom #137). Spooled
+files are streamed as they are (`STORE_SEND_CHUNKED_DATASET`): same bytes, same UID on every
+resend, and no decode on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (
+    StorageCommitmentPushModel,
+    StorageCommitmentPushModelInstance,
+)
+
+from agent.config import DestinationSection, QueueSection
+from agent.iod.uids import UIDSource
+from agent.net.ae import AgentAE
+from agent.net.commitment import build_commitment_request
+from agent.net.status import StoreVerdict, classify_store_status
+from agent.queue import QueueStore
+from agent.records import Delivery
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 64
+#: pynetdicom allows at most 128 presentation contexts per association (PS3.8 §9.3.2.2)
+MAX_CONTEXTS = 126
+#: how often an idle worker looks for due work and expired commitment transactions
+IDLE_POLL_S = 1.0
+
+# stream spooled files as they are instead of decoding them (pynetdicom #629)
+pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def backoff_s(failures: int, *, initial_s: float, max_s: float,
+              rng: Callable[[], float] = random.random) -> float:
+    """Capped exponential backoff with jitter: initial·2^(n-1), capped, then 50-100 % of it,
+    so that many agents do not hammer an archive that comes back in lockstep."""
+    if failures <= 0:
+        return 0.0
+    delay = min(max_s, initial_s * (2 ** min(failures - 1, 30)))
+    return delay * (0.5 + 0.5 * rng())
+
+
+@dataclass
+class DestinationHealth:
+    """What `status` shows per destination (no patient data)."""
+
+    name: str
+    reachable: bool | None = None
+    unreachable_since: float | None = None
+    consecutive_failures: int = 0
+    last_error: str = ""
+    last_success_at: float | None = None
+    negotiated_max_pdu: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "reachable": self.reachable,
+            "unreachable_since": self.unreachable_since,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "last_success_at": self.last_success_at,
+        }
+
+
+class DestinationWorker:
+    """Sends to one destination; runs on its own thread."""
+
+    def __init__(
+        self,
+        destination: DestinationSection,
+        *,
+        ae_title: str,
+        queue: QueueStore,
+        queue_config: QueueSection,
+        uids: UIDSource,
+        report_handler: Callable[[evt.Event], Any],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.destination = destination
+        self.health = DestinationHealth(destination.name)
+        self._ae_title = ae_title
+        self._queue = queue
+        self._queue_config = queue_config
+        self._uids = uids
+        self._report_handler = report_handler
+        self._on_change = on_change
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- thread ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"forwarder-{self.destination.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                # the worker must outlive any one bad batch; the rows stay in the queue
+                logger.exception("forwarder %s: unexpected error; retrying",
+                                 self.destination.name)
+                worked = False
+                self._stop.wait(self._next_backoff("internal error"))
+            if not worked:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+
+    def _next_backoff(self, reason: str) -> float:
+        with self.health.lock:
+            self.health.consecutive_failures += 1
+            self.health.last_error = reason
+            failures = self.health.consecutive_failures
+        return backoff_s(failures, initial_s=self._queue_config.retry_initial_s,
+                         max_s=self._queue_config.retry_max_s)
+
+    # -- one round ---------------------------------------------------------------------------
+    def run_once(self) -> bool:
+        """Send what is due and request commitment for what is stored; True if it did work."""
+        dest = self.destination
+        now = time.time()
+        awaiting: list[Delivery] = []
+        if dest.storage_commitment:
+            self._queue.expire_transactions(dest.name)
+            awaiting = [d for d in self._queue.sent_awaiting_commitment(dest.name)
+                        if d.next_attempt_at <= now]
+        batch = self._queue.claim_batch(dest.name, limit=BATCH_SIZE)
+        if not batch and not awaiting:
+            return False
+        self._send(batch, awaiting)
+        self._on_change()
+        return True
+
+    def _contexts(self, batch: Sequence[Delivery]) -> list[Any]:
+        contexts = []
+        for sop_class in sorted({d.sop_class_uid for d in batch})[: MAX_CONTEXTS // 2]:
+            # two contexts per class: the spooled syntax alone, so the file can be streamed
+            # unchanged, and Implicit VR LE, which every SCP must accept (PS3.5 §10.1)
+            contexts.append(build_context(sop_class, [ExplicitVRLittleEndian]))
+            contexts.append(build_context(sop_class, [ImplicitVRLittleEndian]))
+        if self.destination.storage_commitment:
+            contexts.append(build_context(StorageCommitmentPushModel))
+        return contexts
+
+    def _associate(self, batch: Sequence[Delivery]) -> Association | None:
+        dest = self.destination
+        ae = AgentAE(self._ae_title)
+        assoc = ae.associate(
+            dest.host, dest.port, contexts=self._contexts(batch), ae_title=dest.called_ae,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._report_handler)],
+        )
+        if assoc.is_established:
+            with self.health.lock:
+                self.health.negotiated_max_pdu = assoc.acceptor.maximum_length
+            return assoc
+        if assoc.is_rejected:
+            reason = f"{dest.name} rejected the association (check AE titles {self._ae_title} " \
+                     f"-> {dest.called_ae})"
+        elif assoc.is_aborted:
+            reason = f"{dest.name} aborted the association"
+        else:
+            reason = f"{dest.name} unreachable at {dest.host}:{dest.port}"
+        delay = self._next_backoff(reason)
+        with self.health.lock:
+            if self.health.reachable is not False:
+                self.health.unreachable_since = time.time()
+            self.health.reachable = False
+        logger.warning("%s; retrying in %.0f s", reason, delay)
+        return None
+
+    def _send(self, batch: list[Delivery], awaiting: list[Delivery]) -> None:
+        dest = self.destination
+        assoc = self._associate(batch + awaiting)
+        if assoc is None:
+            retry_at = time.time() + self._current_backoff()
+            self._queue.mark_retry([d.delivery_id for d in batch],
+                                   self.health.last_error, retry_at)
+            return
+        stored: list[Delivery] = []
+        try:
+            for index, delivery in enumerate(batch):
+                if not assoc.is_established:
+                    rest = [d.delivery_id for d in batch[index:]]
+                    self._queue.mark_retry(rest, f"{dest.name} dropped the association",
+                                           time.time() + self._next_backoff("association lost"))
+                    break
+                if self._store_one(assoc, delivery):
+                    stored.append(delivery)
+            if dest.storage_commitment and assoc.is_established:
+                self._request_commitment(assoc, stored + awaiting)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if stored or not batch:
+            with self.health.lock:
+                self.health.reachable = True
+                self.health.unreachable_since = None
+                self.health.consecutive_failures = 0
+                self.health.last_success_at = time.time()
+
+    def _current_backoff(self) -> float:
+        return backoff_s(self.health.consecutive_failures,
+                         initial_s=self._queue_config.retry_initial_s,
+                         max_s=self._queue_config.retry_max_s)
+
+    def _store_one(self, assoc: Association, delivery: Delivery) -> bool:
+        path = self._queue.object_path(delivery.queue_id)
+        try:
+            status = assoc.send_c_store(path)
+        except ValueError:
+            # no accepted context in the file's own syntax: let pynetdicom convert a decoded
+            # copy (Explicit → Implicit VR LE); the UID and the values stay the same
+            status = assoc.send_c_store(dcmread(path))
+        except OSError as err:
+            self._queue.mark_failed(delivery.delivery_id, f"spool file unreadable: {err}")
+            logger.error("queue item %d: spool file unreadable: %s", delivery.queue_id, err)
+            return False
+        result = classify_store_status(status)
+        if result.verdict is StoreVerdict.STORED:
+            self._queue.mark_sent(delivery.delivery_id,
+                                  "" if result.status == 0 else result.text)
+            logger.info("queue item %d: stored at %s (%s) as %s", delivery.queue_id,
+                        self.destination.name, result.text, delivery.sop_instance_uid)
+            return True
+        if result.verdict is StoreVerdict.FAILED:
+            self._queue.mark_failed(delivery.delivery_id,
+                                    f"{self.destination.name} refused C-STORE: {result.text}")
+            logger.error("queue item %d: %s refused C-STORE (%s); kept, not retried",
+                         delivery.queue_id, self.destination.name, result.text)
+            return False
+        # RETRY or UNKNOWN: the same bytes go again later under the same UID
+        delay = self._next_backoff(f"C-STORE {result.text}")
+        self._queue.mark_retry([delivery.delivery_id],
+                               f"{self.destination.name}: {result.text}", time.time() + delay)
+        logger.warning("queue item %d: %s answered %s; retrying in %.0f s",
+                       delivery.queue_id, self.destination.name, result.text, delay)
+        return False
+
+    def _request_commitment(self, assoc: Association, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        dest = self.destination
+        transaction_uid = self._uids.new_uid()
+        self._queue.begin_commitment(
+            dest.name, [d.delivery_id for d in deliveries], transaction_uid,
+            deadline=time.time() + dest.commitment_timeout_s,
+        )
+        request = build_commitment_request(
+            transaction_uid, [(d.sop_class_uid, d.sop_instance_uid) for d in deliveries]
+        )
+        status, _reply = assoc.send_n_action(
+            request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+        )
+        code = int(status.Status) if status is not None and "Status" in status else None
+        if code == 0x0000:
+            logger.info("commitment requested from %s: transaction %s, %d instances",
+                        dest.name, transaction_uid, len(deliveries))
+            return
+        if code is None:
+            # Orthanc answers an N-ACTION from an AE it does not know with an A-ABORT
+            reason = (f"{dest.name} gave no answer to the Storage Commitment request: is AE "
+                      f"title {self._ae_title} registered at the archive with storage "
+                      f"commitment allowed?")
+        else:
+            reason = f"{dest.name} refused the Storage Commitment request (0x{code:04X})"
+        delay = self._next_backoff(reason)
+        self._queue.fail_transaction_request(transaction_uid, reason,
+                                             next_attempt_at=time.time() + delay)
+        logger.error("%s; asking again in %.0f s", reason, delay)
+
+
+class Forwarder:
+    """All destination workers."""
+
+    def __init__(self, workers: Sequence[DestinationWorker]) -> None:
+        self.workers = list(workers)
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def wake(self) -> None:
+        for worker in self.workers:
+            worker.wake()
+
+    def health(self) -> list[dict[str, Any]]:
+        return [worker.health.as_dict() for worker in self.workers]

@@ -1,0 +1,168 @@
+"""The listener: accepts Storage Commitment reports (N-EVENT-REPORT) and C-ECHO, only from the
+configured archives, and records each report durably before answering it.
+
+Orthanc always sends the report on a new association to the AE/host/port it has registered for
+us (shared/design/PEERS.md); the same handler also serves reports that arrive on the forwarder's
+own association.
+"""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import evt
+from pynetdicom.sop_class import (
+    StorageCommitmentPushModel,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from agent.config import DestinationSection
+from agent.net.ae import AgentAE, AllowListServer, resolve_hosts
+from agent.net.commitment import CommitmentReportError, parse_commitment_report
+from agent.queue import QueueStore
+
+logger = logging.getLogger(__name__)
+
+#: PS3.7 C.4 statuses we answer with
+STATUS_SUCCESS = 0x0000
+STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_NO_SUCH_SOP_CLASS = 0x0118
+STATUS_INVALID_ARGUMENT = 0x0115
+STATUS_UNRECOGNISED_OPERATION = 0x0211
+#: a report bigger than this many bytes of P-DATA is not read into memory
+MAX_PDU_BYTES = 1 << 20
+
+
+class CommitmentReportHandler:
+    """Validates a report against the transactions we sent and applies it to the queue.
+
+    Thread-safe: pynetdicom runs it on its own threads, possibly while our own N-ACTION call
+    is still in progress.
+    """
+
+    def __init__(
+        self,
+        queue: QueueStore,
+        destinations: Sequence[DestinationSection],
+        *,
+        retry_commit_s: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._queue = queue
+        self._ae_by_destination = {d.name: d.called_ae for d in destinations}
+        self._retry_commit_s = retry_commit_s
+        self._on_change = on_change
+
+    def __call__(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        assoc = event.assoc
+        # on our own association the archive is the acceptor; on the listener, the requestor
+        peer_ae = (assoc.acceptor if assoc.is_requestor else assoc.requestor).ae_title
+        request = event.request
+        if request.AffectedSOPClassUID != StorageCommitmentPushModel:
+            logger.warning("N-EVENT-REPORT for SOP class %s from %s ignored",
+                           request.AffectedSOPClassUID, peer_ae)
+            return STATUS_NO_SUCH_SOP_CLASS, None
+        try:
+            result = parse_commitment_report(request.EventTypeID, event.event_information)
+        except CommitmentReportError as err:
+            logger.warning("invalid Storage Commitment report from %s: %s", peer_ae, err)
+            return STATUS_INVALID_ARGUMENT, None
+        destination = self._queue.transaction_destination(result.transaction_uid)
+        if destination is None:
+            logger.warning("Storage Commitment report from %s for unknown transaction %s "
+                           "ignored", peer_ae, result.transaction_uid)
+            return STATUS_UNRECOGNISED_OPERATION, None
+        expected_ae = self._ae_by_destination.get(destination)
+        if expected_ae is not None and expected_ae != peer_ae:
+            logger.warning("Storage Commitment report for transaction %s came from AE %s, "
+                           "but the transaction was sent to %s (%s): ignored",
+                           result.transaction_uid, peer_ae, destination, expected_ae)
+            return STATUS_PROCESSING_FAILURE, None
+        outcome = self._queue.apply_commitment_report(
+            result, retry_commit_at=time.time() + self._retry_commit_s
+        )
+        # durable from here on: only now may the archive be told 0x0000
+        logger.info(
+            "commitment report %s from %s: %d committed, %d to resend, %d to ask again, "
+            "%d failed, %d ignored", result.transaction_uid, destination, outcome.committed,
+            outcome.resend, outcome.retry_commit, outcome.failed, len(outcome.ignored))
+        for uid in outcome.ignored:
+            logger.warning("commitment report %s names instance %s that the transaction did "
+                           "not reference: ignored", result.transaction_uid, uid)
+        self._on_change()
+        return STATUS_SUCCESS, None
+
+
+class Listener:
+    """The inbound DICOM server of the agent."""
+
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        host: str,
+        port: int,
+        destinations: Sequence[DestinationSection],
+        report_handler: CommitmentReportHandler,
+    ) -> None:
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+        self._destinations = destinations
+        self._handler = report_handler
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bind and serve in a background thread.
+
+        Raises
+        ------
+        OSError
+            If the address cannot be bound (port in use, address not local).
+        """
+        ae = AgentAE(self.ae_title)
+        ae.maximum_pdu_size = MAX_PDU_BYTES
+        ae.maximum_associations = 4
+        ae.require_called_aet = True
+        ae.require_calling_aet = sorted({d.called_ae for d in self._destinations})
+        # default roles: Orthanc proposes SCP-only for the report association, and
+        # scu_role=True/scp_role=False would reject that context (DICOM-NOTES.md §4)
+        ae.add_supported_context(StorageCommitmentPushModel)
+        ae.add_supported_context(Verification)
+        handlers: list[Any] = [
+            (evt.EVT_N_EVENT_REPORT, self._handler),
+            (evt.EVT_C_ECHO, lambda event: 0x0000),
+        ]
+        server = ae.make_server(
+            (self.host, self.port), evt_handlers=handlers, server_class=AllowListServer
+        )
+        # AE titles are self-asserted: the source address must be an archive's too
+        server.allowed_addresses = resolve_hosts(d.host for d in self._destinations)
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="listener", daemon=True
+        )
+        self._thread.start()
+        logger.info("listener %s on %s:%d (Storage Commitment reports, C-ECHO)",
+                    self.ae_title, self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            # AssociationServer.shutdown() also removes itself from ae._servers, where
+            # make_server() (unlike start_server()) never put it
+            socketserver.BaseServer.shutdown(self._server)
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+

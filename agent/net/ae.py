@@ -1,0 +1,103 @@
+"""pynetdicom AEs whose sockets have TCP_NODELAY set.
+
+pynetdicom never sets TCP_NODELAY; with Nagle on, the last write of each DIMSE message waits for
+the peer's delayed ACK, ~40 ms per exchange (shared/design/PEERS.md). pynetdicom creates the
+requestor socket in AssociationSocket._create_socket and accepts in AssociationServer.get_request;
+both are overridden here, nothing is patched globally.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.transport import (
+    AddressInformation,
+    AssociationSocket,
+    ThreadedAssociationServer,
+)
+
+logger = logging.getLogger(__name__)
+
+#: ARTIM/ACSE, DIMSE and idle timeouts (seconds) for every association we make or accept;
+#: pynetdicom's connection_timeout default is None (unbounded TCP connect)
+CONNECTION_TIMEOUT_S = 10.0
+ACSE_TIMEOUT_S = 15.0
+DIMSE_TIMEOUT_S = 60.0
+NETWORK_TIMEOUT_S = 60.0
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class NoDelayAssociationSocket(AssociationSocket):
+    def _create_socket(self, address: AddressInformation) -> socket.socket:
+        sock = super()._create_socket(address)
+        set_nodelay(sock)
+        return sock
+
+
+class AgentAE(AE):  # type: ignore[misc]
+    """An AE whose outgoing associations use no-delay sockets and bounded timeouts."""
+
+    def __init__(self, ae_title: str) -> None:
+        super().__init__(ae_title=ae_title)
+        self.connection_timeout = CONNECTION_TIMEOUT_S
+        self.acse_timeout = ACSE_TIMEOUT_S
+        self.dimse_timeout = DIMSE_TIMEOUT_S
+        self.network_timeout = NETWORK_TIMEOUT_S
+
+    def _create_socket(
+        self, assoc: Association, address: AddressInformation, tls_args: Any
+    ) -> AssociationSocket:
+        sock = NoDelayAssociationSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock
+
+
+def resolve_hosts(hosts: Iterable[str]) -> frozenset[str]:
+    """IP addresses for host names, for the listener's source-address allow-list."""
+    addresses: set[str] = set()
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host)
+            addresses.add(host)
+            continue
+        except ValueError:
+            pass
+        try:
+            for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
+                addresses.add(str(info[4][0]))
+        except OSError as err:
+            logger.warning("cannot resolve archive host %s for the listener allow-list: %s",
+                           host, err)
+    return frozenset(addresses)
+
+
+class AllowListServer(ThreadedAssociationServer):  # type: ignore[misc]
+    """Accepts TCP connections only from `allowed_addresses` (None = anyone), with no-delay."""
+
+    allowed_addresses: frozenset[str] | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client_socket, address = super().get_request()
+        set_nodelay(client_socket)
+        return client_socket, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        allowed = self.allowed_addresses
+        if allowed is None:
+            return True
+        host = str(client_address[0])
+        # an IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d
+        host = host.removeprefix("::ffff:")
+        if host in allowed:
+            return True
+        logger.warning("listener: refused connection from %s (not a configured archive)", host)
+        return False
