@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs modality-agent into .venv in this checkout. Idempotent: run it again to update.
+#   ./install.sh          the agent only
+#   ./install.sh --demo   also Orthanc, the local archive `modality-agent demo` starts (root: apt)
+#   ./install.sh --dev    also the test tools and the real peers the tests use:
+#                         Debian packages dcmtk orthanc dicom3tools (root: apt)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+current_step="start"
+want_dev=0
+want_demo=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) want_dev=1; want_demo=1 ;;
+    --demo) want_demo=1 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (use --demo or --dev)" >&2; exit 2 ;;
+  esac
+done
+
+step() { echo "==> $*"; }
+fail() { echo "install.sh: FAILED at step: $current_step" >&2; exit 1; }
+trap fail ERR
+
+apt_packages=()
+[ "$want_demo" = 1 ] && apt_packages+=(orthanc)
+[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools)
+
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  missing=()
+  for pkg in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      current_step="apt-get update"; step "$current_step"
+      apt-get update -qq
+      current_step="apt-get install ${missing[*]}"; step "$current_step"
+      # the Debian orthanc package would start its own service on a systemd host: the
+      # agent's demo and tests start their own Orthanc on free ports, so it is not needed
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    else
+      echo "install.sh: needs Debian packages: ${missing[*]}" >&2
+      echo "  run as root, or first: sudo apt-get install ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
+fi
+
+python="${PYTHON:-python3}"
+current_step="check Python >= 3.11 ($python)"; step "$current_step"
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
+  echo "install.sh: Python 3.11 or newer is needed (found $("$python" --version 2>&1))" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  current_step="create .venv"; step "$current_step"
+  "$python" -m venv .venv
+fi
+
+extras=""
+[ "$want_dev" = 1 ] && extras="[test]"
+current_step="pip install modality-agent$extras into .venv"; step "$current_step"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
+
+current_step="check the installation"; step "$current_step"
+.venv/bin/modality-agent --help > /dev/null
+echo "modality-agent installed in $here/.venv"

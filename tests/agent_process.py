@@ -1,0 +1,140 @@
+"""Run the real agent (`python -m agent run`) as a separate process, as systemd would, and its CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peers import LOCALHOST, free_port, wait_until
+
+AGENT_AE = "MODALITY1"
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    port: int
+    called_ae: str
+    storage_commitment: bool = True
+    commitment_timeout_s: float = 60.0
+
+
+def write_config(
+    path: Path,
+    *,
+    listener_port: int,
+    api_port: int,
+    destinations: Sequence[Destination],
+    spool_dir: Path,
+    frame_size: int = 64,
+    bits_stored: int = 12,
+    retry_max_s: float = 2.0,
+) -> Path:
+    lines = [
+        "[agent]", f'ae_title = "{AGENT_AE}"', f'spool_dir = "{spool_dir}"', 'log_level = "INFO"',
+        "[listener]", f'host = "{LOCALHOST}"', f"port = {listener_port}",
+        "[api]", f'host = "{LOCALHOST}"', f"port = {api_port}",
+        "[device]", 'driver = "simulated"',
+        "[device.options]", f"width = {frame_size}", f"height = {frame_size}",
+        f"bits_stored = {bits_stored}",
+        "[modality]", 'modality = "OT"', 'station_name = "TESTROOM"',
+        "[queue]", "retry_initial_s = 0.2", f"retry_max_s = {retry_max_s}", "retention_s = 86400",
+    ]
+    for d in destinations:
+        lines += [
+            "[[destinations]]", f'name = "{d.name}"', f'host = "{LOCALHOST}"', f"port = {d.port}",
+            f'called_ae = "{d.called_ae}"',
+            f"storage_commitment = {'true' if d.storage_commitment else 'false'}",
+            f"commitment_timeout_s = {d.commitment_timeout_s}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class AgentProcess:
+    """The daemon in its own process; stopped (or killed) by PID."""
+
+    config_path: Path
+    api_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None)
+
+    def start(self, timeout_s: float = 20) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--config", str(self.config_path), "run"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        process = self.process
+
+        def api_up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"agent exited with {process.returncode}: {self.log()}")
+            try:
+                self.api("GET", "/api/status")
+                return True
+            except (urllib.error.URLError, ConnectionError):
+                return False
+
+        wait_until(api_up, timeout_s, "agent API did not come up")
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://{LOCALHOST}:{self.api_port}{path}", data=data,
+                                         method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def objects(self, queue_ids: Sequence[int]) -> list[dict[str, Any]]:
+        query = "&".join(f"queue_id={q}" for q in queue_ids)
+        result: list[dict[str, Any]] = self.api("GET", f"/api/objects?{query}")["objects"]
+        return result
+
+    def cli(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent", "--config", str(self.config_path), *args],
+            capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def make_agent(tmp_path: Path, destinations: Sequence[Destination], *,
+               listener_port: int | None = None, **options: Any) -> AgentProcess:
+    api_port = free_port()
+    config = write_config(
+        tmp_path / "agent.toml", listener_port=listener_port or free_port(exclude=[api_port]),
+        api_port=api_port, destinations=destinations, spool_dir=tmp_path / "spool", **options,
+    )
+    return AgentProcess(config, api_port, tmp_path / "agent.log")
