@@ -1,0 +1,517 @@
+"""One small function per IOD module (PS3.3 Annex C).
+
+`check_*` functions reject bad input before anything is built and name the module and the
+attribute; `add_*` functions write one module's attributes into a Dataset and assume their
+check passed. Messages never repeat the value of a Patient-module attribute: they may end
+up in a log, and patient data must not (STYLE.md, Logging).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, tzinfo
+from enum import StrEnum
+
+import numpy as np
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.valuerep import format_number_as_ds
+
+from agent.errors import IODError
+from agent.iod.uids import is_valid_uid
+from agent.records import DeviceInfo, Order, SeriesContext
+from drivers.frame import Frame
+
+#: Secondary Capture Image Storage (PS3.4 B.5)
+SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+
+#: UTF-8 (PS3.3 C.12.1.1.2): every name a worklist can send us is representable
+SPECIFIC_CHARACTER_SET = "ISO_IR 192"
+
+#: largest value of an IS attribute (PS3.5 Table 6.2-1: a signed 32-bit integer)
+MAX_IS = 2**31 - 1
+
+#: largest even value length a 32-bit length field can carry (0xFFFFFFFF means undefined)
+MAX_VALUE_LENGTH = 0xFFFFFFFE
+
+
+class ConversionType(StrEnum):
+    """SC Equipment Conversion Type (0008,0064), PS3.3 C.8.6.1.1."""
+
+    DIGITIZED_VIDEO = "DV"
+    DIGITAL_INTERFACE = "DI"
+    DIGITIZED_FILM = "DF"
+    WORKSTATION = "WSD"
+    SCANNED_DOCUMENT = "SD"
+    SCANNED_IMAGE = "SI"
+    DRAWING = "DRW"
+    SYNTHETIC_IMAGE = "SYN"
+
+
+# --- value checks -------------------------------------------------------------------------
+
+#: control characters, and the backslash that separates values (PS3.5 6.2: not allowed in
+#: SH, LO, PN, CS); ESC is a control character too, and ISO_IR 192 never needs it
+_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f\\]")
+_CS_PATTERN = re.compile(r"[A-Z0-9 _]*")
+_DT_PATTERN = re.compile(r"\d{14}(\.\d{1,6})?")
+
+
+def check_text(module: str, keyword: str, value: object, max_chars: int, *,
+               phi: bool = False, required: bool = False) -> None:
+    """Raise IODError unless `value` is an SH (16) / LO (64) style value: a str of at most
+    `max_chars` characters, without control characters or backslash, encodable in UTF-8.
+    With `phi`, the message leaves the value out."""
+    shown = "" if phi else f" {value!r}"
+    if not isinstance(value, str):
+        raise IODError(f"{module}: {keyword} must be text, got {type(value).__name__}")
+    if required and not value.strip():
+        raise IODError(f"{module}: {keyword} is Type 1 and must not be empty")
+    if len(value) > max_chars:
+        raise IODError(
+            f"{module}: {keyword}{shown} has {len(value)} characters, at most {max_chars} allowed"
+        )
+    if _FORBIDDEN_IN_TEXT.search(value):
+        raise IODError(
+            f"{module}: {keyword}{shown} contains a control character or a backslash"
+        )
+    _check_utf8(module, keyword, value)
+
+
+def _check_utf8(module: str, keyword: str, value: str) -> None:
+    """Every str can be written in ISO_IR 192 except one holding lone surrogates (e.g. bytes
+    decoded with errors="surrogateescape"); catch those here, not halfway through writing."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise IODError(
+            f"{module}: {keyword} holds a character at position {err.start} that UTF-8 "
+            f"({SPECIFIC_CHARACTER_SET}) cannot encode"
+        ) from err
+
+
+def _check_cs(module: str, keyword: str, value: object, *, required: bool = False) -> None:
+    """CS: at most 16 of A-Z, 0-9, space, underscore (PS3.5 Table 6.2-1)."""
+    check_text(module, keyword, value, 16, required=required)
+    if not isinstance(value, str) or not _CS_PATTERN.fullmatch(value):
+        raise IODError(
+            f"{module}: {keyword} {value!r} may hold only upper-case letters, digits, space "
+            "and underscore"
+        )
+
+
+def _check_pn(module: str, keyword: str, value: object) -> None:
+    """PN: up to 3 component groups (alphabetic=ideographic=phonetic) of up to 64 characters
+    and 5 components each (PS3.5 6.2.1). Never shows the value: it is a person's name."""
+    if not isinstance(value, str):
+        raise IODError(f"{module}: {keyword} must be text, got {type(value).__name__}")
+    if _FORBIDDEN_IN_TEXT.search(value):
+        raise IODError(f"{module}: {keyword} contains a control character or a backslash")
+    _check_utf8(module, keyword, value)
+    groups = value.split("=")
+    if len(groups) > 3:
+        raise IODError(f"{module}: {keyword} has {len(groups)} component groups, at most 3")
+    for group in groups:
+        if len(group) > 64:
+            raise IODError(
+                f"{module}: {keyword} has a component group of {len(group)} characters, "
+                "at most 64"
+            )
+        if group.count("^") > 4:
+            raise IODError(
+                f"{module}: {keyword} has {group.count('^') + 1} components, at most 5 "
+                "(Family^Given^Middle^Prefix^Suffix)"
+            )
+
+
+def check_uid(module: str, keyword: str, value: object) -> None:
+    """Raise IODError unless `value` is a valid UID (PS3.5 §9.1)."""
+    if not is_valid_uid(value):
+        raise IODError(
+            f"{module}: {keyword} {value!r} is not a valid UID (digits and dots, no leading "
+            "zeros in a component, 1-64 characters)"
+        )
+
+
+def _check_dt(module: str, keyword: str, value: object) -> None:
+    """A DT without offset, YYYYMMDDHHMMSS[.FFFFFF], that names a real instant."""
+    if not isinstance(value, str) or not _DT_PATTERN.fullmatch(value):
+        raise IODError(f"{module}: {keyword} {value!r} is not YYYYMMDDHHMMSS[.FFFFFF]")
+    try:
+        datetime.strptime(value[:14], "%Y%m%d%H%M%S")
+    except ValueError as err:
+        raise IODError(f"{module}: {keyword} {value!r} is not a valid date and time") from err
+
+
+def check_integer(module: str, keyword: str, value: object, low: int, high: int) -> None:
+    """Raise IODError unless `value` is an int (not a bool) in low..high."""
+    # bool is an int: reject it explicitly (STYLE.md, Config)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise IODError(f"{module}: {keyword} must be an integer {low}..{high}, got {value!r}")
+
+
+def _put(ds: Dataset, keyword: str, value: object, *, vr: str | None = None) -> None:
+    """Set one attribute, validated with RAISE: pydicom checks a new element against its
+    *reading* validation mode (WARN by default), which would let a bad value through with
+    only a warning."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise IODError(f"{keyword} is not a DICOM keyword")  # a bug in this module
+    ds[tag] = DataElement(tag, vr or dictionary_VR(tag), value, validation_mode=config.RAISE)
+
+
+# --- times -----------------------------------------------------------------------------
+
+def local_datetime(t_wall: float, tz: tzinfo | None = None) -> datetime:
+    """The wall-clock time `t_wall` (seconds since the epoch) in `tz`, or in this machine's
+    local zone when `tz` is None. A conversion, not a clock read."""
+    return datetime.fromtimestamp(t_wall, tz=tz)
+
+
+def format_dt(moment: datetime) -> str:
+    """DICOM DT without offset: YYYYMMDDHHMMSS.FFFFFF (the wall-clock fields of `moment`)."""
+    return moment.strftime("%Y%m%d%H%M%S.%f")
+
+
+def _date_part(dt_value: str) -> str:
+    return dt_value[:8]
+
+
+def _time_part(dt_value: str) -> str:
+    return dt_value[8:]
+
+
+# --- Patient (C.7.1.1) ---------------------------------------------------------------------
+
+def check_patient(order: Order) -> None:
+    """Patient Name/ID/Birth Date/Sex are Type 2 (may be empty); the rest must be valid."""
+    _check_pn("Patient", "PatientName", order.patient_name)
+    check_text("Patient", "PatientID", order.patient_id, 64, phi=True)
+    check_text("Patient", "IssuerOfPatientID", order.issuer_of_patient_id, 64)
+    birth_date = order.patient_birth_date
+    if not isinstance(birth_date, str):
+        raise IODError("Patient: PatientBirthDate must be text YYYYMMDD or empty")
+    if birth_date:
+        try:
+            valid = len(birth_date) == 8 and birth_date.isdigit() and bool(
+                datetime.strptime(birth_date, "%Y%m%d"))
+        except ValueError:
+            valid = False
+        if not valid:
+            raise IODError("Patient: PatientBirthDate is not a valid date YYYYMMDD")
+    if order.patient_sex not in ("", "M", "F", "O"):
+        raise IODError("Patient: PatientSex must be M, F, O or empty")
+
+
+def add_patient_module(ds: Dataset, order: Order) -> None:
+    """Patient module: copied from the order (IHE SWF: from the worklist, unchanged)."""
+    _put(ds, "PatientName", order.patient_name)
+    _put(ds, "PatientID", order.patient_id)
+    if order.issuer_of_patient_id:
+        _put(ds, "IssuerOfPatientID", order.issuer_of_patient_id)
+    _put(ds, "PatientBirthDate", order.patient_birth_date)
+    _put(ds, "PatientSex", order.patient_sex)
+
+
+# --- General Study (C.7.2.1) ------------------------------------------------------------
+
+def check_general_study(order: Order, series: SeriesContext) -> None:
+    """Study UID valid (and the worklist's one when scheduled); no dummy values unscheduled."""
+    check_uid("General Study", "StudyInstanceUID", series.study_instance_uid)
+    if order.scheduled and order.study_instance_uid \
+            and series.study_instance_uid != order.study_instance_uid:
+        raise IODError(
+            "General Study: StudyInstanceUID of the series differs from the scheduled "
+            f"order's {order.study_instance_uid!r}; a scheduled study keeps the worklist's UID"
+        )
+    _check_dt("General Study", "StudyDateTime", series.study_datetime)
+    _check_pn("General Study", "ReferringPhysicianName", order.referring_physician_name)
+    check_text("General Study", "StudyID", series.study_id, 16)
+    check_text("General Study", "AccessionNumber", order.accession_number, 16)
+    check_text("General Study", "StudyDescription", order.requested_procedure_description, 64)
+    if not order.scheduled:
+        # IHE SWF unscheduled case, Request Attributes Macro note: no made-up values
+        for keyword, value in (("AccessionNumber", order.accession_number),
+                               ("RequestedProcedureID", order.requested_procedure_id),
+                               ("ScheduledProcedureStepID", order.sps_id)):
+            if value:
+                raise IODError(
+                    f"General Study: {keyword} {value!r} given for an unscheduled order; "
+                    "an unscheduled acquisition leaves it empty (IHE SWF)"
+                )
+
+
+def add_general_study_module(ds: Dataset, order: Order, series: SeriesContext) -> None:
+    """General Study module; Study Description from the Requested Procedure Description
+    (RAD TF-2x Appendix A)."""
+    _put(ds, "StudyInstanceUID", series.study_instance_uid)
+    _put(ds, "StudyDate", _date_part(series.study_datetime))
+    _put(ds, "StudyTime", _time_part(series.study_datetime))
+    _put(ds, "ReferringPhysicianName", order.referring_physician_name)
+    _put(ds, "StudyID", series.study_id)
+    _put(ds, "AccessionNumber", order.accession_number if order.scheduled else "")
+    if order.requested_procedure_description:
+        _put(ds, "StudyDescription", order.requested_procedure_description)
+
+
+# --- General Series (C.7.3.1) -----------------------------------------------------------
+
+def check_general_series(order: Order, device: DeviceInfo, series: SeriesContext) -> None:
+    """Modality is Type 1; a scheduled order must carry the IDs of its Request Attributes."""
+    _check_cs("General Series", "Modality", device.modality, required=True)
+    check_uid("General Series", "SeriesInstanceUID", series.series_instance_uid)
+    if series.series_instance_uid == series.study_instance_uid:
+        raise IODError("General Series: SeriesInstanceUID equals the StudyInstanceUID")
+    check_integer("General Series", "SeriesNumber", series.series_number, 0, MAX_IS)
+    _check_dt("General Series", "SeriesDateTime", series.series_datetime)
+    if order.scheduled:
+        # Request Attributes Macro (PS3.3 Table 10-9): both IDs are 1C, "required if
+        # procedure was scheduled"
+        for keyword, value in (("RequestedProcedureID", order.requested_procedure_id),
+                               ("ScheduledProcedureStepID", order.sps_id)):
+            check_text("General Series", f"RequestAttributesSequence {keyword}", value, 16,
+                        required=True)
+        check_text("General Series", "RequestAttributesSequence ScheduledProcedureStep"
+                    "Description", order.sps_description, 64)
+
+
+def add_general_series_module(ds: Dataset, order: Order, device: DeviceInfo,
+                              series: SeriesContext) -> None:
+    """General Series module, with the Request Attributes Sequence for a scheduled order."""
+    _put(ds, "Modality", device.modality)
+    _put(ds, "SeriesInstanceUID", series.series_instance_uid)
+    _put(ds, "SeriesNumber", series.series_number)
+    # Type 2C (required for paired body parts when Image Laterality is absent). We cannot
+    # know the body part; present-but-empty says "unknown", while absence makes dciodvfy
+    # report an error for SC (PEERS.md, dciodvfy).
+    _put(ds, "Laterality", "")
+    _put(ds, "SeriesDate", _date_part(series.series_datetime))
+    _put(ds, "SeriesTime", _time_part(series.series_datetime))
+    if order.scheduled:
+        item = Dataset()
+        _put(item, "RequestedProcedureID", order.requested_procedure_id)
+        if order.accession_number:
+            _put(item, "AccessionNumber", order.accession_number)
+        _put(item, "StudyInstanceUID", series.study_instance_uid)
+        if order.requested_procedure_description:
+            _put(item, "RequestedProcedureDescription", order.requested_procedure_description)
+        _put(item, "ScheduledProcedureStepID", order.sps_id)
+        if order.sps_description:
+            _put(item, "ScheduledProcedureStepDescription", order.sps_description)
+        _put(ds, "RequestAttributesSequence", [item])
+
+
+# --- General Equipment (C.7.5.1) and SC Equipment (C.8.6.1) ------------------------------
+
+def check_general_equipment(device: DeviceInfo) -> None:
+    """Lengths and characters of the device's identity (from `[modality]` of the config)."""
+    module = "General Equipment"
+    check_text(module, "Manufacturer", device.manufacturer, 64)
+    check_text(module, "InstitutionName", device.institution_name, 64)
+    check_text(module, "StationName", device.station_name, 16)
+    check_text(module, "ManufacturerModelName", device.model_name, 64)
+    check_text(module, "DeviceSerialNumber", device.device_serial_number, 64)
+    check_text(module, "SoftwareVersions", device.software_versions, 64)
+
+
+def add_general_equipment_module(ds: Dataset, device: DeviceInfo) -> None:
+    """General Equipment module: Manufacturer is Type 2, the rest Type 3 (left out if empty)."""
+    _put(ds, "Manufacturer", device.manufacturer)
+    optional = (("InstitutionName", device.institution_name),
+                ("StationName", device.station_name),
+                ("ManufacturerModelName", device.model_name),
+                ("DeviceSerialNumber", device.device_serial_number),
+                ("SoftwareVersions", device.software_versions))
+    for keyword, value in optional:
+        if value:
+            _put(ds, keyword, value)
+
+
+def check_sc_equipment(conversion_type: object) -> ConversionType:
+    """Coerce `conversion_type` to the enum; Conversion Type is Type 1."""
+    allowed = {member.value: member for member in ConversionType}
+    if not isinstance(conversion_type, str) or conversion_type not in allowed:
+        raise IODError(
+            f"SC Equipment: ConversionType {conversion_type!r} is not one of "
+            f"{', '.join(allowed)}"
+        )
+    return allowed[conversion_type]
+
+
+def add_sc_equipment_module(ds: Dataset, conversion_type: ConversionType) -> None:
+    """SC Equipment module. Its Modality (0008,0060) is General Series' attribute too."""
+    _put(ds, "ConversionType", conversion_type.value)
+
+
+# --- General Image (C.7.6.1) -------------------------------------------------------------
+
+def check_general_image(instance_number: object) -> None:
+    """Instance Number: a positive IS."""
+    check_integer("General Image", "InstanceNumber", instance_number, 1, MAX_IS)
+
+
+def add_general_image_module(ds: Dataset, *, instance_number: int, content_datetime: str,
+                             derived: bool, monochrome: bool) -> None:
+    """General Image module. ORIGINAL: the pixels are the device's own acquisition (C.7.6.1.1.2);
+    DERIVED for pixels made from other images (e.g. an imported screenshot). Grayscale gets
+    Presentation LUT Shape IDENTITY (Type 3 here, C.7.6.1.1.11): display as stored,
+    MONOCHROME2 = low values dark, as C.8.6.3 asks of grayscale SC."""
+    _put(ds, "InstanceNumber", instance_number)
+    # Type 2C: SC has no Image Orientation (Patient), and we do not know the orientation
+    _put(ds, "PatientOrientation", "")
+    _put(ds, "ContentDate", _date_part(content_datetime))
+    _put(ds, "ContentTime", _time_part(content_datetime))
+    _put(ds, "AcquisitionDateTime", content_datetime)
+    _put(ds, "ImageType", ["DERIVED" if derived else "ORIGINAL", "PRIMARY"])
+    # the frame carries no text burned in by us; a device that overlays text would say YES
+    _put(ds, "BurnedInAnnotation", "NO")
+    # never lossy here; a later lossy re-encode must set "01" and never reset it (C.7.6.1.1.5)
+    _put(ds, "LossyImageCompression", "00")
+    if monochrome:
+        _put(ds, "PresentationLUTShape", "IDENTITY")
+
+
+# --- Image Pixel (C.7.6.3) ---------------------------------------------------------------
+
+def check_image_pixel(frame: Frame) -> None:
+    """The frame's pixels against its description, with the DICOM attribute that would be
+    wrong. Frame checks itself on construction; this repeats what the encoding relies on,
+    because a frame's array can be changed in place afterwards."""
+    module = "Image Pixel"
+    pixels = frame.pixels
+    if not isinstance(pixels, np.ndarray):
+        raise IODError(f"{module}: PixelData must be a numpy array, got {type(pixels).__name__}")
+    if pixels.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        raise IODError(
+            f"{module}: BitsAllocated: pixel dtype {pixels.dtype} is neither uint8 (8) nor "
+            "uint16 (16)"
+        )
+    bits_allocated = pixels.dtype.itemsize * 8
+    photometric = frame.photometric_interpretation
+    if photometric == "MONOCHROME2":
+        if pixels.ndim != 2:
+            raise IODError(
+                f"{module}: SamplesPerPixel: MONOCHROME2 needs (rows, columns) pixels, got "
+                f"shape {pixels.shape}"
+            )
+    elif photometric == "RGB":
+        if pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise IODError(
+                f"{module}: SamplesPerPixel: RGB needs (rows, columns, 3) pixels, got shape "
+                f"{pixels.shape}"
+            )
+        if bits_allocated != 8 or frame.bits_stored != 8:
+            # true colour SC: Bits Allocated 8, Bits Stored 8 (PS3.3 A.8.5.4)
+            raise IODError(
+                f"{module}: BitsStored {frame.bits_stored} / BitsAllocated {bits_allocated}: "
+                "RGB must be 8/8"
+            )
+    else:
+        raise IODError(
+            f"{module}: PhotometricInterpretation {photometric!r} is not MONOCHROME2 or RGB"
+        )
+    rows, columns = int(pixels.shape[0]), int(pixels.shape[1])
+    for keyword, count in (("Rows", rows), ("Columns", columns)):
+        if not 1 <= count <= 65535:
+            raise IODError(f"{module}: {keyword} {count} is outside 1..65535")
+    bits_stored = frame.bits_stored
+    if isinstance(bits_stored, bool) or not isinstance(bits_stored, int) or bits_stored < 1:
+        raise IODError(f"{module}: BitsStored must be a positive integer, got {bits_stored!r}")
+    if bits_stored > bits_allocated:
+        raise IODError(
+            f"{module}: BitsStored {bits_stored} exceeds BitsAllocated {bits_allocated}"
+        )
+    if pixels.nbytes > MAX_VALUE_LENGTH:
+        raise IODError(
+            f"{module}: PixelData of {pixels.nbytes} bytes exceeds the {MAX_VALUE_LENGTH}-byte "
+            "limit of one value"
+        )
+    largest = int(pixels.max())
+    if largest >= 1 << bits_stored:
+        # High Bit = Bits Stored - 1: bits above it are not pixel data and would be masked
+        raise IODError(
+            f"{module}: PixelData holds {largest}, above the largest value "
+            f"{(1 << bits_stored) - 1} of BitsStored {bits_stored}"
+        )
+
+
+def pixel_data_bytes(frame: Frame) -> bytes:
+    """The frame as a Pixel Data value: little endian, colour-by-pixel (Planar Configuration
+    0), padded to even length with one zero byte (PS3.5 §8.1.1)."""
+    pixels = frame.pixels
+    data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+    if len(data) % 2:
+        data += b"\x00"
+    return data
+
+
+def add_image_pixel_module(ds: Dataset, frame: Frame) -> None:
+    """Image Pixel module: unsigned samples, OB for 8-bit and OW for 16-bit Pixel Data."""
+    bits_allocated = frame.pixels.dtype.itemsize * 8
+    _put(ds, "SamplesPerPixel", frame.samples_per_pixel)
+    _put(ds, "PhotometricInterpretation", frame.photometric_interpretation)
+    _put(ds, "Rows", frame.rows)
+    _put(ds, "Columns", frame.columns)
+    _put(ds, "BitsAllocated", bits_allocated)
+    _put(ds, "BitsStored", frame.bits_stored)
+    _put(ds, "HighBit", frame.bits_stored - 1)
+    _put(ds, "PixelRepresentation", 0)
+    if frame.samples_per_pixel > 1:
+        _put(ds, "PlanarConfiguration", 0)
+    _put(ds, "PixelData", pixel_data_bytes(frame), vr="OB" if bits_allocated == 8 else "OW")
+
+
+# --- SC Image (C.8.6.2) ------------------------------------------------------------------
+
+def check_sc_image(frame: Frame) -> None:
+    """Pixel spacing, if given: two positive numbers."""
+    spacing = frame.pixel_spacing_mm
+    if spacing is None:
+        return
+    try:
+        valid = len(spacing) == 2 and all(float(value) > 0 for value in spacing)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise IODError(f"SC Image: PixelSpacing {spacing!r} is not two positive numbers (mm)")
+
+
+def add_sc_image_module(ds: Dataset, frame: Frame) -> None:
+    """SC Image module: Pixel Spacing (Type 3) when the device knows it. Nominal Scanned
+    Pixel Spacing is for scanned film or paper (Conversion Type DF/SD/SI), not for a device's
+    own frames, so it is left out."""
+    if frame.pixel_spacing_mm is not None:
+        spacing = [format_number_as_ds(float(value)) for value in frame.pixel_spacing_mm]
+        _put(ds, "PixelSpacing", spacing)
+
+
+# --- Modality LUT (C.11.1) ---------------------------------------------------------------
+
+def add_modality_lut_module(ds: Dataset, frame: Frame) -> None:
+    """Identity rescale for grayscale (C.8.6.3 requires it of grayscale multi-frame SC; in
+    single-frame SC the module is optional and says the same: stored values are the output):
+    intercept 0, slope 1, unspecified units "US". Colour images have no Modality LUT."""
+    if frame.photometric_interpretation == "MONOCHROME2":
+        _put(ds, "RescaleIntercept", "0")
+        _put(ds, "RescaleSlope", "1")
+        _put(ds, "RescaleType", "US")
+
+
+# --- SOP Common (C.12.1) -----------------------------------------------------------------
+
+def check_sop_common(sop_instance_uid: object) -> None:
+    """The SOP Instance UID, fixed by the caller before building (so a resend reuses it)."""
+    check_uid("SOP Common", "SOPInstanceUID", sop_instance_uid)
+
+
+def add_sop_common_module(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str,
+                          created_datetime: str) -> None:
+    """SOP Common module. Specific Character Set (0008,0005) governs every text value of the
+    object (PS3.5 §6.1); ISO_IR 192 is UTF-8."""
+    _put(ds, "SpecificCharacterSet", SPECIFIC_CHARACTER_SET)
+    _put(ds, "SOPClassUID", sop_class_uid)
+    _put(ds, "SOPInstanceUID", sop_instance_uid)
+    _put(ds, "InstanceCreationDate", _date_part(created_datetime))
+    _put(ds, "InstanceCreationTime", _time_part(created_datetime))
