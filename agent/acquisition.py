@@ -12,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydicom.uid import ExplicitVRLittleEndian
+
 from agent.config import ModalitySection
 from agent.errors import AcquisitionError, AgentError, IODError
 from agent.iod import (
+    ConversionType,
     UIDSource,
     build_secondary_capture,
     encode_part10,
@@ -31,6 +34,12 @@ logger = logging.getLogger(__name__)
 
 #: a frame later than this beyond the device's frame interval is a device fault
 FRAME_TIMEOUT_S = 10.0
+#: what encode_part10 writes; the forwarder proposes exactly this so the file streams unchanged
+SPOOL_TRANSFER_SYNTAX = str(ExplicitVRLittleEndian)
+#: SC Equipment Conversion Type (0008,0064) by driver: the simulated device makes synthetic
+#: images, a frame grabber digitises video; otherwise pixels come over a digital interface
+CONVERSION_TYPE_BY_DRIVER = {"simulated": ConversionType.SYNTHETIC_IMAGE,
+                             "v4l2": ConversionType.DIGITIZED_VIDEO}
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,8 @@ class Acquisition:
         on_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._driver: Driver = create_driver(driver_name, dict(driver_options))
+        self._conversion_type = CONVERSION_TYPE_BY_DRIVER.get(
+            driver_name, ConversionType.DIGITAL_INTERFACE)
         self._device = device
         self._queue = queue
         self._uids = uids
@@ -141,6 +152,7 @@ class Acquisition:
         ds = build_secondary_capture(
             frame, order=order, device=self._device, series=series,  # type: ignore[arg-type]
             instance_number=instance_number, sop_instance_uid=sop_instance_uid,
+            conversion_type=self._conversion_type,
         )
         validate_image(ds)
         payload = encode_part10(ds)
@@ -150,9 +162,7 @@ class Acquisition:
             payload,
             sop_instance_uid=sop_instance_uid,
             sop_class_uid=str(ds.SOPClassUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID)
-            if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta
-            else "1.2.840.10008.1.2.1",
+            transfer_syntax_uid=SPOOL_TRANSFER_SYNTAX,
         )
         self._on_queued()
         logger.info("queue item %d: captured frame %d as %s", queued.queue_id,

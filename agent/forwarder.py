@@ -174,39 +174,43 @@ class DestinationWorker:
             contexts.append(build_context(StorageCommitmentPushModel))
         return contexts
 
-    def _associate(self, batch: Sequence[Delivery]) -> Association | None:
+    def _associate(self, batch: Sequence[Delivery]) -> tuple[Association | None, float]:
+        """An association, or None and the delay before the next attempt."""
         dest = self.destination
         ae = AgentAE(self._ae_title)
+        connected = threading.Event()
         assoc = ae.associate(
             dest.host, dest.port, contexts=self._contexts(batch), ae_title=dest.called_ae,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._report_handler)],
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._report_handler),
+                          # pynetdicom reports a refused TCP connection as an abort
+                          (evt.EVT_CONN_OPEN, lambda event: connected.set())],
         )
         if assoc.is_established:
             with self.health.lock:
                 self.health.negotiated_max_pdu = assoc.acceptor.maximum_length
-            return assoc
-        if assoc.is_rejected:
-            reason = f"{dest.name} rejected the association (check AE titles {self._ae_title} " \
-                     f"-> {dest.called_ae})"
-        elif assoc.is_aborted:
-            reason = f"{dest.name} aborted the association"
-        else:
+            return assoc, 0.0
+        if not connected.is_set():
             reason = f"{dest.name} unreachable at {dest.host}:{dest.port}"
+        elif assoc.is_rejected:
+            reason = (f"{dest.name} rejected the association (check AE titles: calling "
+                      f"{self._ae_title}, called {dest.called_ae})")
+        else:
+            reason = f"{dest.name} aborted the association"
         delay = self._next_backoff(reason)
         with self.health.lock:
             if self.health.reachable is not False:
                 self.health.unreachable_since = time.time()
             self.health.reachable = False
-        logger.warning("%s; retrying in %.0f s", reason, delay)
-        return None
+        logger.warning("%s; retrying in %.1f s", reason, delay)
+        return None, delay
 
     def _send(self, batch: list[Delivery], awaiting: list[Delivery]) -> None:
         dest = self.destination
-        assoc = self._associate(batch + awaiting)
+        assoc, delay = self._associate(batch + awaiting)
         if assoc is None:
-            retry_at = time.time() + self._current_backoff()
-            self._queue.mark_retry([d.delivery_id for d in batch],
-                                   self.health.last_error, retry_at)
+            self._queue.mark_retry([d.delivery_id for d in batch], self.health.last_error,
+                                   time.time() + delay)
+            self._queue.postpone([d.delivery_id for d in awaiting], time.time() + delay)
             return
         stored: list[Delivery] = []
         try:
@@ -229,11 +233,6 @@ class DestinationWorker:
                 self.health.unreachable_since = None
                 self.health.consecutive_failures = 0
                 self.health.last_success_at = time.time()
-
-    def _current_backoff(self) -> float:
-        return backoff_s(self.health.consecutive_failures,
-                         initial_s=self._queue_config.retry_initial_s,
-                         max_s=self._queue_config.retry_max_s)
 
     def _store_one(self, assoc: Association, delivery: Delivery) -> bool:
         path = self._queue.object_path(delivery.queue_id)
@@ -264,7 +263,7 @@ class DestinationWorker:
         delay = self._next_backoff(f"C-STORE {result.text}")
         self._queue.mark_retry([delivery.delivery_id],
                                f"{self.destination.name}: {result.text}", time.time() + delay)
-        logger.warning("queue item %d: %s answered %s; retrying in %.0f s",
+        logger.warning("queue item %d: %s answered %s; retrying in %.1f s",
                        delivery.queue_id, self.destination.name, result.text, delay)
         return False
 
@@ -298,7 +297,7 @@ class DestinationWorker:
         delay = self._next_backoff(reason)
         self._queue.fail_transaction_request(transaction_uid, reason,
                                              next_attempt_at=time.time() + delay)
-        logger.error("%s; asking again in %.0f s", reason, delay)
+        logger.error("%s; asking again in %.1f s", reason, delay)
 
 
 class Forwarder:

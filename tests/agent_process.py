@@ -1,4 +1,4 @@
-"""Run the real agent (`python -m agent run`) as a separate process, as systemd would, and its CLI."""
+"""Run the real agent (`python -m agent run`) in its own process, as systemd would, and its CLI."""
 
 from __future__ import annotations
 

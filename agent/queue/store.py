@@ -231,15 +231,25 @@ class QueueStore:
         - a file in `objects/` without a row was never acknowledged either: moved to
           `quarantine/` for inspection, not deleted.
         - a row whose file is missing is data loss: its deliveries fail with that reason.
+        - open commitment transactions are superseded and their rows go back to `sent`: a
+          report sent while we were down is lost (Orthanc tries once and gives up), so the
+          commitment is asked for again under a new Transaction UID. A late report on the old
+          UID is still honoured.
         """
         now = self._now()
-        counts = {"requeued": 0, "tmp_removed": 0, "quarantined": 0, "missing": 0}
+        counts = {"requeued": 0, "tmp_removed": 0, "quarantined": 0, "missing": 0,
+                  "recommit": 0}
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE deliveries SET state=?, updated_at=? WHERE state=?",
                 (S.PENDING, now, S.SENDING),
             )
             counts["requeued"] = cur.rowcount
+            conn.execute("UPDATE transactions SET state='superseded' WHERE state='open'")
+            counts["recommit"] = conn.execute(
+                "UPDATE deliveries SET state=?, next_attempt_at=?, updated_at=? WHERE state=?",
+                (S.SENT, now, now, S.COMMIT_REQUESTED),
+            ).rowcount
         for tmp in self.spool.tmp_dir.iterdir():
             tmp.unlink()
             counts["tmp_removed"] += 1
@@ -445,6 +455,14 @@ class QueueStore:
                 "WHERE delivery_id=? AND state IN (?, ?, ?)",
                 [(S.PENDING, next_attempt_at, reason, now, i, S.SENDING, S.SENT,
                   S.COMMIT_REQUESTED) for i in delivery_ids],
+            )
+
+    def postpone(self, delivery_ids: Sequence[int], next_attempt_at: float) -> None:
+        """Leave the state as it is; look at these rows again from `next_attempt_at`."""
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET next_attempt_at=? WHERE delivery_id=?",
+                [(next_attempt_at, i) for i in delivery_ids],
             )
 
     def mark_failed(self, delivery_id: int, reason: str) -> None:
