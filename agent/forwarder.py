@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (
 
 from agent.config import DestinationSection, QueueSection
 from agent.iod.uids import UIDSource
-from agent.net.ae import AgentAE
+from agent.net.ae import AgentAE, associate
 from agent.net.commitment import build_commitment_request
 from agent.net.status import StoreVerdict, classify_store_status
 from agent.queue import QueueStore
@@ -177,25 +177,16 @@ class DestinationWorker:
     def _associate(self, batch: Sequence[Delivery]) -> tuple[Association | None, float]:
         """An association, or None and the delay before the next attempt."""
         dest = self.destination
-        ae = AgentAE(self._ae_title)
-        connected = threading.Event()
-        assoc = ae.associate(
-            dest.host, dest.port, contexts=self._contexts(batch), ae_title=dest.called_ae,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._report_handler),
-                          # pynetdicom reports a refused TCP connection as an abort
-                          (evt.EVT_CONN_OPEN, lambda event: connected.set())],
+        assoc, failure = associate(
+            AgentAE(self._ae_title), dest.host, dest.port, dest.called_ae,
+            contexts=self._contexts(batch),
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._report_handler)],
         )
         if assoc.is_established:
             with self.health.lock:
                 self.health.negotiated_max_pdu = assoc.acceptor.maximum_length
             return assoc, 0.0
-        if not connected.is_set():
-            reason = f"{dest.name} unreachable at {dest.host}:{dest.port}"
-        elif assoc.is_rejected:
-            reason = (f"{dest.name} rejected the association (check AE titles: calling "
-                      f"{self._ae_title}, called {dest.called_ae})")
-        else:
-            reason = f"{dest.name} aborted the association"
+        reason = f"{dest.name}: {failure}"
         delay = self._next_backoff(reason)
         with self.health.lock:
             if self.health.reachable is not False:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 from collections.abc import Iterable
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import (
     AddressInformation,
@@ -101,3 +102,29 @@ class AllowListServer(ThreadedAssociationServer):  # type: ignore[misc]
             return True
         logger.warning("listener: refused connection from %s (not a configured archive)", host)
         return False
+
+
+def associate(
+    ae: AgentAE, host: str, port: int, called_ae: str, *,
+    contexts: list[Any] | None = None, evt_handlers: list[Any] | None = None,
+) -> tuple[Association, str]:
+    """Request an association; returns it and, when it is not established, why, in words a
+    service engineer can act on ("" when established).
+
+    pynetdicom reports a refused or timed-out TCP connection as an abort; whether the
+    connection ever opened (EVT_CONN_OPEN) tells the two apart.
+    """
+    connected = threading.Event()
+    handlers = [*(evt_handlers or []), (evt.EVT_CONN_OPEN, lambda event: connected.set())]
+    kwargs: dict[str, Any] = {"ae_title": called_ae, "evt_handlers": handlers}
+    if contexts is not None:
+        kwargs["contexts"] = contexts
+    assoc = ae.associate(host, port, **kwargs)
+    if assoc.is_established:
+        return assoc, ""
+    if not connected.is_set():
+        return assoc, f"no connection to {host}:{port}"
+    if assoc.is_rejected:
+        return assoc, (f"association rejected (check AE titles: calling {ae.ae_title}, "
+                       f"called {called_ae})")
+    return assoc, "association aborted"

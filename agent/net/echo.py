@@ -6,7 +6,7 @@ import time
 
 from pynetdicom.sop_class import Verification
 
-from agent.net.ae import AgentAE
+from agent.net.ae import AgentAE, associate
 
 
 def echo(ae_title: str, host: str, port: int, called_ae: str) -> tuple[bool, str, float]:
@@ -14,15 +14,9 @@ def echo(ae_title: str, host: str, port: int, called_ae: str) -> tuple[bool, str
     ae = AgentAE(ae_title)
     ae.add_requested_context(Verification)
     started = time.monotonic()
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc, failure = associate(ae, host, port, called_ae)
     if not assoc.is_established:
-        if assoc.is_rejected:
-            detail = "association rejected (check AE titles)"
-        elif assoc.is_aborted:
-            detail = "association aborted"
-        else:
-            detail = "no connection"
-        return False, detail, time.monotonic() - started
+        return False, failure, time.monotonic() - started
     try:
         status = assoc.send_c_echo()
     finally:

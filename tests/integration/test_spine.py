@@ -121,7 +121,7 @@ def test_archive_down_then_up_delivers_without_any_command(
     def waiting_with_reason() -> bool:
         status = agent.api("GET", "/api/status")
         dest = status["destinations"][0]
-        return dest["reachable"] is False and "unreachable" in dest["last_error"]
+        return dest["reachable"] is False and "no connection" in dest["last_error"]
 
     wait_until(waiting_with_reason, 20, "status never showed the archive as unreachable")
     # waiting, never failed: an outage is not an error
