@@ -7,6 +7,33 @@ from enum import StrEnum
 
 
 @dataclass(frozen=True)
+class Code:
+    """One item of a Code Sequence (PS3.3 Table 8.8-1, Basic Code Sequence Macro)."""
+
+    value: str                      # Code Value (0008,0100), SH
+    scheme: str                     # Coding Scheme Designator (0008,0102), SH
+    meaning: str                    # Code Meaning (0008,0104), LO
+    scheme_version: str = ""        # Coding Scheme Version (0008,0103), SH; "" = none
+
+
+@dataclass(frozen=True)
+class OtherPatientID:
+    """One item of Other Patient IDs Sequence (0010,1002), PS3.3 C.7.1.1."""
+
+    patient_id: str                 # Patient ID (0010,0020), LO
+    issuer_of_patient_id: str = ""  # Issuer of Patient ID (0010,0021), LO
+    type_of_patient_id: str = "TEXT"  # Type of Patient ID (0010,0022): TEXT, RFID, BARCODE
+
+
+@dataclass(frozen=True)
+class SOPReference:
+    """A referenced SOP instance, e.g. one item of Referenced Study Sequence (0008,1110)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
 class Order:
     """Who and what the images are for: a worklist item, or the unscheduled case.
 
@@ -28,6 +55,12 @@ class Order:
     sps_id: str = ""
     sps_description: str = ""
     scheduled: bool = False
+    # from the worklist item too (RAD TF-2x Appendix A; PS3.17 Annex J); empty when unscheduled
+    other_patient_ids: tuple[OtherPatientID, ...] = ()
+    referenced_studies: tuple[SOPReference, ...] = ()    # Referenced Study Sequence
+    requested_procedure_codes: tuple[Code, ...] = ()     # -> Procedure Code Sequence too
+    scheduled_protocol_codes: tuple[Code, ...] = ()
+    admission_id: str = ""
 
 
 @dataclass(frozen=True)

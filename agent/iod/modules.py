@@ -21,7 +21,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from agent.errors import IODError
 from agent.iod.uids import is_valid_uid
-from agent.records import DeviceInfo, Order, SeriesContext
+from agent.records import Code, DeviceInfo, Order, SeriesContext, SOPReference
 from drivers.frame import Frame
 
 #: Secondary Capture Image Storage (PS3.4 B.5)
@@ -29,6 +29,9 @@ SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 #: UTF-8 (PS3.3 C.12.1.1.2): every name a worklist can send us is representable
 SPECIFIC_CHARACTER_SET = "ISO_IR 192"
+
+#: Type of Patient ID (0010,0022) defined terms (PS3.3 C.7.1.1)
+TYPES_OF_PATIENT_ID = ("TEXT", "RFID", "BARCODE")
 
 #: largest value of an IS attribute (PS3.5 Table 6.2-1: a signed 32-bit integer)
 MAX_IS = 2**31 - 1
@@ -203,6 +206,15 @@ def check_patient(order: Order) -> None:
             raise IODError("Patient: PatientBirthDate is not a valid date YYYYMMDD")
     if order.patient_sex not in ("", "M", "F", "O"):
         raise IODError("Patient: PatientSex must be M, F, O or empty")
+    for index, other in enumerate(order.other_patient_ids):
+        where = f"OtherPatientIDsSequence[{index}]"
+        # Type 1 inside the item (PS3.3 Table C.7-1): an item without an ID says nothing
+        check_text("Patient", f"{where}.PatientID", other.patient_id, 64, phi=True,
+                   required=True)
+        check_text("Patient", f"{where}.IssuerOfPatientID", other.issuer_of_patient_id, 64)
+        if other.type_of_patient_id not in TYPES_OF_PATIENT_ID:
+            raise IODError(f"Patient: {where}.TypeOfPatientID {other.type_of_patient_id!r} is "
+                           f"not one of {', '.join(TYPES_OF_PATIENT_ID)}")
 
 
 def add_patient_module(ds: Dataset, order: Order) -> None:
@@ -213,6 +225,74 @@ def add_patient_module(ds: Dataset, order: Order) -> None:
         _put(ds, "IssuerOfPatientID", order.issuer_of_patient_id)
     _put(ds, "PatientBirthDate", order.patient_birth_date)
     _put(ds, "PatientSex", order.patient_sex)
+    if order.other_patient_ids:
+        items = []
+        for other in order.other_patient_ids:
+            item = Dataset()
+            _put(item, "PatientID", other.patient_id)
+            if other.issuer_of_patient_id:
+                _put(item, "IssuerOfPatientID", other.issuer_of_patient_id)
+            _put(item, "TypeOfPatientID", other.type_of_patient_id)
+            items.append(item)
+        _put(ds, "OtherPatientIDsSequence", items)
+
+
+# --- Patient Study (C.7.2.2) ---------------------------------------------------------------
+
+def check_patient_study(order: Order) -> None:
+    """Admission ID (LO, Type 3): it identifies a hospital stay, so it is never shown."""
+    check_text("Patient Study", "AdmissionID", order.admission_id, 64, phi=True)
+
+
+def add_patient_study_module(ds: Dataset, order: Order) -> None:
+    """Patient Study module: only Admission ID, copied from the worklist when it has one."""
+    if order.admission_id:
+        _put(ds, "AdmissionID", order.admission_id)
+
+
+# --- Code Sequence Macro (PS3.3 Table 8.8-1) and SOP Instance Reference (Table 10-11) --------
+
+def check_codes(module: str, keyword: str, codes: tuple[Code, ...]) -> None:
+    """Each code needs a value, a scheme and a meaning (Type 1C/1C/1 in the macro)."""
+    if not isinstance(codes, tuple):
+        raise IODError(f"{module}: {keyword} must be a tuple of codes, got "
+                       f"{type(codes).__name__}")
+    for index, code in enumerate(codes):
+        where = f"{keyword}[{index}]"
+        if not isinstance(code, Code):
+            raise IODError(f"{module}: {where} must be a Code, got {type(code).__name__}")
+        check_text(module, f"{where}.CodeValue", code.value, 16, required=True)
+        check_text(module, f"{where}.CodingSchemeDesignator", code.scheme, 16, required=True)
+        check_text(module, f"{where}.CodingSchemeVersion", code.scheme_version, 16)
+        check_text(module, f"{where}.CodeMeaning", code.meaning, 64, required=True)
+
+
+def code_sequence(codes: tuple[Code, ...]) -> list[Dataset]:
+    """Code Sequence items for `codes` (checked by `check_codes`)."""
+    items = []
+    for code in codes:
+        item = Dataset()
+        _put(item, "CodeValue", code.value)
+        _put(item, "CodingSchemeDesignator", code.scheme)
+        if code.scheme_version:
+            _put(item, "CodingSchemeVersion", code.scheme_version)
+        _put(item, "CodeMeaning", code.meaning)
+        items.append(item)
+    return items
+
+
+def check_references(module: str, keyword: str, references: tuple[SOPReference, ...]) -> None:
+    """Both UIDs of each reference are Type 1 and must be valid."""
+    if not isinstance(references, tuple):
+        raise IODError(f"{module}: {keyword} must be a tuple of references, got "
+                       f"{type(references).__name__}")
+    for index, reference in enumerate(references):
+        where = f"{keyword}[{index}]"
+        if not isinstance(reference, SOPReference):
+            raise IODError(f"{module}: {where} must be a SOPReference, got "
+                           f"{type(reference).__name__}")
+        check_uid(module, f"{where}.ReferencedSOPClassUID", reference.sop_class_uid)
+        check_uid(module, f"{where}.ReferencedSOPInstanceUID", reference.sop_instance_uid)
 
 
 # --- General Study (C.7.2.1) ------------------------------------------------------------
@@ -231,6 +311,8 @@ def check_general_study(order: Order, series: SeriesContext) -> None:
     check_text("General Study", "StudyID", series.study_id, 16)
     check_text("General Study", "AccessionNumber", order.accession_number, 16)
     check_text("General Study", "StudyDescription", order.requested_procedure_description, 64)
+    check_references("General Study", "ReferencedStudySequence", order.referenced_studies)
+    check_codes("General Study", "ProcedureCodeSequence", order.requested_procedure_codes)
     if not order.scheduled:
         # IHE SWF unscheduled case, Request Attributes Macro note: no made-up values
         for keyword, value in (("AccessionNumber", order.accession_number),
@@ -254,6 +336,18 @@ def add_general_study_module(ds: Dataset, order: Order, series: SeriesContext) -
     _put(ds, "AccessionNumber", order.accession_number if order.scheduled else "")
     if order.requested_procedure_description:
         _put(ds, "StudyDescription", order.requested_procedure_description)
+    if order.referenced_studies:
+        # Type 3; copied from the worklist unchanged (RAD TF-2x Appendix A)
+        references = []
+        for reference in order.referenced_studies:
+            item = Dataset()
+            _put(item, "ReferencedSOPClassUID", reference.sop_class_uid)
+            _put(item, "ReferencedSOPInstanceUID", reference.sop_instance_uid)
+            references.append(item)
+        _put(ds, "ReferencedStudySequence", references)
+    if order.requested_procedure_codes:
+        # Procedure Code Sequence from the Requested Procedure Code Sequence (Appendix A)
+        _put(ds, "ProcedureCodeSequence", code_sequence(order.requested_procedure_codes))
 
 
 # --- General Series (C.7.3.1) -----------------------------------------------------------
@@ -275,6 +369,8 @@ def check_general_series(order: Order, device: DeviceInfo, series: SeriesContext
                         required=True)
         check_text("General Series", "RequestAttributesSequence ScheduledProcedureStep"
                     "Description", order.sps_description, 64)
+        check_codes("General Series", "RequestAttributesSequence ScheduledProtocolCodeSequence",
+                    order.scheduled_protocol_codes)
 
 
 def add_general_series_module(ds: Dataset, order: Order, device: DeviceInfo,
@@ -298,8 +394,14 @@ def add_general_series_module(ds: Dataset, order: Order, device: DeviceInfo,
         if order.requested_procedure_description:
             _put(item, "RequestedProcedureDescription", order.requested_procedure_description)
         _put(item, "ScheduledProcedureStepID", order.sps_id)
+        if order.requested_procedure_codes:
+            _put(item, "RequestedProcedureCodeSequence",
+                 code_sequence(order.requested_procedure_codes))
         if order.sps_description:
             _put(item, "ScheduledProcedureStepDescription", order.sps_description)
+        if order.scheduled_protocol_codes:
+            _put(item, "ScheduledProtocolCodeSequence",
+                 code_sequence(order.scheduled_protocol_codes))
         _put(ds, "RequestAttributesSequence", [item])
 
 

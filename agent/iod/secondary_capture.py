@@ -142,6 +142,7 @@ def build_secondary_capture(
     modules.check_image_pixel(frame)
     modules.check_sc_image(frame)
     modules.check_patient(order)
+    modules.check_patient_study(order)
     modules.check_general_study(order, series)
     modules.check_general_series(order, device, series)
     modules.check_general_equipment(device)
@@ -166,6 +167,8 @@ def build_secondary_capture(
                                       created_datetime=content_dt)
     with _building("Patient"):
         modules.add_patient_module(ds, order)
+    with _building("Patient Study"):
+        modules.add_patient_study_module(ds, order)
     with _building("General Study"):
         modules.add_general_study_module(ds, order, series)
     with _building("General Series"):
@@ -195,7 +198,7 @@ def _building(module: str) -> Iterator[None]:
         yield
     except ValueError as err:
         # pydicom's message may quote the value; a Patient value must not reach a log
-        detail = "" if module == "Patient" else f": {err}"
+        detail = "" if module in ("Patient", "Patient Study") else f": {err}"
         raise IODError(f"{module}: pydicom rejected a value{detail}") from err
 
 
