@@ -15,7 +15,7 @@ from datetime import datetime
 from pydicom.uid import ExplicitVRLittleEndian
 
 from agent.config import ModalitySection
-from agent.errors import AcquisitionError, AgentError, IODError
+from agent.errors import AcquisitionError, AgentError, IODError, SpoolFullError
 from agent.iod import (
     ConversionType,
     UIDSource,
@@ -126,6 +126,12 @@ class Acquisition:
                 self.open()
                 if not self._driver.is_open:
                     raise AcquisitionError(f"device not available: {self.last_error}")
+            try:
+                # refuse the exam up front rather than stop it half way (the first object's
+                # size is not known yet: one frame of 16-bit pixels is the estimate)
+                self._queue.check_room(frames * self._estimated_object_bytes())
+            except SpoolFullError as err:
+                raise AcquisitionError(str(err)) from err
             series = new_series_context(
                 self._uids, order, started_at=datetime.now().astimezone().replace(tzinfo=None),
                 series_number=1,
@@ -145,6 +151,13 @@ class Acquisition:
                         series.series_instance_uid)
             return AcquisitionResult(series.study_instance_uid, series.series_instance_uid,
                                      tuple(captured), error)
+
+    def _estimated_object_bytes(self) -> int:
+        options = self._driver.options
+        width = int(options.get("width", 0) or 0)
+        height = int(options.get("height", 0) or 0)
+        samples = 3 if options.get("color") else 2
+        return width * height * samples + 16 * 1024
 
     def _capture_one(self, order: Order, series: object, instance_number: int) -> CapturedObject:
         frame = self._driver.read_frame(timeout=FRAME_TIMEOUT_S)

@@ -92,6 +92,7 @@ class QueueSection:
     retry_initial_s: float = 2.0
     retry_max_s: float = 300.0
     retention_s: float = 86400.0
+    min_free_mb: float = 512.0               # capture stops before the spool's disk has less
 
 
 @dataclass(frozen=True)
@@ -729,4 +730,5 @@ def _check_queue(table: dict[str, Any] | None, problems: _Problems) -> QueueSect
             got = f"{maximum:g} (the default)"
         section.report("retry_max_s", f"a number >= retry_initial_s ({initial:g})", got)
     section.take("retention_s", _number(at_least=0))
+    section.take("min_free_mb", _number(at_least=0))
     return section.build()

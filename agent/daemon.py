@@ -89,7 +89,8 @@ class Daemon:
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self.uids = UIDSource(config.agent.uid_root)
-        self.queue = QueueStore(config.agent.spool_dir, [d.name for d in config.destinations])
+        self.queue = QueueStore(config.agent.spool_dir, [d.name for d in config.destinations],
+                                min_free_bytes=int(config.queue.min_free_mb * 2**20))
         self._final = final_state_by_destination(config)
         self.report_handler = CommitmentReportHandler(
             self.queue, config.destinations,
@@ -175,6 +176,12 @@ class Daemon:
             except AgentError as err:
                 logger.error("purge failed: %s", err)
 
+    def _spool_status(self) -> dict[str, Any]:
+        free = self.queue.free_bytes()
+        return {"path": str(self.config.agent.spool_dir), "free_mb": free // 2**20,
+                "min_free_mb": self.config.queue.min_free_mb,
+                "capture_blocked": free < self.queue.min_free_bytes}
+
     # -- what the API serves -----------------------------------------------------------------
     def acquire(self, order: Order, frames: int) -> dict[str, Any]:
         """Raises AcquisitionError when nothing could be captured."""
@@ -221,6 +228,7 @@ class Daemon:
                        "last_frame_at": device.last_frame_t_wall,
                        "error": self.acquisition.last_error},
             "listener": {"host": self.config.listener.host, "port": self.listener.port},
+            "spool": self._spool_status(),
             "destinations": [
                 {**health, "queue": counts.get(health["name"], {}),
                  "oldest_pending_at": self.queue.oldest_pending_at(health["name"])}

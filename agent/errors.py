@@ -25,6 +25,10 @@ class SpoolLockedError(QueueError, BlockingIOError):
     """Another agent process holds the spool."""
 
 
+class SpoolFullError(QueueError, OSError):
+    """The spool's disk is at its configured limit: capture stops, nothing is deleted."""
+
+
 class UnknownQueueItemError(QueueError, KeyError):
     """No queue item with that id."""
 

@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (
     StorageCommitmentPushModelInstance,
 )
 
+from agent import crashpoints
 from agent.config import DestinationSection, QueueSection
 from agent.iod.uids import UIDSource
 from agent.net.ae import AgentAE, associate
@@ -237,10 +238,12 @@ class DestinationWorker:
             self._queue.mark_failed(delivery.delivery_id, f"spool file unreadable: {err}")
             logger.error("queue item %d: spool file unreadable: %s", delivery.queue_id, err)
             return False
+        crashpoints.reached("after_store_response")
         result = classify_store_status(status)
         if result.verdict is StoreVerdict.STORED:
             self._queue.mark_sent(delivery.delivery_id,
                                   "" if result.status == 0 else result.text)
+            crashpoints.reached("after_store_recorded")
             logger.info("queue item %d: stored at %s (%s) as %s", delivery.queue_id,
                         self.destination.name, result.text, delivery.sop_instance_uid)
             return True
@@ -273,6 +276,7 @@ class DestinationWorker:
         status, _reply = assoc.send_n_action(
             request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
         )
+        crashpoints.reached("after_n_action")
         code = int(status.Status) if status is not None and "Status" in status else None
         if code == 0x0000:
             logger.info("commitment requested from %s: transaction %s, %d instances",

@@ -23,6 +23,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from agent import crashpoints
 from agent.config import DestinationSection
 from agent.net.ae import AgentAE, AllowListServer, resolve_hosts
 from agent.net.commitment import CommitmentReportError, parse_commitment_report
@@ -85,9 +86,11 @@ class CommitmentReportHandler:
                            "but the transaction was sent to %s (%s): ignored",
                            result.transaction_uid, peer_ae, destination, expected_ae)
             return STATUS_PROCESSING_FAILURE, None
+        crashpoints.reached("before_report_recorded")
         outcome = self._queue.apply_commitment_report(
             result, retry_commit_at=time.time() + self._retry_commit_s
         )
+        crashpoints.reached("after_report_recorded")
         # durable from here on: only now may the archive be told 0x0000
         logger.info(
             "commitment report %s from %s: %d committed, %d to resend, %d to ask again, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -38,6 +39,7 @@ def write_config(
     frame_size: int = 64,
     bits_stored: int = 12,
     retry_max_s: float = 2.0,
+    min_free_mb: float = 0,
 ) -> Path:
     lines = [
         "[agent]", f'ae_title = "{AGENT_AE}"', f'spool_dir = "{spool_dir}"', 'log_level = "INFO"',
@@ -47,7 +49,8 @@ def write_config(
         "[device.options]", f"width = {frame_size}", f"height = {frame_size}",
         f"bits_stored = {bits_stored}",
         "[modality]", 'modality = "OT"', 'station_name = "TESTROOM"',
-        "[queue]", "retry_initial_s = 0.2", f"retry_max_s = {retry_max_s}", "retention_s = 86400",
+        "[queue]", "retry_initial_s = 0.2", f"retry_max_s = {retry_max_s}",
+        "retention_s = 86400", f"min_free_mb = {min_free_mb}",
     ]
     for d in destinations:
         lines += [
@@ -67,13 +70,15 @@ class AgentProcess:
     config_path: Path
     api_port: int
     log_path: Path
+    spool_dir: Path = field(default=Path("spool"))
     process: subprocess.Popen[bytes] | None = field(default=None)
 
-    def start(self, timeout_s: float = 20) -> None:
+    def start(self, timeout_s: float = 20, env: dict[str, str] | None = None) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent", "--config", str(self.config_path), "run"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         log.close()
         process = self.process
@@ -111,6 +116,19 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def queue_rows(self) -> list[dict[str, Any]]:
+        """Every object x destination row, read from the spool database (read-only)."""
+        db = self.spool_dir / "queue.db"
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(
+                "SELECT o.queue_id, o.sop_instance_uid, d.destination, d.state, d.last_error, "
+                "d.attempts, "
+                "d.transaction_uid FROM deliveries d JOIN objects o USING (queue_id)")]
+        finally:
+            conn.close()
+
     def kill9(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
@@ -137,4 +155,4 @@ def make_agent(tmp_path: Path, destinations: Sequence[Destination], *,
         tmp_path / "agent.toml", listener_port=listener_port or free_port(exclude=[api_port]),
         api_port=api_port, destinations=destinations, spool_dir=tmp_path / "spool", **options,
     )
-    return AgentProcess(config, api_port, tmp_path / "agent.log")
+    return AgentProcess(config, api_port, tmp_path / "agent.log", tmp_path / "spool")

@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +135,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> Non
 
 
 def start_storescp(
-    out_dir: Path, port: int, ae_title: str = "STORESCP", timeout_s: float = 10
+    out_dir: Path, port: int, ae_title: str = "STORESCP", timeout_s: float = 10,
+    extra_args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Start DCMTK storescp writing every received object into `out_dir`; wait until it listens.
 
@@ -153,6 +154,7 @@ def start_storescp(
                 "--output-directory", str(out_dir),
                 "--default-filenames",
                 "--prefer-little",
+                *extra_args,      # faults: --refuse, --abort-after, --sleep-during S ...
                 str(port),
             ],
             stdin=subprocess.DEVNULL,

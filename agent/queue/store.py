@@ -7,6 +7,7 @@ and renamed, the folder fsynced and the row committed with synchronous=FULL.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -19,7 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import QueueError, UnknownQueueItemError
+from agent import crashpoints
+from agent.errors import QueueError, SpoolFullError, UnknownQueueItemError
 from agent.queue.spool import Spool, install_synced, write_synced
 from agent.records import CommitmentResult, Delivery, DeliveryState, QueuedObject
 
@@ -154,6 +156,9 @@ class QueueStore:
         Names of the configured destinations: every new object gets one row per name.
     clock
         Seconds since the epoch; tests pass their own.
+    min_free_bytes
+        New objects are refused when they would leave less free space than this on the
+        spool's file system: capture stops before the disk fills, never by deleting.
     """
 
     def __init__(
@@ -162,8 +167,10 @@ class QueueStore:
         destinations: Sequence[str],
         *,
         clock: Callable[[], float] = time.time,
+        min_free_bytes: int = 0,
     ) -> None:
         self.spool = Spool(spool_dir)
+        self.min_free_bytes = min_free_bytes
         self.destinations = tuple(destinations)
         self._now = clock
         self._lock = threading.RLock()
@@ -302,12 +309,16 @@ class QueueStore:
             object).
         """
         now = self._now()
+        self.check_room(len(payload))
         sha256 = hashlib.sha256(payload).hexdigest()
         tmp = self.spool.tmp_path(uuid.uuid4().hex)
         try:
             write_synced(tmp, payload)
+            crashpoints.reached("after_tmp_write")
         except OSError as err:
             tmp.unlink(missing_ok=True)
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(f"spool {self.spool.root}: disk full") from err
             raise QueueError(f"spool write failed: {err.strerror}") from err
         final: Path | None = None
         try:
@@ -327,6 +338,7 @@ class QueueStore:
                 final = self.spool.object_path(queue_id)
                 # the file is in place before the row commits: a row never points at nothing
                 install_synced(tmp, final)
+                crashpoints.reached("after_rename")
         except sqlite3.IntegrityError as err:
             tmp.unlink(missing_ok=True)
             raise QueueError(
@@ -337,8 +349,23 @@ class QueueStore:
             if final is not None:
                 final.unlink(missing_ok=True)
             raise QueueError(f"queue write failed: {err}") from err
+        crashpoints.reached("after_enqueue")
         return QueuedObject(queue_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
                             len(payload), sha256, now)
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.spool.root)
+        return stats.f_bavail * stats.f_frsize
+
+    def check_room(self, size_bytes: int) -> None:
+        """Raises SpoolFullError when `size_bytes` more would cross the free-space limit."""
+        free = self.free_bytes()
+        if free - size_bytes < self.min_free_bytes:
+            raise SpoolFullError(
+                f"spool {self.spool.root}: {free // 2**20} MB free, {size_bytes // 2**20 + 1} MB "
+                f"needed above the limit of {self.min_free_bytes // 2**20} MB; capture stopped "
+                f"until objects are committed and removed or space is freed"
+            )
 
     # -- reading -----------------------------------------------------------------------------
     def get_object(self, queue_id: int) -> QueuedObject:

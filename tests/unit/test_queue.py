@@ -193,7 +193,7 @@ def test_restart_resets_sending_and_quarantines_orphans(tmp_path: Path,
     q.open()
     ids = put(q, 4)
     q.claim_batch("pacs", limit=2)
-    [third, fourth] = q.claim_batch("pacs", limit=2)
+    [_third, fourth] = q.claim_batch("pacs", limit=2)
     q.mark_sent(fourth.delivery_id)
     q.begin_commitment("pacs", [fourth.delivery_id], "2.25.12", clock.t + 3600)
     q.close()

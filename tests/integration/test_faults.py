@@ -1,0 +1,297 @@
+"""Store-and-forward under faults (RELIABILITY.md §3): forged reports, refusing, aborting and slow
+archives, crash points, a kill -9 storm, a full disk. Real daemon process, real peers."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
+from pydicom import Dataset, config, dcmread
+from pydicom.sequence import Sequence
+from pynetdicom import AE
+from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+
+from agent.crashpoints import POINTS
+from agent.orthanc import OrthancServer, RegisteredModality, start_orthanc
+
+pytestmark = pytest.mark.integration
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+FINAL = {"committed"}
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.stop()
+
+
+def acquire(agent: AgentProcess, frames: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    return agent.cli("acquire", "--unscheduled", "--patient-id", "FAULT-1", "--patient-name",
+                     "Fault^Test", "--frames", str(frames), "--json", *extra)
+
+
+def reported_uids(result: subprocess.CompletedProcess[str]) -> set[str]:
+    if result.returncode != 0 or not result.stdout.strip():
+        return set()
+    return {o["sop_instance_uid"] for o in json.loads(result.stdout)["objects"]}
+
+
+def all_final(agent: AgentProcess) -> bool:
+    rows = agent.queue_rows()
+    return bool(rows) and all(r["state"] in FINAL for r in rows)
+
+
+def orthanc_uids(orthanc: OrthancServer) -> list[str]:
+    return [orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances()]
+
+
+def orthanc_with_agent(tmp_path: Path, listener_port: int) -> OrthancServer:
+    dicom_port = free_port(exclude={listener_port})
+    return start_orthanc(
+        tmp_path / "orthanc", dicom_port=dicom_port,
+        http_port=free_port(exclude={listener_port, dicom_port}),
+        modalities=[RegisteredModality("agent", AGENT_AE, LOCALHOST, listener_port)])
+
+
+# -- forged and malformed commitment reports ---------------------------------------------------
+def send_report(listener_port: int, calling_ae: str, event_type: int,
+                info: Dataset) -> int | None:
+    """What a hostile or broken archive could send; returns the status, None if refused."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate(LOCALHOST, listener_port, ae_title=AGENT_AE)
+    if not assoc.is_established:
+        return None
+    try:
+        status, _ = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel,
+                                              StorageCommitmentPushModelInstance)
+    finally:
+        assoc.release()
+    return int(status.Status) if "Status" in status else None
+
+
+def report(transaction_uid: str, committed: list[str] = (), failed: list[str] = ()) -> Dataset:
+    with config.disable_value_validation():
+        ds = Dataset()
+        ds.TransactionUID = transaction_uid
+        items = []
+        for uid in committed:
+            item = Dataset()
+            item.ReferencedSOPClassUID = SC
+            item.ReferencedSOPInstanceUID = uid
+            items.append(item)
+        ds.ReferencedSOPSequence = Sequence(items)
+        if failed:
+            f_items = []
+            for uid in failed:
+                item = Dataset()
+                item.ReferencedSOPClassUID = SC
+                item.ReferencedSOPInstanceUID = uid
+                item.FailureReason = 0x0110
+                f_items.append(item)
+            ds.FailedSOPSequence = Sequence(f_items)
+    return ds
+
+
+def test_forged_reports_are_refused_or_ignored(tmp_path: Path,
+                                               agents: list[AgentProcess]) -> None:
+    listener_port = free_port()
+    with orthanc_with_agent(tmp_path, listener_port) as orthanc:
+        agent = make_agent(tmp_path, [Destination("pacs", orthanc.dicom_port, "ORTHANC")],
+                           listener_port=listener_port)
+        agents.append(agent)
+        agent.start()
+        assert acquire(agent, 1, "--wait", "30").returncode == 0
+        [row] = agent.queue_rows()
+        assert row["state"] == "committed"
+        txn, uid = row["transaction_uid"], row["sop_instance_uid"]
+        files_before = sorted(p.name for p in (agent.spool_dir / "objects").iterdir())
+
+        # an AE title that is not a configured archive: refused at association time
+        assert send_report(listener_port, "EVIL", 1, report(txn, [uid])) is None
+        # the archive's AE title, but a transaction we never started
+        assert send_report(listener_port, "ORTHANC", 1, report("2.25.999", [uid])) == 0x0211
+        # a real transaction, naming an instance we never sent: ignored
+        assert send_report(listener_port, "ORTHANC", 1, report(txn, ["2.25.424242"])) == 0x0000
+        # a late 'failed' for a committed instance cannot undo the commitment
+        assert send_report(listener_port, "ORTHANC", 2, report(txn, [], [uid])) == 0x0000
+        # malformed: unknown event type, a path in place of a UID
+        assert send_report(listener_port, "ORTHANC", 3, report(txn, [uid])) == 0x0115
+        assert send_report(listener_port, "ORTHANC", 1, report("../../x", [uid])) == 0x0115
+
+        rows = agent.queue_rows()
+        assert [(r["sop_instance_uid"], r["state"]) for r in rows] == [(uid, "committed")]
+        assert sorted(p.name for p in (agent.spool_dir / "objects").iterdir()) == files_before
+        assert "2.25.424242" in agent.log() and "ignored" in agent.log()
+        # and the real archive is still heard
+        assert acquire(agent, 1, "--wait", "30").returncode == 0
+
+
+# -- archives that refuse, abort or crawl ------------------------------------------------------
+def storescp_destination(tmp_path: Path, port: int) -> list[Destination]:
+    return [Destination("scp", port, "STORESCP", storage_commitment=False)]
+
+
+def test_refused_association_waits_and_recovers(tmp_path: Path,
+                                                agents: list[AgentProcess]) -> None:
+    port = free_port()
+    out = tmp_path / "received"
+    refusing = start_storescp(out, port, extra_args=["--refuse"])
+    agent = make_agent(tmp_path, storescp_destination(tmp_path, port))
+    agents.append(agent)
+    try:
+        agent.start()
+        uids = reported_uids(acquire(agent, 2))
+        assert len(uids) == 2
+        wait_until(lambda: any("rejected" in r["last_error"] for r in agent.queue_rows()), 20,
+                   "a refusing archive was not reported as such")
+        assert all(r["state"] in ("pending", "sending") for r in agent.queue_rows())
+    finally:
+        stop_process(refusing)
+    accepting = start_storescp(out, port)
+    try:
+        wait_until(lambda: all(r["state"] == "sent" for r in agent.queue_rows()), 30,
+                   f"not delivered once the archive accepted: {agent.log()}")
+        assert {dcmread(p).SOPInstanceUID for p in out.iterdir()} == uids
+    finally:
+        stop_process(accepting)
+
+
+@pytest.mark.parametrize("fault", ["--abort-after", "--abort-during"])
+def test_abort_mid_store_resends_the_same_bytes_once(tmp_path: Path, agents: list[AgentProcess],
+                                                     fault: str) -> None:
+    port = free_port()
+    out = tmp_path / "received"
+    aborting = start_storescp(out, port, extra_args=[fault])
+    agent = make_agent(tmp_path, storescp_destination(tmp_path, port))
+    agents.append(agent)
+    try:
+        agent.start()
+        [uid] = reported_uids(acquire(agent, 1))
+        wait_until(lambda: any(r["last_error"] for r in agent.queue_rows()), 20,
+                   "the abort was not noticed")
+        assert agent.queue_rows()[0]["state"] in ("pending", "sending")
+    finally:
+        stop_process(aborting)
+    spooled = (agent.spool_dir / "objects").iterdir().__next__().read_bytes()
+    accepting = start_storescp(out, port)
+    try:
+        wait_until(lambda: agent.queue_rows()[0]["state"] == "sent", 30,
+                   f"not delivered after the aborts stopped: {agent.log()}")
+        received = [dcmread(p) for p in out.iterdir()]
+        # storescp names files by SOP Instance UID: one file means no second UID was made
+        assert [ds.SOPInstanceUID for ds in received] == [uid]
+        assert received[0].PixelData == dcmread(io.BytesIO(spooled)).PixelData
+    finally:
+        stop_process(accepting)
+
+
+def test_slow_archive_is_not_a_timeout(tmp_path: Path, agents: list[AgentProcess]) -> None:
+    port = free_port()
+    out = tmp_path / "received"
+    slow = start_storescp(out, port, extra_args=["--sleep-during", "3"])
+    agent = make_agent(tmp_path, storescp_destination(tmp_path, port))
+    agents.append(agent)
+    try:
+        agent.start()
+        result = acquire(agent, 1, "--wait", "60")
+        assert result.returncode == 0, result.stderr + agent.log()
+        assert [r["attempts"] for r in agent.queue_rows()] == [1]
+        assert all(not r["last_error"] for r in agent.queue_rows())
+    finally:
+        stop_process(slow)
+
+
+# -- crashes -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("point", sorted(POINTS))
+def test_crash_point_loses_nothing(tmp_path: Path, agents: list[AgentProcess],
+                                   point: str) -> None:
+    listener_port = free_port()
+    with orthanc_with_agent(tmp_path, listener_port) as orthanc:
+        agent = make_agent(tmp_path, [Destination("pacs", orthanc.dicom_port, "ORTHANC")],
+                           listener_port=listener_port)
+        agents.append(agent)
+        agent.start(env={"AGENT_CRASHPOINT": point})
+        result = acquire(agent, 3)
+        acknowledged = reported_uids(result)
+        process = agent.process
+        assert process is not None
+        wait_until(lambda: process.poll() is not None, 20, f"crash point {point} never reached")
+        assert process.returncode == 137
+        agent.process = None
+        agent.start()
+        if not agent.queue_rows():
+            # the crash came before the first object was acknowledged
+            assert not acknowledged
+            result = acquire(agent, 1)
+            acknowledged = reported_uids(result)
+        wait_until(lambda: all_final(agent), 30, f"not all committed after {point}: "
+                   f"{agent.queue_rows()} {agent.log()}")
+        queued = {r["sop_instance_uid"] for r in agent.queue_rows()}
+        held = orthanc_uids(orthanc)
+        assert acknowledged <= queued                   # nothing acknowledged was lost
+        assert sorted(held) == sorted(queued)           # each once, and nothing else
+        if point == "after_rename":
+            # the renamed file whose row never committed was never acknowledged
+            assert len(list((agent.spool_dir / "quarantine").iterdir())) == 1
+
+
+def test_kill_9_storm(tmp_path: Path, agents: list[AgentProcess]) -> None:
+    rng = random.Random(20261124)
+    listener_port = free_port()
+    with orthanc_with_agent(tmp_path, listener_port) as orthanc:
+        agent = make_agent(tmp_path, [Destination("pacs", orthanc.dicom_port, "ORTHANC")],
+                           listener_port=listener_port)
+        agents.append(agent)
+        acknowledged: set[str] = set()
+        kills = 0
+        while kills < 10 or len(acknowledged) < 200:
+            agent.start()
+            results: list[subprocess.CompletedProcess[str]] = []
+            acquirer = threading.Thread(target=lambda out=results: out.append(acquire(agent, 30)))
+            acquirer.start()
+            threading.Event().wait(rng.uniform(0.05, 1.2))    # a random instant, not a sync
+            agent.kill9()
+            kills += 1
+            acquirer.join(timeout=60)
+            for result in results:
+                acknowledged |= reported_uids(result)
+            if kills > 40:
+                break
+        agent.start()
+        wait_until(lambda: all_final(agent), 60,
+                   f"not all committed after the storm: {agent.log()[-3000:]}")
+        queued = {r["sop_instance_uid"] for r in agent.queue_rows()}
+        held = orthanc_uids(orthanc)
+        assert kills >= 10 and len(acknowledged) >= 200, (kills, len(acknowledged))
+        assert acknowledged <= set(held)
+        assert len(held) == len(set(held))             # no UID twice
+        assert set(held) == queued                     # no UID the agent did not queue
+
+
+# -- disk space --------------------------------------------------------------------------------
+def test_capture_stops_before_the_disk_fills(tmp_path: Path, agents: list[AgentProcess]) -> None:
+    import shutil
+
+    free_mb = shutil.disk_usage(tmp_path).free // 2**20
+    agent = make_agent(tmp_path, [Destination("pacs", free_port(), "NOBODY")],
+                       min_free_mb=free_mb + 1024)
+    agents.append(agent)
+    agent.start()
+    result = acquire(agent, 1)
+    assert result.returncode == 1
+    assert "capture stopped" in result.stderr and "MB free" in result.stderr
+    status = json.loads(agent.cli("status", "--json").stdout)
+    assert status["spool"]["capture_blocked"] is True
+    assert not list((agent.spool_dir / "objects").iterdir())
