@@ -170,7 +170,16 @@ def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
         if dest.get("reachable") is False:
             since = time.strftime("%H:%M:%S", time.localtime(dest["unreachable_since"]))
             line += f" -- WAITING: {dest['last_error']} (since {since})"
+        if dest.get("oldest_pending_age_s") is not None:
+            line += f"; oldest waiting {dest['oldest_pending_age_s']:.0f} s"
+        if dest.get("open_commitment_requests"):
+            line += f"; {dest['open_commitment_requests']} commitment request(s) open"
         _out(line)
+    spool = status.get("spool")
+    if spool:
+        blocked = " -- CAPTURE STOPPED: disk space" if spool["capture_blocked"] else ""
+        _out(f"spool {spool['path']}: {spool['free_mb']} MB free "
+             f"(limit {spool['min_free_mb']:g} MB){blocked}")
     return EXIT_OK
 
 

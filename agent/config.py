@@ -78,6 +78,7 @@ class DestinationSection:
     storage_commitment: bool = True
     commitment_timeout_s: float = 3600.0
     max_associations: int = 2
+    dimse_timeout_s: float = 60.0           # a response or PDU later than this: abort, resend
 
 
 @dataclass(frozen=True)
@@ -711,6 +712,7 @@ def _check_destinations(
         section.take("storage_commitment", _BOOL)
         section.take("commitment_timeout_s", _number(above=0))
         section.take("max_associations", _integer(1, 16))
+        section.take("dimse_timeout_s", _number(above=0))
         built = section.build()
         if built is not None:
             destinations.append(built)

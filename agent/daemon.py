@@ -176,6 +176,18 @@ class Daemon:
             except AgentError as err:
                 logger.error("purge failed: %s", err)
 
+    def _destination_status(self, health: dict[str, Any],
+                            counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+        name = health["name"]
+        oldest = self.queue.oldest_pending_at(name)
+        return {
+            **health,
+            "queue": counts.get(name, {}),
+            "oldest_pending_at": oldest,
+            "oldest_pending_age_s": None if oldest is None else round(time.time() - oldest, 1),
+            "open_commitment_requests": self.queue.open_transactions(name),
+        }
+
     def _spool_status(self) -> dict[str, Any]:
         free = self.queue.free_bytes()
         return {"path": str(self.config.agent.spool_dir), "free_mb": free // 2**20,
@@ -229,11 +241,8 @@ class Daemon:
                        "error": self.acquisition.last_error},
             "listener": {"host": self.config.listener.host, "port": self.listener.port},
             "spool": self._spool_status(),
-            "destinations": [
-                {**health, "queue": counts.get(health["name"], {}),
-                 "oldest_pending_at": self.queue.oldest_pending_at(health["name"])}
-                for health in self.forwarder.health()
-            ],
+            "destinations": [self._destination_status(health, counts)
+                             for health in self.forwarder.health()],
             "queue": _total(counts),
         }
 

@@ -83,6 +83,7 @@ commitment_timeout_s = 60
 retry_initial_s = 1
 retry_max_s = 10
 retention_s = 86400
+min_free_mb = 64
 """
 
 

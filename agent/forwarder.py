@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (
 
 from agent import crashpoints
 from agent.config import DestinationSection, QueueSection
+from agent.errors import AgentError
 from agent.iod.uids import UIDSource
 from agent.net.ae import AgentAE, associate
 from agent.net.commitment import build_commitment_request
@@ -126,14 +127,24 @@ class DestinationWorker:
         self._wake.set()
 
     def _run(self) -> None:
+        interrupted = False
         while not self._stop.is_set():
             try:
+                if interrupted:
+                    # this worker is the only sender to its destination: whatever is still
+                    # 'sending' was left by the round that failed
+                    self._queue.requeue_sending(self.destination.name)
+                    interrupted = False
                 worked = self.run_once()
+            except AgentError as err:
+                logger.error("forwarder %s: %s; retrying", self.destination.name, err)
+                interrupted, worked = True, False
+                self._stop.wait(self._next_backoff(str(err)))
             except Exception:
                 # the worker must outlive any one bad batch; the rows stay in the queue
                 logger.exception("forwarder %s: unexpected error; retrying",
                                  self.destination.name)
-                worked = False
+                interrupted, worked = True, False
                 self._stop.wait(self._next_backoff("internal error"))
             if not worked:
                 self._wake.wait(IDLE_POLL_S)
@@ -178,8 +189,13 @@ class DestinationWorker:
     def _associate(self, batch: Sequence[Delivery]) -> tuple[Association | None, float]:
         """An association, or None and the delay before the next attempt."""
         dest = self.destination
+        ae = AgentAE(self._ae_title)
+        # the site's "no answer for this long" applies to every wait on this archive
+        ae.acse_timeout = dest.dimse_timeout_s
+        ae.dimse_timeout = dest.dimse_timeout_s
+        ae.network_timeout = dest.dimse_timeout_s
         assoc, failure = associate(
-            AgentAE(self._ae_title), dest.host, dest.port, dest.called_ae,
+            ae, dest.host, dest.port, dest.called_ae,
             contexts=self._contexts(batch),
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._report_handler)],
         )

@@ -27,6 +27,7 @@ class Destination:
     called_ae: str
     storage_commitment: bool = True
     commitment_timeout_s: float = 60.0
+    dimse_timeout_s: float = 60.0
 
 
 def write_config(
@@ -58,6 +59,7 @@ def write_config(
             f'called_ae = "{d.called_ae}"',
             f"storage_commitment = {'true' if d.storage_commitment else 'false'}",
             f"commitment_timeout_s = {d.commitment_timeout_s}",
+            f"dimse_timeout_s = {d.dimse_timeout_s}",
         ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -220,15 +220,26 @@ class QueueStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; SQLite errors leave here as QueueError (the boundary)."""
         with self._lock:
             conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError:
                 raise
-            conn.execute("COMMIT")
+            except sqlite3.DatabaseError as err:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if "full" in str(err):
+                    raise SpoolFullError(f"{self.spool.db_path}: disk full") from err
+                raise QueueError(f"{self.spool.db_path}: {err}") from err
 
     def recover(self) -> dict[str, int]:
         """Undo what a crash left half done; returns counts for the log.
@@ -344,10 +355,13 @@ class QueueStore:
             raise QueueError(
                 f"SOP Instance UID {sop_instance_uid} is already queued"
             ) from err
-        except (sqlite3.DatabaseError, OSError) as err:
+        except (QueueError, OSError) as err:
+            # the row did not commit: neither file may stay (it was never acknowledged)
             tmp.unlink(missing_ok=True)
             if final is not None:
                 final.unlink(missing_ok=True)
+            if isinstance(err, QueueError):
+                raise
             raise QueueError(f"queue write failed: {err}") from err
         crashpoints.reached("after_enqueue")
         return QueuedObject(queue_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
@@ -432,6 +446,15 @@ class QueueStore:
             ).fetchone()
         return row[0] if row else None
 
+    def open_transactions(self, destination: str) -> int:
+        """Commitment requests still waiting for their report."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT COUNT(*) FROM transactions WHERE destination=? AND state='open'",
+                (destination,),
+            ).fetchone()
+        return int(row[0])
+
     def next_due_at(self, destination: str) -> float | None:
         with self._lock:
             row = self.conn.execute(
@@ -462,6 +485,16 @@ class QueueStore:
                         "attempts": r["attempts"] + 1})
             for r in rows
         ]
+
+    def requeue_sending(self, destination: str) -> int:
+        """Rows of `destination` left in `sending` by a round that failed part way (e.g. the
+        disk was full when the outcome was to be recorded) go back to `pending`."""
+        now = self._now()
+        with self._tx() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET state=?, updated_at=? WHERE destination=? AND state=?",
+                (S.PENDING, now, destination, S.SENDING),
+            ).rowcount
 
     def mark_sent(self, delivery_id: int, note: str = "") -> None:
         """The archive answered Success or Warning: it holds the object."""

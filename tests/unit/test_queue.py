@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import QueueError, SpoolLockedError, UnknownQueueItemError
+from agent.errors import QueueError, SpoolFullError, SpoolLockedError, UnknownQueueItemError
 from agent.queue import QueueStore
 from agent.records import CommitmentResult, DeliveryState
 
@@ -254,3 +254,27 @@ def test_counts_cover_every_state(store: QueueStore) -> None:
     assert counts["pacs"] == {"pending": 1, "sending": 1, "sent": 0, "commit_requested": 0,
                               "committed": 0, "failed": 0}
     assert counts["backup"]["pending"] == 2
+
+
+def test_a_full_database_is_a_clear_error_and_leaves_nothing_half_done(
+        store: QueueStore) -> None:
+    put(store, 2)
+    [d] = store.claim_batch("pacs", limit=1)
+    # SQLITE_FULL for real: the database may not grow by another page
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    files_before = sorted(store.spool.objects_dir.iterdir())
+    with pytest.raises(SpoolFullError):
+        for i in range(200):
+            store.enqueue(b"x" * 4096, sop_instance_uid=f"2.25.9{i}", sop_class_uid=SC,
+                          transfer_syntax_uid=EXPLICIT)
+    with pytest.raises(SpoolFullError):
+        for _ in range(200):
+            store.mark_retry([d.delivery_id], "archive down " + "x" * 3000, 0)
+    # the object whose row could not be written left no file behind
+    assert len(sorted(store.spool.objects_dir.iterdir())) - len(files_before) == i
+    assert list(store.spool.tmp_dir.iterdir()) == []
+    store.conn.execute("PRAGMA max_page_count = 1073741823")
+    # the round that could not record its outcome left a row in 'sending'; it is recovered
+    assert store.requeue_sending("pacs") == 1
+    assert states(store).count("sending") == 0
