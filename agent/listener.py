@@ -25,7 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from agent import crashpoints
 from agent.config import DestinationSection
-from agent.net.ae import AgentAE, AllowListServer, resolve_hosts
+from agent.net.ae import AgentAE, AllowListServer, BoundedRequestHandler, resolve_hosts
 from agent.net.commitment import CommitmentReportError, parse_commitment_report
 from agent.queue import QueueStore
 
@@ -39,6 +39,7 @@ STATUS_INVALID_ARGUMENT = 0x0115
 STATUS_UNRECOGNISED_OPERATION = 0x0211
 #: a report bigger than this many bytes of P-DATA is not read into memory
 MAX_PDU_BYTES = 1 << 20
+LISTENER_ACSE_TIMEOUT_S = 5.0
 
 
 class CommitmentReportHandler:
@@ -133,7 +134,10 @@ class Listener:
         """
         ae = AgentAE(self.ae_title)
         ae.maximum_pdu_size = MAX_PDU_BYTES
-        ae.maximum_associations = 4
+        ae.maximum_associations = 8
+        # an archive sends its A-ASSOCIATE-RQ at once; a connection that says nothing for this
+        # long is dropped, so idle connections cannot keep a real report out for long
+        ae.acse_timeout = LISTENER_ACSE_TIMEOUT_S
         ae.require_called_aet = True
         ae.require_calling_aet = sorted({d.called_ae for d in self._destinations})
         # default roles: Orthanc proposes SCP-only for the report association, and
@@ -145,7 +149,8 @@ class Listener:
             (evt.EVT_C_ECHO, lambda event: 0x0000),
         ]
         server = ae.make_server(
-            (self.host, self.port), evt_handlers=handlers, server_class=AllowListServer
+            (self.host, self.port), evt_handlers=handlers, server_class=AllowListServer,
+            request_handler=BoundedRequestHandler,
         )
         # AE titles are self-asserted: the source address must be an archive's too
         server.allowed_addresses = resolve_hosts(d.host for d in self._destinations)

@@ -20,6 +20,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import (
     AddressInformation,
     AssociationSocket,
+    RequestHandler,
     ThreadedAssociationServer,
 )
 
@@ -37,11 +38,27 @@ def set_nodelay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+#: the largest PDU we read from any peer. pynetdicom reads whatever length a PDU header claims
+#: (dul._read_pdu_data), so a 4 GB header would hold a worker and memory (RELIABILITY.md 1.4 b)
+MAX_PDU_READ_BYTES = 4 * 1024 * 1024
+
+
 class NoDelayAssociationSocket(AssociationSocket):
+    """No-delay, and refuses to read a PDU longer than MAX_PDU_READ_BYTES."""
+
     def _create_socket(self, address: AddressInformation) -> socket.socket:
         sock = super()._create_socket(address)
         set_nodelay(sock)
         return sock
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_PDU_READ_BYTES:
+            # the DUL treats this as a closed connection (Evt17) and aborts the association
+            logger.warning("peer announced a %d-byte PDU (limit %d): connection closed",
+                           nr_bytes, MAX_PDU_READ_BYTES)
+            raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit")
+        data: bytearray = super().recv(nr_bytes)
+        return data
 
 
 class AgentAE(AE):  # type: ignore[misc]
@@ -81,8 +98,19 @@ def resolve_hosts(hosts: Iterable[str]) -> frozenset[str]:
     return frozenset(addresses)
 
 
+class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # pynetdicom builds a plain AssociationSocket here and has already queued its
+        # connection event; re-creating it would queue a second one, so only the class is
+        # swapped, to get the PDU length bound
+        assoc.dul.socket.__class__ = NoDelayAssociationSocket
+        return assoc
+
+
 class AllowListServer(ThreadedAssociationServer):  # type: ignore[misc]
-    """Accepts TCP connections only from `allowed_addresses` (None = anyone), with no-delay."""
+    """Accepts TCP connections only from `allowed_addresses` (None = anyone), with no-delay
+    and a bound on PDU length (pass `request_handler=BoundedRequestHandler`)."""
 
     allowed_addresses: frozenset[str] | None = None
 

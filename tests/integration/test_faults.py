@@ -398,3 +398,38 @@ def test_full_disk_stops_capture_cleanly_and_resumes(
     wait_until(lambda: all(r["state"] == "pending" for r in agent.queue_rows()), 20,
                f"rows stuck: {[r['state'] for r in agent.queue_rows()]}")
     assert "Traceback" not in agent.log()
+
+
+# -- the listener under abuse ------------------------------------------------------------------
+def test_listener_survives_huge_pdus_and_idle_connections(
+        tmp_path: Path, agents: list[AgentProcess]) -> None:
+    import socket
+    import struct
+    import time
+
+    from agent.net.echo import echo
+
+    listener_port = free_port()
+    agent = make_agent(tmp_path, [Destination("pacs", free_port(), "ORTHANC")],
+                       listener_port=listener_port)
+    agents.append(agent)
+    agent.start()
+    # an A-ASSOCIATE-RQ header announcing 4 GB: closed at once, nothing allocated
+    with socket.create_connection((LOCALHOST, listener_port), timeout=10) as sock:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFF0) + b"\x00" * 64)
+        started = time.monotonic()
+        assert sock.recv(1024) == b""                   # the listener closed the connection
+        assert time.monotonic() - started < 5
+    # twelve connections that never speak must not keep the archive out
+    idle = [socket.create_connection((LOCALHOST, listener_port), timeout=10) for _ in range(12)]
+    try:
+        ok, detail, _ = echo("ORTHANC", LOCALHOST, listener_port, "MODALITY1")
+        deadline = time.monotonic() + 10
+        while not ok and time.monotonic() < deadline:
+            ok, detail, _ = echo("ORTHANC", LOCALHOST, listener_port, "MODALITY1")
+        assert ok, detail
+    finally:
+        for sock in idle:
+            sock.close()
+    assert agent.process is not None and agent.process.poll() is None
+    assert "PDU" in agent.log()
