@@ -79,6 +79,7 @@ class DestinationSection:
     commitment_timeout_s: float = 3600.0
     max_associations: int = 2
     dimse_timeout_s: float = 60.0           # a response or PDU later than this: abort, resend
+    commitment_report_wait_s: float = 0.0   # keep the association open this long for a report
 
 
 @dataclass(frozen=True)
@@ -713,6 +714,7 @@ def _check_destinations(
         section.take("commitment_timeout_s", _number(above=0))
         section.take("max_associations", _integer(1, 16))
         section.take("dimse_timeout_s", _number(above=0))
+        section.take("commitment_report_wait_s", _number(at_least=0))
         built = section.build()
         if built is not None:
             destinations.append(built)

@@ -107,6 +107,7 @@ class DestinationWorker:
         self._on_change = on_change
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._report_seen = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- thread ------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ class DestinationWorker:
         assoc, failure = associate(
             ae, dest.host, dest.port, dest.called_ae,
             contexts=self._contexts(batch),
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._report_handler)],
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_same_association_report)],
         )
         if assoc.is_established:
             with self.health.lock:
@@ -241,6 +242,12 @@ class DestinationWorker:
                 self.health.unreachable_since = None
                 self.health.consecutive_failures = 0
                 self.health.last_success_at = time.time()
+
+    def _on_same_association_report(self, event: evt.Event) -> Any:
+        try:
+            return self._report_handler(event)
+        finally:
+            self._report_seen.set()
 
     def _store_one(self, assoc: Association, delivery: Delivery) -> bool:
         path = self._queue.object_path(delivery.queue_id)
@@ -289,6 +296,7 @@ class DestinationWorker:
         request = build_commitment_request(
             transaction_uid, [(d.sop_class_uid, d.sop_instance_uid) for d in deliveries]
         )
+        self._report_seen.clear()
         status, _reply = assoc.send_n_action(
             request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
         )
@@ -297,6 +305,10 @@ class DestinationWorker:
         if code == 0x0000:
             logger.info("commitment requested from %s: transaction %s, %d instances",
                         dest.name, transaction_uid, len(deliveries))
+            if dest.commitment_report_wait_s > 0:
+                # once release() has begun pynetdicom drops an incoming N-EVENT-REPORT
+                # (DICOM-NOTES.md §4): give an archive that answers here the time to do so
+                self._report_seen.wait(dest.commitment_report_wait_s)
             return
         if code is None:
             # Orthanc answers an N-ACTION from an AE it does not know with an A-ABORT

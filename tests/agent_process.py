@@ -28,6 +28,7 @@ class Destination:
     storage_commitment: bool = True
     commitment_timeout_s: float = 60.0
     dimse_timeout_s: float = 60.0
+    commitment_report_wait_s: float = 0.0
 
 
 def write_config(
@@ -60,6 +61,7 @@ def write_config(
             f"storage_commitment = {'true' if d.storage_commitment else 'false'}",
             f"commitment_timeout_s = {d.commitment_timeout_s}",
             f"dimse_timeout_s = {d.dimse_timeout_s}",
+            f"commitment_report_wait_s = {d.commitment_report_wait_s}",
         ]
     path.write_text("\n".join(lines) + "\n")
     return path

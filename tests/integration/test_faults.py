@@ -433,3 +433,23 @@ def test_listener_survives_huge_pdus_and_idle_connections(
             sock.close()
     assert agent.process is not None and agent.process.poll() is None
     assert "PDU" in agent.log()
+
+
+def test_report_on_the_same_association(tmp_path: Path, agents: list[AgentProcess]) -> None:
+    from commitment_peer import SameAssociationArchive
+
+    archive = SameAssociationArchive()
+    port = free_port()
+    archive.start(port)
+    try:
+        agent = make_agent(tmp_path, [Destination("pacs", port, archive.ae_title,
+                                                  commitment_report_wait_s=5)])
+        agents.append(agent)
+        agent.start()
+        result = acquire(agent, 2, "--wait", "30")
+        assert result.returncode == 0, result.stderr + agent.log()
+        assert {r["state"] for r in agent.queue_rows()} == {"committed"}
+        assert archive.reports_sent and set(archive.reports_sent) == {0x0000}   # on that assoc.
+        assert set(archive.held) == reported_uids(result)
+    finally:
+        archive.stop()
