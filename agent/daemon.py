@@ -17,7 +17,7 @@ from agent.acquisition import Acquisition, device_info
 from agent.api import ApiServer
 from agent.config import AgentConfig
 from agent.errors import AcquisitionError, AgentError
-from agent.forwarder import DestinationWorker, Forwarder
+from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder
 from agent.iod import UIDSource
 from agent.listener import CommitmentReportHandler, Listener
 from agent.queue import QueueStore
@@ -101,12 +101,18 @@ class Daemon:
             port=config.listener.port, destinations=config.destinations,
             report_handler=self.report_handler,
         )
-        self.forwarder = Forwarder([
-            DestinationWorker(d, ae_title=config.agent.ae_title, queue=self.queue,
-                              queue_config=config.queue, uids=self.uids,
-                              report_handler=self.report_handler, on_change=self._notify)
-            for d in config.destinations
-        ])
+        workers = []
+        for d in config.destinations:
+            health = DestinationHealth(d.name)
+            workers += [
+                DestinationWorker(d, ae_title=config.agent.ae_title, queue=self.queue,
+                                  queue_config=config.queue, uids=self.uids,
+                                  report_handler=self.report_handler, on_change=self._notify,
+                                  index=i, health=health)
+                # one association per worker: associations are not thread-safe
+                for i in range(d.max_associations)
+            ]
+        self.forwarder = Forwarder(workers)
         self.acquisition = Acquisition(
             driver_name=config.device.driver, driver_options=dict(config.device.options),
             device=device_info(config.modality, f"modality-agent {__version__}"),

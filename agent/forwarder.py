@@ -84,7 +84,12 @@ class DestinationHealth:
 
 
 class DestinationWorker:
-    """Sends to one destination; runs on its own thread."""
+    """Sends to one destination over its own association; runs on its own thread.
+
+    A destination gets `max_associations` workers sharing one DestinationHealth. Claiming rows
+    is atomic in the queue, so they never send the same row; worker 0 alone re-requests
+    commitment for rows left without a transaction, so no instance is asked for twice.
+    """
 
     def __init__(
         self,
@@ -96,9 +101,13 @@ class DestinationWorker:
         uids: UIDSource,
         report_handler: Callable[[evt.Event], Any],
         on_change: Callable[[], None] = lambda: None,
+        index: int = 0,
+        health: DestinationHealth | None = None,
     ) -> None:
         self.destination = destination
-        self.health = DestinationHealth(destination.name)
+        self.index = index
+        self.health = health if health is not None else DestinationHealth(destination.name)
+        self._claimed: list[int] = []
         self._ae_title = ae_title
         self._queue = queue
         self._queue_config = queue_config
@@ -113,7 +122,8 @@ class DestinationWorker:
     # -- thread ------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._run, name=f"forwarder-{self.destination.name}", daemon=True
+            target=self._run, name=f"forwarder-{self.destination.name}-{self.index}",
+            daemon=True
         )
         self._thread.start()
 
@@ -131,11 +141,12 @@ class DestinationWorker:
         interrupted = False
         while not self._stop.is_set():
             try:
-                if interrupted:
-                    # this worker is the only sender to its destination: whatever is still
-                    # 'sending' was left by the round that failed
-                    self._queue.requeue_sending(self.destination.name)
-                    interrupted = False
+                if interrupted and self._claimed:
+                    # rows this worker claimed in the round that failed (e.g. the disk was
+                    # full when their outcome was to be recorded) go back to pending
+                    self._queue.requeue(self._claimed)
+                    self._claimed = []
+                interrupted = False
                 worked = self.run_once()
             except AgentError as err:
                 logger.error("forwarder %s: %s; retrying", self.destination.name, err)
@@ -165,14 +176,16 @@ class DestinationWorker:
         dest = self.destination
         now = time.time()
         awaiting: list[Delivery] = []
-        if dest.storage_commitment:
+        if dest.storage_commitment and self.index == 0:
             self._queue.expire_transactions(dest.name)
             awaiting = [d for d in self._queue.sent_awaiting_commitment(dest.name)
                         if d.next_attempt_at <= now]
         batch = self._queue.claim_batch(dest.name, limit=BATCH_SIZE)
+        self._claimed = [d.delivery_id for d in batch]
         if not batch and not awaiting:
             return False
         self._send(batch, awaiting)
+        self._claimed = []
         self._on_change()
         return True
 
@@ -342,4 +355,6 @@ class Forwarder:
             worker.wake()
 
     def health(self) -> list[dict[str, Any]]:
-        return [worker.health.as_dict() for worker in self.workers]
+        """One entry per destination (its workers share one DestinationHealth)."""
+        unique = {id(worker.health): worker.health for worker in self.workers}
+        return [health.as_dict() for health in unique.values()]

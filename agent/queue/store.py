@@ -486,15 +486,15 @@ class QueueStore:
             for r in rows
         ]
 
-    def requeue_sending(self, destination: str) -> int:
-        """Rows of `destination` left in `sending` by a round that failed part way (e.g. the
-        disk was full when the outcome was to be recorded) go back to `pending`."""
+    def requeue(self, delivery_ids: Sequence[int]) -> int:
+        """Rows still in `sending` from a round that failed part way (e.g. the disk was full
+        when the outcome was to be recorded) go back to `pending`."""
         now = self._now()
         with self._tx() as conn:
-            return conn.execute(
-                "UPDATE deliveries SET state=?, updated_at=? WHERE destination=? AND state=?",
-                (S.PENDING, now, destination, S.SENDING),
-            ).rowcount
+            return sum(conn.execute(
+                "UPDATE deliveries SET state=?, updated_at=? WHERE delivery_id=? AND state=?",
+                (S.PENDING, now, i, S.SENDING),
+            ).rowcount for i in delivery_ids)
 
     def mark_sent(self, delivery_id: int, note: str = "") -> None:
         """The archive answered Success or Warning: it holds the object."""

@@ -276,5 +276,5 @@ def test_a_full_database_is_a_clear_error_and_leaves_nothing_half_done(
     assert list(store.spool.tmp_dir.iterdir()) == []
     store.conn.execute("PRAGMA max_page_count = 1073741823")
     # the round that could not record its outcome left a row in 'sending'; it is recovered
-    assert store.requeue_sending("pacs") == 1
+    assert store.requeue([d.delivery_id]) == 1
     assert states(store).count("sending") == 0
