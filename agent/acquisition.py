@@ -7,6 +7,7 @@ network: an object is acknowledged as captured once the queue has it on disk.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,15 +26,18 @@ from agent.iod import (
     validate_image,
 )
 from agent.queue import QueueStore
-from agent.records import DeviceInfo, Order
+from agent.records import DeviceInfo, Order, SeriesContext
 from drivers.base import Driver, DriverStatus
 from drivers.errors import DriverError
+from drivers.frame import Frame
 from drivers.registry import create_driver
 
 logger = logging.getLogger(__name__)
 
 #: a frame later than this beyond the device's frame interval is a device fault
 FRAME_TIMEOUT_S = 10.0
+#: frames held between the device and the spool (2 s of a 1024x1024 16-bit run at 30 fps)
+CAPTURE_BUFFER_FRAMES = 64
 #: what encode_part10 writes; the forwarder proposes exactly this so the file streams unchanged
 SPOOL_TRANSFER_SYNTAX = str(ExplicitVRLittleEndian)
 #: SC Equipment Conversion Type (0008,0064) by driver: the simulated device makes synthetic
@@ -57,6 +61,7 @@ class AcquisitionResult:
     series_instance_uid: str
     objects: tuple[CapturedObject, ...]
     error: str = ""            # set when fewer frames than asked were captured
+    dropped_frames: int = 0
 
 
 def device_info(modality: ModalitySection, software_versions: str) -> DeviceInfo:
@@ -83,7 +88,10 @@ class Acquisition:
         queue: QueueStore,
         uids: UIDSource,
         on_queued: Callable[[], None] = lambda: None,
+        buffer_frames: int = CAPTURE_BUFFER_FRAMES,
     ) -> None:
+        self._buffer_frames = buffer_frames
+        self.dropped_total = 0
         self._driver: Driver = create_driver(driver_name, dict(driver_options))
         self._conversion_type = CONVERSION_TYPE_BY_DRIVER.get(
             driver_name, ConversionType.DIGITAL_INTERFACE)
@@ -136,21 +144,66 @@ class Acquisition:
                 self._uids, order, started_at=datetime.now().astimezone().replace(tzinfo=None),
                 series_number=1,
             )
-            captured: list[CapturedObject] = []
-            error = ""
-            for index in range(frames):
-                try:
-                    captured.append(self._capture_one(order, series, index + 1))
-                except (DriverError, AgentError) as err:
-                    error = f"frame {index + 1} of {frames}: {err}"
-                    logger.error("acquisition stopped at %s", error)
-                    break
+            captured, dropped, error = self._run_capture(order, series, frames)
+            self.dropped_total += dropped
+            if dropped:
+                error = error or (f"{dropped} of {frames} frames dropped: the spool could not "
+                                  f"keep up with the device")
             if not captured:
                 raise AcquisitionError(error)
-            logger.info("acquired %d object(s) in series %s", len(captured),
-                        series.series_instance_uid)
+            logger.info("acquired %d object(s) in series %s, %d frame(s) dropped",
+                        len(captured), series.series_instance_uid, dropped)
             return AcquisitionResult(series.study_instance_uid, series.series_instance_uid,
-                                     tuple(captured), error)
+                                     tuple(captured), error, dropped)
+
+    def _run_capture(self, order: Order, series: SeriesContext,
+                     frames: int) -> tuple[list[CapturedObject], int, str]:
+        """The device is read on its own thread into a bounded buffer, so a slow disk never
+        stalls it; a frame that finds the buffer full is dropped and counted."""
+        buffer: queue.Queue[Frame | DriverError | None] = queue.Queue(self._buffer_frames)
+        stop = threading.Event()
+        dropped = 0
+
+        def read() -> None:
+            nonlocal dropped
+            try:
+                for _ in range(frames):
+                    if stop.is_set():
+                        return
+                    frame = self._driver.read_frame(timeout=FRAME_TIMEOUT_S)
+                    try:
+                        buffer.put_nowait(frame)
+                    except queue.Full:
+                        dropped += 1
+                        logger.warning("frame %d dropped: capture buffer full",
+                                       frame.sequence_number)
+            except DriverError as err:
+                buffer.put(err)
+            finally:
+                buffer.put(None)
+
+        reader = threading.Thread(target=read, name="capture", daemon=True)
+        reader.start()
+        captured: list[CapturedObject] = []
+        error = ""
+        try:
+            while (item := buffer.get()) is not None:
+                if isinstance(item, DriverError):
+                    error = f"after {len(captured)} of {frames} frames: {item}"
+                    continue
+                if error:
+                    continue          # the spool failed: drain, nothing more can be kept
+                try:
+                    captured.append(self._store_frame(item, order, series, len(captured) + 1))
+                except AgentError as err:
+                    error = f"frame {len(captured) + 1} of {frames}: {err}"
+                    stop.set()
+        finally:
+            stop.set()
+            reader.join()
+        if error:
+            logger.error("acquisition stopped: %s", error)
+        return captured, dropped, error
 
     def _estimated_object_bytes(self) -> int:
         options = self._driver.options
@@ -159,11 +212,11 @@ class Acquisition:
         samples = 3 if options.get("color") else 2
         return width * height * samples + 16 * 1024
 
-    def _capture_one(self, order: Order, series: object, instance_number: int) -> CapturedObject:
-        frame = self._driver.read_frame(timeout=FRAME_TIMEOUT_S)
+    def _store_frame(self, frame: Frame, order: Order, series: SeriesContext,
+                     instance_number: int) -> CapturedObject:
         sop_instance_uid = self._uids.new_uid()
         ds = build_secondary_capture(
-            frame, order=order, device=self._device, series=series,  # type: ignore[arg-type]
+            frame, order=order, device=self._device, series=series,
             instance_number=instance_number, sop_instance_uid=sop_instance_uid,
             conversion_type=self._conversion_type,
         )

@@ -208,7 +208,8 @@ class Daemon:
         objects = self.objects([o.queue_id for o in result.objects])
         return {"study_instance_uid": result.study_instance_uid,
                 "series_instance_uid": result.series_instance_uid,
-                "objects": objects, "error": result.error}
+                "objects": objects, "error": result.error,
+                "dropped_frames": result.dropped_frames}
 
     def objects(self, queue_ids: Sequence[int]) -> list[dict[str, Any]]:
         by_object: dict[int, dict[str, DeliveryState]] = {q: {} for q in queue_ids}
@@ -243,6 +244,7 @@ class Daemon:
                       "uptime_s": round(time.time() - self.started_at, 1), "running": True},
             "device": {"driver": device.name, "connected": device.is_open,
                        "frames_read": device.frames_read,
+                       "frames_dropped": self.acquisition.dropped_total,
                        "last_frame_at": device.last_frame_t_wall,
                        "error": self.acquisition.last_error},
             "listener": {"host": self.config.listener.host, "port": self.listener.port},
