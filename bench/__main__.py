@@ -1,0 +1,79 @@
+"""`python -m bench [SCENARIO...] [--quick] [--json] [--repeats N]`
+
+Scenarios run in the order given (default: all, in the order below). Each gets its own
+workspace: every process it started is stopped by PID and its temp folders removed when it
+ends, also when it fails or the bench is interrupted. Tables go to stdout; with --json, stdout
+is one JSON object and the tables go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from bench.common import Workspace, say
+
+SCENARIOS = ("send", "restart", "capture", "build", "e2e", "soak")
+ALIASES = {"end-to-end": "e2e", "endtoend": "e2e"}
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller volumes and 1 repeat: the same shape in < 4 minutes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3, "
+                        "1 with --quick)")
+    args = parser.parse_args(argv)
+    chosen = [ALIASES.get(s, s) for s in args.scenarios] or list(SCENARIOS)
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    repeats = args.repeats or (1 if args.quick else 3)
+    signal.signal(signal.SIGTERM, _interrupted)
+    results: dict[str, Any] = {}
+    texts: list[str] = []
+    failed = False
+    t_all = time.monotonic()
+    for name in chosen:
+        say(f"{name}: start")
+        t0 = time.monotonic()
+        try:
+            module = importlib.import_module(f"bench.{name}")
+            with Workspace() as ws:
+                result, tables = module.run(ws, quick=args.quick, repeats=repeats)
+        except Exception as err:  # noqa: BLE001 - one scenario's failure must not hide the rest
+            failed = True
+            say(f"{name}: FAILED: {err}")
+            traceback.print_exc(file=sys.stderr)
+            result, tables = {"error": f"{type(err).__name__}: {err}"}, [f"{name}: FAILED: {err}"]
+        result["elapsed_s"] = round(time.monotonic() - t0, 1)
+        say(f"{name}: done in {result['elapsed_s']} s")
+        results[name] = result
+        texts.extend(tables)
+        out = sys.stderr if args.json else sys.stdout
+        out.write("\n" + "\n\n".join(tables) + "\n\n")
+        out.flush()
+    say(f"all done in {time.monotonic() - t_all:.1f} s")
+    if args.json:
+        results["quick"] = args.quick
+        results["repeats"] = repeats
+        sys.stdout.write(json.dumps(results, indent=1, default=str) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Scenario 1, send: objects already in the spool, sent to Orthanc (fsync per object) and to
+DCMTK storescp writing to tmpfs, by the agent's forwarder and by the reference tools, on the
+same spooled files, in one run, plus the loopback TCP ceiling.
+
+Each repeat runs every tool once per receiver (the order rotates between repeats); the receiver
+is emptied before each run and checked to hold every object after it. Orthanc must be emptied:
+it keeps the first copy of a UID, so a resend would skip the fsync and look faster.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    LOCALHOST,
+    MB,
+    REPO,
+    STORESCU,
+    Orthanc,
+    Workspace,
+    clear_folder,
+    count_files,
+    fill_spool,
+    make_objects,
+    nodelay_env,
+    python_env,
+    say,
+    summary,
+    table,
+)
+
+TOOLS = ("agent", "storescu", "pynetdicom-one", "pynetdicom-per-object")
+TOOL_LABELS = {
+    "agent": "agent forwarder",
+    "storescu": "DCMTK storescu, 1 assoc",
+    "pynetdicom-one": "pynetdicom, 1 assoc",
+    "pynetdicom-per-object": "pynetdicom, assoc/object",
+}
+
+
+@dataclass(frozen=True)
+class Size:
+    label: str
+    pixels: int
+    count_full: int
+    count_quick: int
+
+
+SIZES = (Size("0.5 MB", 512, 400, 100), Size("8 MB", 2048, 25, 8))
+
+
+@dataclass
+class Receiver:
+    name: str            # "orthanc" | "storescp": also the destination name in the spool
+    label: str
+    port: int
+    ae_title: str
+    count: Any           # () -> int
+    clear: Any           # () -> None
+
+
+@dataclass
+class Row:
+    size: str
+    receiver: str
+    tool: str
+    objects: int
+    bytes: int
+    seconds: list[float] = field(default_factory=list)
+    ok: bool = True
+    note: str = ""
+
+    def stats(self) -> dict[str, float]:
+        return summary(self.seconds)
+
+
+def _sink(port: int, total_bytes: int, chunk: int) -> None:
+    with socket.create_connection((LOCALHOST, port)) as conn:
+        view = memoryview(bytearray(chunk))
+        received = 0
+        while received < total_bytes:
+            n = conn.recv_into(view)
+            if not n:
+                break
+            received += n
+        conn.sendall(received.to_bytes(8, "big"))
+
+
+def loopback_ceiling(total_bytes: int, chunk: int = 4 << 20) -> float:
+    """Bytes per second through one loopback TCP connection, sender and receiver in two
+    processes (sendall → recv_into, 4 MB buffers): what no DICOM sender can beat here."""
+    server = socket.create_server((LOCALHOST, 0))
+    port = server.getsockname()[1]
+    sink = multiprocessing.get_context("fork").Process(target=_sink,
+                                                       args=(port, total_bytes, chunk))
+    sink.start()
+    try:
+        conn, _ = server.accept()
+        with conn:
+            payload = memoryview(bytes(chunk))
+            t0 = time.perf_counter()
+            sent = 0
+            while sent < total_bytes:
+                conn.sendall(payload)
+                sent += chunk
+            received = int.from_bytes(conn.recv(8), "big")
+            seconds = time.perf_counter() - t0
+    finally:
+        server.close()
+        sink.join(timeout=30)
+        if sink.is_alive():
+            sink.terminate()
+            sink.join()
+    return received / seconds
+
+
+def _run_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, files: list[Path],
+              file_list: Path) -> tuple[float, str]:
+    """Run one send; returns (seconds, problem or "")."""
+    log = ws.root / f"send-{tool}.log"
+    if tool == "storescu":
+        args = [str(STORESCU), "-aet", "BENCHDCMTK", "-aec", receiver.ae_title, "-nh",
+                LOCALHOST, str(receiver.port), *map(str, files)]
+        with log.open("ab") as out:
+            t0 = time.perf_counter()
+            result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=nodelay_env(), check=False,
+                                    timeout=600)
+            seconds = time.perf_counter() - t0
+        return seconds, "" if result.returncode == 0 else f"exit {result.returncode}"
+    args = [sys.executable, "-m", "bench.sender", tool, "--port", str(receiver.port),
+            "--called-ae", receiver.ae_title]
+    if tool == "agent":
+        args += ["--spool", str(spool), "--destination", receiver.name]
+    else:
+        args += ["--files", str(file_list)]
+    with log.open("ab") as err:
+        result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, env=python_env(), cwd=REPO, check=False,
+                                timeout=900)
+    if result.returncode != 0:
+        return float("nan"), f"exit {result.returncode} (see {log.name})"
+    report = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    problem = f"{report['failed']} failed" if report.get("failed") else ""
+    return float(report["seconds"]), problem
+
+
+def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
+    scp_dir, scp_kind = ws.tmpfs("storescp-out", size_mb=1024)
+    orthanc: Orthanc = ws.orthanc("orthanc-send")
+    say(f"send: Orthanc pid {orthanc.pid} on port {orthanc.dicom_port}")
+    scp_pid, scp_port = ws.storescp(scp_dir)
+    say(f"send: storescp pid {scp_pid} on port {scp_port}, writing to {scp_kind} {scp_dir}")
+    receivers = [
+        Receiver("orthanc", "Orthanc (fsync)", orthanc.dicom_port, orthanc.ae_title,
+                 orthanc.count, orthanc.clear),
+        Receiver("storescp", f"storescp ({scp_kind})", scp_port, "STORESCP",
+                 lambda: count_files(scp_dir), lambda: clear_folder(scp_dir)),
+    ]
+    rows: list[Row] = []
+    ceiling_total = (1024 if quick else 4096) * (1 << 20)
+    for size in SIZES:
+        count = size.count_quick if quick else size.count_full
+        t_prep = time.perf_counter()
+        objects = make_objects(size.pixels, count)
+        total_bytes = sum(len(o.payload) for o in objects)
+        spool = ws.root / f"spool-{size.pixels}"
+        files = fill_spool(spool, [r.name for r in receivers], objects)
+        del objects
+        file_list = ws.root / f"files-{size.pixels}.txt"
+        file_list.write_text("\n".join(map(str, files)) + "\n")
+        say(f"send: {count} objects of {total_bytes / count / MB:.2f} MB spooled in "
+            f"{time.perf_counter() - t_prep:.1f} s")
+        by_key = {(r.name, t): Row(size.label, r.label, t, count, total_bytes)
+                  for r in receivers for t in TOOLS}
+        for repeat in range(repeats):
+            order = TOOLS[repeat % len(TOOLS):] + TOOLS[:repeat % len(TOOLS)]
+            for receiver in receivers:
+                for tool in order:
+                    receiver.clear()
+                    seconds, problem = _run_tool(ws, tool, receiver, spool, files, file_list)
+                    held = receiver.count()
+                    if held != count:
+                        problem = (problem + "; " if problem else "") + \
+                            f"receiver holds {held}/{count}"
+                    row = by_key[(receiver.name, tool)]
+                    if problem:
+                        row.ok = False
+                        row.note = problem
+                        say(f"send: {size.label} {tool} → {receiver.name}: {problem}")
+                    else:
+                        row.seconds.append(seconds)
+                    say(f"send: {size.label} → {receiver.name}: {tool} {seconds:.2f} s")
+        receivers[0].clear()
+        receivers[1].clear()
+        rows.extend(by_key.values())
+    ceilings = [loopback_ceiling(ceiling_total) for _ in range(max(repeats, 2))]
+    return _report(rows, ceilings, ceiling_total, scp_kind, quick, repeats)
+
+
+def _report(rows: list[Row], ceilings: list[float], ceiling_total: int, scp_kind: str,
+            quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
+    reference: dict[tuple[str, str], float] = {}
+    for row in rows:
+        if row.tool == "storescu" and row.seconds:
+            reference[(row.size, row.receiver)] = row.stats()["median"]
+    json_rows: list[dict[str, Any]] = []
+    table_rows: list[list[Any]] = []
+    for row in rows:
+        entry: dict[str, Any] = {"size": row.size, "receiver": row.receiver,
+                                 "tool": row.tool, "objects": row.objects,
+                                 "bytes": row.bytes, "runs": len(row.seconds), "ok": row.ok,
+                                 "seconds": row.seconds}
+        if row.note:
+            entry["note"] = row.note
+        cells: list[Any] = [row.size, row.receiver, TOOL_LABELS[row.tool], row.objects]
+        if row.seconds:
+            stats = row.stats()
+            ref = reference.get((row.size, row.receiver))
+            ratio = ref / stats["median"] if ref else None
+            entry.update({"min_s": stats["min"], "median_s": stats["median"],
+                          "mb_s": row.bytes / MB / stats["median"],
+                          "objects_s": row.objects / stats["median"], "ratio": ratio})
+            cells += [stats["min"], stats["median"], entry["mb_s"], entry["objects_s"],
+                      f"{ratio:.0%}" if ratio else "-"]
+        else:
+            entry.update({"min_s": None, "median_s": None, "mb_s": None, "objects_s": None,
+                          "ratio": None})
+            cells += [None, None, None, None, "-"]
+        cells.append(row.note or ("" if row.ok else "FAILED"))
+        json_rows.append(entry)
+        table_rows.append(cells)
+    ceiling = summary(ceilings)
+    json_rows.append({"size": "-", "receiver": "-", "tool": "loopback-tcp",
+                      "bytes": ceiling_total, "runs": len(ceilings),
+                      "mb_s": ceiling["median"] / MB, "max_mb_s": ceiling["max"] / MB})
+    table_rows.append(["-", "loopback TCP ceiling", "sendall → recv_into", "-",
+                       ceiling_total / ceiling["max"], ceiling_total / ceiling["median"],
+                       ceiling["median"] / MB, "-", "-", ""])
+    agent_orthanc = [r["ratio"] for r in json_rows
+                     if r["tool"] == "agent" and r["receiver"].startswith("Orthanc")]
+    smallest = None
+    if agent_orthanc and all(r is not None for r in agent_orthanc):
+        smallest = min(agent_orthanc)
+    text = table(
+        f"send ({'quick, ' if quick else ''}{repeats} run(s) each; same spooled files)",
+        ["size", "receiver", "sender", "objects", "min s", "median s", "MB/s", "obj/s",
+         "vs storescu", "note"],
+        table_rows,
+        left=3,
+        notes=[
+            "MB = 10^6 bytes; MB/s and obj/s from the median; 'vs storescu' = storescu's "
+            "median time / this one's, same receiver and size",
+            "Python senders are timed in-process from before the first association to after "
+            "the last release (imports excluded); storescu by wall clock of its process",
+            f"storescp writes to {scp_kind}; Orthanc has SyncStorageArea (fsync per object); "
+            "both run with TCP_NODELAY=1; the agent sends without storage commitment here",
+        ],
+    )
+    return {"ratio_vs_storescu": smallest, "rows": json_rows}, [text]
