@@ -519,3 +519,53 @@ def dicom_datetime_to_epoch(date: str, time_value: str) -> float:
     whole, _, fraction = time_value.partition(".")
     moment = datetime.strptime(date + whole.ljust(6, "0"), "%Y%m%d%H%M%S")
     return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+# -- a timestamping Storage SCP --------------------------------------------------------------
+
+class StampingSCP:
+    """A pynetdicom Storage SCP in this process that notes when the first connection and the
+    first C-STORE arrive (time.time()) and counts stores; it keeps nothing. TCP_NODELAY on its
+    accepted sockets, like every peer in the bench."""
+
+    def __init__(self, ae_title: str = "STAMPSCP") -> None:
+        self.ae_title = ae_title
+        self.port = 0
+        self.first_connection_at: float | None = None
+        self.first_store_at: float | None = None
+        self.stores = 0
+        self._server: Any = None
+
+    def start(self, ws: Workspace) -> int:
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
+
+        def on_open(event: Any) -> None:
+            sock = event.assoc.dul.socket.socket
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.first_connection_at is None:
+                self.first_connection_at = time.time()
+
+        def on_store(event: Any) -> int:
+            if self.first_store_at is None:
+                self.first_store_at = time.time()
+            self.stores += 1
+            return 0x0000
+
+        ae = AE(ae_title=self.ae_title)
+        ae.add_supported_context(SecondaryCaptureImageStorage,
+                                 ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.add_supported_context(Verification)
+        ae.maximum_associations = 16
+        self.port = free_port()
+        self._server = ae.start_server(
+            (LOCALHOST, self.port), block=False,
+            evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_C_STORE, on_store)])
+        ws.on_close(f"Storage SCP on port {self.port}", self.stop)
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
