@@ -11,6 +11,7 @@ import re
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -60,6 +61,18 @@ def parse_acquire_request(body: dict[str, Any]) -> tuple[Order, int]:
     return Order(patient_name=patient_name.strip(), patient_id=patient_id.strip()), frames
 
 
+def parse_import_request(body: dict[str, Any]) -> list[Path]:
+    """Validate the JSON of POST /api/import: absolute paths on this computer."""
+    paths = body.get("paths") if isinstance(body, dict) else None
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        raise BadRequest("paths: expected a non-empty list of absolute paths")
+    result = [Path(p) for p in paths]
+    relative = [str(p) for p in result if not p.is_absolute()]
+    if relative:
+        raise BadRequest(f"paths: expected absolute paths, got {relative[:3]}")
+    return result
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -93,12 +106,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
-        if url.path != "/api/acquire":
+        if url.path not in ("/api/acquire", "/api/import"):
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {url.path}"})
             return
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
+            return
+        if url.path == "/api/import":
+            try:
+                paths = parse_import_request(json.loads(self.rfile.read(length) or b"{}"))
+            except (BadRequest, json.JSONDecodeError) as err:
+                self._reply(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+                return
+            self._reply(HTTPStatus.OK, {"files": self.server.daemon.import_files(paths)})
             return
         try:
             order, frames = parse_acquire_request(json.loads(self.rfile.read(length) or b"{}"))

@@ -252,6 +252,26 @@ def cmd_queue(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import(config: AgentConfig, args: argparse.Namespace) -> int:
+    paths = [str(Path(p).resolve()) for p in args.paths]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise AgentError(f"no such file or folder: {missing[0]}")
+    files = api_call(config, "POST", "/api/import", {"paths": paths})["files"]
+    if args.json:
+        _out(json.dumps({"files": files}))
+    else:
+        for f in files:
+            if "error" in f:
+                _out(f"refused {f['error']}")
+            else:
+                _out(f"queued {f['queue_id']} {f['sop_instance_uid']} {f['path']}")
+    refused = sum("error" in f for f in files)
+    if refused:
+        _err(f"{refused} of {len(files)} file(s) refused")
+    return EXIT_FAILURE if refused or not files else EXIT_OK
+
+
 def cmd_demo(config: AgentConfig | None, args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
@@ -293,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = qsub.add_parser("retry")
     q.add_argument("ids", nargs="+")
+    p = sub.add_parser("import", help="queue existing DICOM files (folders: every file in them)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("demo", help="a complete local system: archive, device, acquisitions")
     p.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
     p.add_argument("--json", action="store_true")
@@ -302,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "run": cmd_run, "check-config": cmd_check_config, "acquire": cmd_acquire,
-    "status": cmd_status, "echo": cmd_echo, "queue": cmd_queue,
+    "status": cmd_status, "echo": cmd_echo, "queue": cmd_queue, "import": cmd_import,
 }
 
 

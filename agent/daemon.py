@@ -18,6 +18,7 @@ from agent.api import ApiServer
 from agent.config import AgentConfig
 from agent.errors import AcquisitionError, AgentError
 from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder
+from agent.importer import expand_paths, read_dicom_file
 from agent.iod import UIDSource
 from agent.listener import CommitmentReportHandler, Listener
 from agent.queue import QueueStore
@@ -210,6 +211,27 @@ class Daemon:
                 "series_instance_uid": result.series_instance_uid,
                 "objects": objects, "error": result.error,
                 "dropped_frames": result.dropped_frames}
+
+    def import_files(self, paths: Sequence[Path]) -> list[dict[str, Any]]:
+        """Queue existing DICOM files; one result per file, refused ones with the reason."""
+        results: list[dict[str, Any]] = []
+        for path in expand_paths(list(paths)):
+            try:
+                item = read_dicom_file(path)
+                queued = self.queue.enqueue(
+                    item.payload, sop_instance_uid=item.sop_instance_uid,
+                    sop_class_uid=item.sop_class_uid,
+                    transfer_syntax_uid=item.transfer_syntax_uid)
+            except AgentError as err:
+                logger.warning("import refused: %s", err)
+                results.append({"path": str(path), "error": str(err)})
+                continue
+            logger.info("queue item %d: imported %s as %s", queued.queue_id, path.name,
+                        queued.sop_instance_uid)
+            results.append({"path": str(path), "queue_id": queued.queue_id,
+                            "sop_instance_uid": queued.sop_instance_uid})
+        self.forwarder.wake()
+        return results
 
     def objects(self, queue_ids: Sequence[int]) -> list[dict[str, Any]]:
         by_object: dict[int, dict[str, DeliveryState]] = {q: {} for q in queue_ids}

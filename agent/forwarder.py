@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -191,11 +191,16 @@ class DestinationWorker:
 
     def _contexts(self, batch: Sequence[Delivery]) -> list[Any]:
         contexts = []
-        for sop_class in sorted({d.sop_class_uid for d in batch})[: MAX_CONTEXTS // 2]:
-            # two contexts per class: the spooled syntax alone, so the file can be streamed
-            # unchanged, and Implicit VR LE, which every SCP must accept (PS3.5 §10.1)
-            contexts.append(build_context(sop_class, [ExplicitVRLittleEndian]))
-            contexts.append(build_context(sop_class, [ImplicitVRLittleEndian]))
+        pairs = sorted({(d.sop_class_uid, d.transfer_syntax_uid) for d in batch})
+        classes = sorted({sop_class for sop_class, _ in pairs})
+        for sop_class, syntax in pairs[: MAX_CONTEXTS - len(classes) - 1]:
+            # the spooled syntax alone, so the file can be streamed unchanged...
+            contexts.append(build_context(sop_class, [syntax]))
+        for sop_class in classes[: MAX_CONTEXTS - len(contexts) - 1]:
+            # ...and Implicit VR LE, which every SCP must accept (PS3.5 §10.1): pynetdicom
+            # converts an uncompressed file to it when the archive refuses the spooled one
+            if (sop_class, ImplicitVRLittleEndian) not in pairs:
+                contexts.append(build_context(sop_class, [ImplicitVRLittleEndian]))
         if self.destination.storage_commitment:
             contexts.append(build_context(StorageCommitmentPushModel))
         return contexts
@@ -265,11 +270,22 @@ class DestinationWorker:
     def _store_one(self, assoc: Association, delivery: Delivery) -> bool:
         path = self._queue.object_path(delivery.queue_id)
         try:
-            status = assoc.send_c_store(path)
-        except ValueError:
-            # no accepted context in the file's own syntax: let pynetdicom convert a decoded
-            # copy (Explicit → Implicit VR LE); the UID and the values stay the same
-            status = assoc.send_c_store(dcmread(path))
+            try:
+                status = assoc.send_c_store(path)
+            except ValueError:
+                # no accepted context in the file's own syntax: let pynetdicom convert a
+                # decoded copy (Explicit -> Implicit VR LE); the UID and values stay the same
+                status = assoc.send_c_store(dcmread(path))
+        except ValueError as err:
+            # nothing the archive accepted fits this object (e.g. a compressed syntax it
+            # refused): not a network fault, so no hot retry
+            self._queue.mark_failed(delivery.delivery_id,
+                                    f"{self.destination.name} accepted no presentation context "
+                                    f"for {delivery.sop_class_uid} in "
+                                    f"{delivery.transfer_syntax_uid}: {err}")
+            logger.error("queue item %d: no accepted presentation context at %s",
+                         delivery.queue_id, self.destination.name)
+            return False
         except OSError as err:
             self._queue.mark_failed(delivery.delivery_id, f"spool file unreadable: {err}")
             logger.error("queue item %d: spool file unreadable: %s", delivery.queue_id, err)

@@ -134,6 +134,7 @@ class Delivery:
     sop_instance_uid: str
     sop_class_uid: str
     created_at: float = 0.0          # when the object was captured (queued)
+    transfer_syntax_uid: str = "1.2.840.10008.1.2.1"   # of the spooled file
 
 
 @dataclass(frozen=True)

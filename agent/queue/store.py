@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS transaction_items (
 _DELIVERY_COLUMNS = """
     d.delivery_id, d.queue_id, d.destination, d.state, d.attempts, d.next_attempt_at,
     d.last_error, d.transaction_uid, d.updated_at, o.sop_instance_uid, o.sop_class_uid,
-    o.created_at
+    o.created_at, o.transfer_syntax_uid
 """
 
 
@@ -108,6 +108,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         sop_instance_uid=row["sop_instance_uid"],
         sop_class_uid=row["sop_class_uid"],
         created_at=row["created_at"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
     )
 
 

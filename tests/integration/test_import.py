@@ -1,0 +1,105 @@
+"""`modality-agent import`: existing DICOM files reach the archive byte for byte, in their own
+transfer syntax; anything else is refused with the reason and nothing else is disturbed."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from peers import free_port, wait_until
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+
+from agent.orthanc import OrthancServer, RegisteredModality
+
+pytestmark = pytest.mark.integration
+
+
+def sc_file(path: Path, syntax: str, seed: int) -> Path:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid(prefix=None)
+    ds.StudyInstanceUID = generate_uid(prefix=None)
+    ds.SeriesInstanceUID = generate_uid(prefix=None)
+    ds.PatientName, ds.PatientID, ds.Modality = "Import^Test", "IMP-1", "OT"
+    ds.ConversionType = "WSD"
+    pixels = np.random.default_rng(seed).integers(0, 4096, (32, 48), dtype=np.uint16)
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 32, 48, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if syntax == RLELossless:
+        ds.compress(RLELossless, generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def running(tmp_path: Path, orthanc: OrthancServer) -> Iterator[AgentProcess]:
+    listener_port = free_port()
+    orthanc.register_modality(RegisteredModality("agent", AGENT_AE, "127.0.0.1", listener_port))
+    agent = make_agent(tmp_path, [Destination("pacs", orthanc.dicom_port, orthanc.ae_title)],
+                       listener_port=listener_port)
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+def test_import_sends_files_as_they_are(tmp_path: Path, orthanc: OrthancServer,
+                                        running: AgentProcess) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    files = [sc_file(folder / "a.dcm", ExplicitVRLittleEndian, 1),
+             sc_file(folder / "b.dcm", ImplicitVRLittleEndian, 2),
+             sc_file(folder / "c.dcm", RLELossless, 3)]
+    (folder / "notes.txt").write_text("not an image")
+    result = running.cli("import", str(folder), "--json")
+    assert result.returncode == 1                   # one file refused
+    outcome = {Path(f["path"]).name: f for f in json.loads(result.stdout)["files"]}
+    assert "not a DICOM Part 10 file" in outcome["notes.txt"]["error"]
+    assert {name for name, f in outcome.items() if "queue_id" in f} == {"a.dcm", "b.dcm", "c.dcm"}
+    wait_until(lambda: {r["state"] for r in running.queue_rows()} == {"committed"}, 30,
+               f"imports not committed: {running.queue_rows()} {running.log()[-2000:]}")
+    for path in files:
+        original = dcmread(path)
+        orthanc_id = orthanc.find_instance(original.SOPInstanceUID)
+        assert orthanc_id is not None
+        held = dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
+        assert held.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert np.array_equal(held.pixel_array, original.pixel_array)
+    # the same file again is refused as a duplicate, not sent under a second identity
+    again = running.cli("import", str(files[0]))
+    assert again.returncode == 1 and "already queued" in again.stdout
+
+
+def test_import_refuses_inconsistent_files(tmp_path: Path, running: AgentProcess) -> None:
+    path = sc_file(tmp_path / "bad.dcm", ExplicitVRLittleEndian, 4)
+    ds = dcmread(path)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix=None)
+    ds.save_as(path)
+    truncated = tmp_path / "cut.dcm"
+    truncated.write_bytes(sc_file(tmp_path / "whole.dcm", ExplicitVRLittleEndian, 5)
+                          .read_bytes()[:200])
+    result = running.cli("import", str(path), str(truncated), "--json")
+    files = json.loads(result.stdout)["files"]
+    assert result.returncode == 1
+    assert "differs from (0008,0018)" in files[0]["error"]
+    assert "error" in files[1]
+    assert running.queue_rows() == []
+    assert running.process is not None and running.process.poll() is None
