@@ -2,13 +2,14 @@
 with --quick), captured by the daemon while its forwarder sends to Orthanc with storage
 commitment.
 
-Frames dropped: a device at 30 frames/s does not wait for the agent. The simulated driver hands
-a late reader the next frame at once but keeps at most one interval of lag, so every interval
-the agent spends beyond 1/30 s is a frame a real device would have lost: dropped = 30 x (time
-from the first to the last queued object) + 1 - frames captured. The spool's write rate (bytes
-queued / capture time) is set against the disk's own rate for the same pattern (2 MB files:
-write, fsync, rename, fsync the folder), measured on the same file system just before and just
-after the capture.
+Frames dropped, two ways a device at 30 frames/s loses them: (1) the agent's own count, frames
+its capture thread read but found its bounded buffer full (the spool did not keep up); (2)
+frames the capture thread was too late to read: the simulated driver hands a late reader the
+next frame at once but keeps at most one interval of lag, so a real device would have lost
+30 x (first → last frame time) + 1 - frames read. `dropped` is their sum. The spool's write
+rate (bytes queued / capture time) is set against the disk's own rate for the same pattern
+(2 MB files: write, fsync, rename, fsync the folder), measured on the same file system just
+before and just after the capture.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bench.common import (
     DestinationSpec,
     Workspace,
     cpu_seconds,
+    frame_time,
     free_port,
     say,
     simulated_options,
@@ -125,9 +127,15 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     captured = len(result["objects"])
     rows = [r for r in spool_rows(spool) if r["destination"] == "archive"]
     spooled_bytes = sum(r["size_bytes"] for r in rows)
-    created = sorted(r["created_at"] for r in rows)
-    gaps = [b - a for a, b in itertools.pairwise(created)]
-    late = sum(1 for g in gaps if g > 1.5 / RATE)
+    frame_times = sorted(frame_time(spool / "objects" / f"{r['queue_id']:010d}.dcm")
+                         for r in rows)
+    gaps = [b - a for a, b in itertools.pairwise(frame_times)]
+    late_gaps = sum(1 for g in gaps if g > 1.5 / RATE)
+    agent_dropped = int(result.get("dropped_frames", 0))
+    last_queued = max(r["created_at"] for r in rows)
+    # from the first frame read to the last object durably queued
+    capture_s = last_queued - frame_times[0]
+    tail_s = last_queued - frame_times[-1]
     backlog_end = sum(1 for r in rows if r["state"] in ("pending", "sending"))
     say(f"capture: {captured} frames in {elapsed:.1f} s; backlog {backlog_end}; draining")
     drain_t0 = time.monotonic()
@@ -143,12 +151,13 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     daemon.stop()
     disk_after = disk_fsync_rate(ws.root / "disk-probe", object_bytes=object_bytes,
                                  seconds=2 if quick else 4)
-    # frames the device delivered between the first and the last queued object, against
-    # those the agent took (the HTTP request and the set-up before the first frame excluded)
-    span = created[-1] - created[0] if created else 0.0
-    expected = round(span * RATE) + 1 if created else 0
-    dropped = max(0, expected - captured)
-    spool_rate = spooled_bytes / elapsed
+    # frames a 30 fps device shows between the first and the last captured frame, against the
+    # frames the capture thread read (captured + dropped by the agent) in that time
+    span = frame_times[-1] - frame_times[0] if frame_times else 0.0
+    expected = round(span * RATE) + 1 if frame_times else 0
+    late_reads = max(0, expected - captured - agent_dropped)
+    dropped = agent_dropped + late_reads
+    spool_rate = spooled_bytes / capture_s
     disk_rate = (disk_before + disk_after) / 2
     data = {
         "frames": captured,
@@ -156,8 +165,12 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         "frames_requested": frames,
         "seconds": elapsed,
         "span_s": span,
-        "frames_per_s": captured / elapsed,
-        "late_intervals": late,
+        "capture_s": capture_s,
+        "frames_per_s": (captured + agent_dropped - 1) / span if span else None,
+        "last_frame_to_last_queued_s": tail_s,
+        "dropped_by_agent": agent_dropped,
+        "dropped_late_reads": late_reads,
+        "gaps_over_1_5_intervals": late_gaps,
         "spool_write_mb_s": spool_rate / MB,
         "needed_mb_s": RATE * (spooled_bytes / max(captured, 1)) / MB,
         "disk_fsync_write_mb_s": disk_rate / MB,
@@ -176,11 +189,15 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         f"to Orthanc with commitment)",
         ["what", "value"],
         [["frames captured / asked", f"{captured} / {frames}"],
-         ["capture time s", elapsed],
-         ["frames/s achieved", data["frames_per_s"]],
-         ["frames dropped (30/s x span - captured)", dropped],
-         ["intervals > 1.5/30 s between queued objects", late],
-         ["spool write MB/s (durable)", data["spool_write_mb_s"]],
+         ["acquire request s (API call, end to end)", elapsed],
+         ["first frame → last object queued s", capture_s],
+         ["last frame → last object queued s (buffer tail)", tail_s],
+         ["frames/s read from the device", data["frames_per_s"]],
+         ["frames dropped: buffer full (agent's count)", agent_dropped],
+         ["frames dropped: read too late (30/s x span + 1 - read)", late_reads],
+         ["gaps > 1.5/30 s between captured frames", late_gaps],
+         ["spool write MB/s (bytes queued / first frame → last queued)",
+          data["spool_write_mb_s"]],
          ["needed at 30 frames/s MB/s", data["needed_mb_s"]],
          ["disk: durable 2 MB writes MB/s (before / after)",
           f"{disk_before / MB:.0f} / {disk_after / MB:.0f}"],

@@ -514,6 +514,14 @@ def simulated_options(size: int, frame_rate: float, *, bits_stored: int = 16,
     return options
 
 
+def frame_time(path: Path) -> float:
+    """When the object's frame was read out: its Content Date/Time (the frame's t_wall)."""
+    from pydicom import dcmread
+
+    ds = dcmread(path, stop_before_pixels=True, specific_tags=["ContentDate", "ContentTime"])
+    return dicom_datetime_to_epoch(str(ds.ContentDate), str(ds.ContentTime))
+
+
 def dicom_datetime_to_epoch(date: str, time_value: str) -> float:
     """DICOM DA + TM (local time, optional fraction) to seconds since the epoch."""
     whole, _, fraction = time_value.partition(".")

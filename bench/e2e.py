@@ -11,14 +11,13 @@ A new daemon per rate (the frame rate is a device option); one Orthanc throughou
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.common import (
     AgentDaemon,
     DestinationSpec,
     Workspace,
-    dicom_datetime_to_epoch,
+    frame_time,
     free_port,
     percentile,
     say,
@@ -31,13 +30,6 @@ SIZE = 512
 RATES = (1.0, 10.0, 30.0)
 FRAMES_FULL = {1.0: 20, 10.0: 100, 30.0: 300}
 FRAMES_QUICK = {1.0: 5, 10.0: 30, 30.0: 60}
-
-
-def _frame_time(path: Path) -> float:
-    from pydicom import dcmread
-
-    ds = dcmread(path, stop_before_pixels=True, specific_tags=["ContentDate", "ContentTime"])
-    return dicom_datetime_to_epoch(str(ds.ContentDate), str(ds.ContentTime))
 
 
 def _one_rate(ws: Workspace, rate: float, frames: int, listener_port: int,
@@ -70,7 +62,7 @@ def _one_rate(ws: Workspace, rate: float, frames: int, listener_port: int,
     latencies, stored = [], []
     commits = sorted(row["committed_at"] for row in rows)
     for row in rows:
-        t_frame = _frame_time(objects_dir / f"{row['queue_id']:010d}.dcm")
+        t_frame = frame_time(objects_dir / f"{row['queue_id']:010d}.dcm")
         latencies.append(row["committed_at"] - t_frame)
         stored.append(row["stored_at"] - t_frame)
     return {
