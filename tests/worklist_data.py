@@ -24,7 +24,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.tag import Tag
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom.dsutils import decode
 
 WLMSCPFS = Path("/usr/bin/wlmscpfs")
@@ -115,7 +116,7 @@ def raw_element(keyword: str, value: bytes) -> RawDataElement:
     assert tag is not None, keyword
     if len(value) % 2:
         value += b"\x00" if dictionary_VR(tag) == "UI" else b" "
-    return RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
+    return RawDataElement(Tag(tag), dictionary_VR(tag), len(value), value, 0, False, True)
 
 
 def entry_dataset(entry: Entry) -> Dataset:
@@ -161,15 +162,19 @@ def entry_dataset(entry: Entry) -> Dataset:
         sps.ScheduledProtocolCodeSequence = [_code_item(entry.protocol_code)]
     sps.ScheduledPerformingPhysicianName = entry.performing_physician
     sps.ScheduledProcedureStepStatus = entry.sps_status
-    for key, value in entry.raw.items():
-        target, keyword = (sps, key[4:]) if key.startswith("SPS.") else (ds, key)
-        target[tag_for_keyword(keyword)] = raw_element(keyword, value)
-    for key in entry.omit:
-        target, keyword = (sps, key[4:]) if key.startswith("SPS.") else (ds, key)
-        if keyword in target:
-            del target[keyword]
-    if "ScheduledProcedureStepSequence" not in entry.omit:
-        ds.ScheduledProcedureStepSequence = [sps]
+    for inner in (True, False):          # inside the step first, then the step itself
+        for key, value in entry.raw.items():
+            if key.startswith("SPS.") is inner:
+                target, keyword = (sps, key[4:]) if inner else (ds, key)
+                target[Tag(keyword)] = raw_element(keyword, value)
+        for key in entry.omit:
+            if key.startswith("SPS.") is inner:
+                target, keyword = (sps, key[4:]) if inner else (ds, key)
+                if keyword in target:
+                    del target[keyword]
+        if inner and "ScheduledProcedureStepSequence" not in entry.omit \
+                and "ScheduledProcedureStepSequence" not in entry.raw:
+            ds.ScheduledProcedureStepSequence = [sps]
     return ds
 
 
@@ -224,8 +229,8 @@ def write_wl(folder: Path, entry: Entry | Dataset, name: str) -> Path:
     """Write `entry` as a Part 10 worklist file ``name.wl`` (pydicom encodes the values)."""
     ds = entry if isinstance(entry, Dataset) else entry_dataset(entry)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = WORKLIST_FILE_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = new_uid()
+    meta.MediaStorageSOPClassUID = UID(WORKLIST_FILE_SOP_CLASS)
+    meta.MediaStorageSOPInstanceUID = UID(new_uid())
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     fp = DicomBytesIO()
     fp.is_implicit_VR = False

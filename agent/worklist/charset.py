@@ -100,11 +100,13 @@ def _codec(term: str) -> str:
     return codec
 
 
-#: Python codecs of the 8-bit single-byte sets (ISO_IR 100, 101, 109, 110, 126, 127, 138, 144,
-#: 148, 166): any byte sequence may decode, so mislabelled UTF-8 must be caught separately
-_SINGLE_BYTE_CODECS = frozenset({"latin_1", "iso8859_2", "iso8859_3", "iso8859_4", "iso_ir_126",
-                                 "iso_ir_127", "iso_ir_138", "iso_ir_144", "iso_ir_148",
-                                 "iso_ir_166"})
+#: Python codecs of the 8-bit Latin-script sets (ISO_IR 100, 101, 109, 110, 148). Their
+#: letters sit at 0xC0-0xFF and their symbols at 0xA0-0xBF, so UTF-8 mislabelled as one of them
+#: shows as a letter followed by a symbol ("Ã¼"): essentially never real text. The Greek,
+#: Cyrillic, Arabic, Hebrew and Thai sets have letters in 0xB0-0xBF too, and their real text is
+#: often valid UTF-8 by accident ("άΆ" in ISO_IR 126), so they cannot be checked this way.
+_LATIN_SINGLE_BYTE_CODECS = frozenset({"latin_1", "iso8859_2", "iso8859_3", "iso8859_4",
+                                       "iso_ir_148"})
 
 
 class TextDecoder:
@@ -209,7 +211,7 @@ class TextDecoder:
             except UnicodeDecodeError as err:
                 raise CharsetError(f"byte 0x{raw[err.start]:02X} at offset {err.start} is not "
                                    f"valid in {shown}") from err
-            if first in _SINGLE_BYTE_CODECS and _looks_like_utf8(raw):
+            if first in _LATIN_SINGLE_BYTE_CODECS and _looks_like_utf8(raw):
                 raise CharsetError(f"the bytes are UTF-8 but Specific Character Set says "
                                    f"{first_term}; the RIS must declare ISO_IR 192 "
                                    "(DCMTK wlmscpfs: use -csk, not -cs1)")
@@ -261,8 +263,8 @@ def _check_controls(text: str, control: re.Pattern[str]) -> None:
 
 
 def _looks_like_utf8(raw: bytes) -> bool:
-    """Bytes above 0x7F that form valid UTF-8 sequences: text in an 8-bit single-byte set
-    (Latin-1, Greek...) essentially never does ("Ã¼" is how UTF-8 "ü" reads in Latin-1)."""
+    """Bytes above 0x7F that form valid UTF-8 sequences: text in an 8-bit Latin set essentially
+    never does ("Ã¼" is how UTF-8 "ü" reads in Latin-1)."""
     if raw.isascii():
         return False
     try:

@@ -134,15 +134,17 @@ class _Reader:
         parts = []
         try:
             sps_items = self.sequence(ds, SPS, SPS)
-            if sps_items:
-                sps_id = self.text(sps_items[0], "ScheduledProcedureStepID", "")
-                if sps_id:
-                    parts.append(f"SPS {sps_id!r}")
+            sps_id = self.text(sps_items[0], "ScheduledProcedureStepID", "") if sps_items else ""
+            if sps_id:
+                parts.append(f"SPS {sps_id!r}")
+        except WorklistItemError:
+            pass   # reported properly when the attribute is read for real
+        try:
             study_uid = self.uid(ds, "StudyInstanceUID", "StudyInstanceUID")
             if study_uid:
                 parts.append(f"study {study_uid}")
         except WorklistItemError:
-            pass   # reported properly when the attribute is read for real
+            pass
         return ", ".join(parts)
 
     def items(self, ds: Dataset) -> list[WorklistItem]:

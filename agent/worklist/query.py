@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from datetime import date
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.association import Association
-from pynetdicom.sop_class import ModalityWorklistInformationFind
 from pynetdicom.status import code_to_category
 
 from agent.config import WorklistSection
@@ -45,15 +44,22 @@ from agent.worklist.parse import parse_response
 
 logger = logging.getLogger(__name__)
 
+#: Modality Worklist Information Model - FIND (PS3.4 K.6.1.3); pynetdicom makes its
+#: `sop_class.ModalityWorklistInformationFind` at run time, which type checkers cannot see
+MODALITY_WORKLIST_FIND = UID("1.2.840.10008.5.1.4.31")
+
 #: default cap on matches; a station's day rarely holds more than a few dozen steps
 DEFAULT_MAX_RESULTS = 500
 
 #: default ACSE/DIMSE/network timeout of a worklist query (seconds): the operator waits for it
 DEFAULT_TIMEOUT_S = 20.0
 
-#: after C-CANCEL, pending responses the SCP may still send before the final one (they were
-#: already on the wire); past this many more, the association is aborted
-CANCEL_DRAIN_MAX = 200
+#: after C-CANCEL the SCP may still send the pending responses it had queued before it saw
+#: the cancel (a pynetdicom SCP on loopback runs ~500 ahead); they are read and dropped. Past
+#: this many, or this long, the association is aborted instead (wlmscpfs and Orthanc never
+#: stop at C-CANCEL on loopback: they have sent everything already)
+CANCEL_DRAIN_MAX = 1000
+CANCEL_DRAIN_S = 2.0
 
 #: message ID of our C-FIND (one request per association)
 _MESSAGE_ID = 1
@@ -257,7 +263,7 @@ def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
     # its logging would also decode every element before we can check the bytes
     quiet_pynetdicom()
     ae = AgentAE(ae_title)
-    ae.add_requested_context(ModalityWorklistInformationFind,
+    ae.add_requested_context(MODALITY_WORKLIST_FIND,
                              [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = min(timeout_s, CONNECTION_TIMEOUT_S)
@@ -286,10 +292,11 @@ def _collect(assoc: Association, identifier: Dataset, query: Query, where: str, 
     seen: set[tuple[str, str]] = set()
     responses = undecodable = filtered = drained = 0
     cancelled = False
+    cancelled_at = 0.0
     previous_status: Dataset | None = None
     final: int | None = None
     for status, response in assoc.send_c_find(
-            identifier, ModalityWorklistInformationFind, msg_id=_MESSAGE_ID):
+            identifier, MODALITY_WORKLIST_FIND, msg_id=_MESSAGE_ID):
         if "Status" not in status:
             # pynetdicom's empty status: DIMSE timeout, abort, or an invalid message
             raise WorklistQueryError(
@@ -304,7 +311,7 @@ def _collect(assoc: Association, identifier: Dataset, query: Query, where: str, 
         previous_status = status
         if cancelled:
             drained += 1
-            if drained > CANCEL_DRAIN_MAX:
+            if drained > CANCEL_DRAIN_MAX or time.monotonic() - cancelled_at > CANCEL_DRAIN_S:
                 logger.warning("worklist: %s kept sending after C-CANCEL; aborting", where)
                 assoc.abort()
                 break
@@ -312,7 +319,8 @@ def _collect(assoc: Association, identifier: Dataset, query: Query, where: str, 
         responses += 1
         if responses > max_results:
             cancelled = True
-            assoc.send_c_cancel(_MESSAGE_ID, query_model=ModalityWorklistInformationFind)
+            cancelled_at = time.monotonic()
+            assoc.send_c_cancel(_MESSAGE_ID, query_model=MODALITY_WORKLIST_FIND)
             continue
         if response is None:
             undecodable += 1

@@ -103,6 +103,12 @@ def test_undecodable_bytes_are_errors(terms: list[str], raw: bytes, message: str
     assert "ller" not in str(info.value) and "John" not in str(info.value)
 
 
+def test_greek_that_happens_to_be_valid_utf8_is_not_mistaken_for_mislabelled_utf8() -> None:
+    raw = "άΆ".encode("iso8859_7")                      # 0xDC 0xB6: also valid UTF-8
+    raw.decode("utf-8")
+    assert TextDecoder(["ISO_IR 126"]).decode(raw).text == "άΆ"
+
+
 def test_multiline_text_may_hold_line_breaks() -> None:
     assert TextDecoder(["ISO_IR 192"]).decode(b"one\r\ntwo", multiline=True).text == "one\r\ntwo"
 

@@ -25,23 +25,26 @@ from worklist_data import (
 )
 
 from agent.records import Code, OtherPatientID, SOPReference
-from agent.worklist import WorklistItem, WorklistItemError
+from agent.worklist import DEFAULT_FALLBACK, WorklistItem, WorklistItemError
 from agent.worklist.parse import MAX_SEQUENCE_ITEMS, parse_response
 
 
-def parse(entry: Entry, *, implicit: bool = False, **kwargs: object) -> list[WorklistItem]:
+def parse(entry: Entry, *, implicit: bool = False,
+          fallback: tuple[str, ...] = DEFAULT_FALLBACK) -> list[WorklistItem]:
     return parse_response(as_received(entry_dataset(entry), implicit=implicit), response=3,
-                          **kwargs)  # type: ignore[arg-type]
+                          fallback=fallback)
 
 
-def only(entry: Entry, **kwargs: object) -> WorklistItem:
-    (item,) = parse(entry, **kwargs)
+def only(entry: Entry, *, implicit: bool = False,
+         fallback: tuple[str, ...] = DEFAULT_FALLBACK) -> WorklistItem:
+    (item,) = parse(entry, implicit=implicit, fallback=fallback)
     return item
 
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 def test_every_key_is_read(implicit: bool) -> None:
-    entry = Entry(patient_name="Müller^Jürgen", referenced_study_uid=new_uid())
+    referenced = new_uid()
+    entry = Entry(patient_name="Müller^Jürgen", referenced_study_uid=referenced)
     item = only(entry, implicit=implicit)
     assert item.patient_name == "Müller^Jürgen"
     assert item.patient_id == "P-0001"
@@ -56,8 +59,7 @@ def test_every_key_is_read(implicit: bool) -> None:
     assert item.requested_procedure_description == "Chest PA"
     assert item.requested_procedure_codes == (Code("RPID-17", "99LOCAL", "Chest radiograph"),)
     assert item.study_instance_uid == entry.study_instance_uid
-    assert item.referenced_studies == (SOPReference(STUDY_COMPONENT_CLASS,
-                                                    entry.referenced_study_uid),)
+    assert item.referenced_studies == (SOPReference(STUDY_COMPONENT_CLASS, referenced),)
     assert item.modality == "OT"
     assert item.station_ae_title == "MODALITY1"
     assert (item.sps_start_date, item.sps_start_time) == ("20240501", "093000")
