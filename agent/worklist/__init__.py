@@ -17,7 +17,6 @@ from agent.worklist.errors import (
     WorklistItemError,
     WorklistItemNotFound,
     WorklistQueryError,
-    WorklistUnavailable,
 )
 from agent.worklist.model import JSON_KEYS, WorklistItem, WorklistSnapshot
 from agent.worklist.query import (
@@ -52,7 +51,6 @@ __all__ = [
     "WorklistQueryError",
     "WorklistService",
     "WorklistSnapshot",
-    "WorklistUnavailable",
     "build_identifier",
     "find_worklist",
 ]

@@ -49,7 +49,3 @@ class WorklistItemNotFound(WorklistError, LookupError):
 
 class WorklistItemAmbiguous(WorklistError, LookupError):
     """Several worklist items match; the message lists how to pick one."""
-
-
-class WorklistUnavailable(WorklistError, ConnectionError):
-    """Neither the RIS nor the cache can give a worklist."""

@@ -145,6 +145,7 @@ class WorklistService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refreshes = 0                         # completed refresh attempts
+        self._logged_problems: set[str] = set()
         self._load_cache()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -221,8 +222,11 @@ class WorklistService:
             self._limit = result.limit
             self._error = None
             self._problems = tuple(problems)
+        # a bad entry stays bad from one refresh to the next: say so once, not every minute
         for problem in result.problems:
-            logger.warning("%s", problem)
+            if problem not in self._logged_problems:
+                logger.warning("%s", problem)
+        self._logged_problems = set(result.problems)
 
     def _record_failure(self, reason: str) -> None:
         with self._state_lock:

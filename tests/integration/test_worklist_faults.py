@@ -48,6 +48,7 @@ from agent.worklist import (
     BroadQuery,
     CachedWorklist,
     FindResult,
+    PatientQuery,
     RISUnreachable,
     WorklistCache,
     WorklistItemAmbiguous,
@@ -387,6 +388,32 @@ def test_duplicates_are_marked(wlm: Wlmscpfs, tmp_path: Path) -> None:
     found = svc.find(accession="ACC-0001")
     assert found.as_json()["status"] == "ACQUIRED"
     assert found.duplicate_reason == "already acquired on this device"
+
+
+def test_patient_query_through_the_service_is_marked_too(wlm: Wlmscpfs, tmp_path: Path) -> None:
+    called_ae, folder = wlm.new_called_ae()
+    write_wl(folder, numbered(1, patient_name="Müller^Jürgen", station_ae_title="ROOM2"), "one")
+    write_wl(folder, numbered(2, patient_name="Schmidt^Anna"), "two")
+    svc = service(ris(wlm, called_ae), tmp_path)
+    svc.mark_acquired(numbered(1).study_instance_uid, "SPS-0001")    # another uid: not marked
+    result = svc.query_patient(PatientQuery(patient_name="Mü*"))
+    (item,) = result.items
+    assert (item.sps_id, item.station_ae_title, item.acquired_here) == ("SPS-0001", "ROOM2", False)
+    svc.mark_acquired(item.study_instance_uid, item.sps_id)
+    assert svc.query_patient(PatientQuery(patient_id="P-0001")).items[0].status == "ACQUIRED"
+    assert svc.snapshot().items == ()           # on demand: not the station's list, not cached
+
+
+def test_a_bad_entry_is_logged_once_not_at_every_refresh(wlm: Wlmscpfs, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    called_ae, folder = wlm.new_called_ae()
+    write_wl(folder, numbered(1, sps_id="BAD", raw={"PatientBirthDate": b"19701332"}), "bad")
+    svc = service(ris(wlm, called_ae), tmp_path)
+    for _ in range(3):
+        snapshot = svc.refresh_now()
+        assert len(snapshot.problems) == 1 and "PatientBirthDate" in snapshot.problems[0]
+    logged = [r for r in caplog.records if "PatientBirthDate" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelname == "WARNING"
 
 
 def test_the_cap_reaches_the_snapshot(wlm: Wlmscpfs, tmp_path: Path) -> None:
