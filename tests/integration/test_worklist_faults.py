@@ -283,6 +283,19 @@ def test_a_ris_that_aborts_after_a_match_is_not_a_worklist() -> None:
             query(peer)
 
 
+def test_items_for_another_station_are_dropped_even_if_the_ris_returns_them() -> None:
+    def script(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0xFF00, response(1)
+        yield 0xFF00, response(2, station_ae_title="ROOM2")     # a RIS that matches loosely
+        yield 0xFF00, response(3, modality="CT")
+        yield 0xFF00, response(4, station_ae_title="", modality="")  # unknown: its call
+
+    with scripted_scp(script) as peer:
+        result = query(peer)
+    assert [item.sps_id for item in result.items] == ["SPS-0001", "SPS-0004"]
+    assert result.filtered_out == 2 and result.problems == ()
+
+
 def _endless(honour_cancel: bool, sent: list[int], limit: int) -> Script:
     """10 000 matches. Honouring: after `limit` + 10 it waits for the C-CANCEL (as an SCP that
     checks between matches does), then answers Cancel. Ignoring: it sends on until the
