@@ -142,7 +142,7 @@ class Acquisition:
                 raise AcquisitionError(str(err)) from err
             series = new_series_context(
                 self._uids, order, started_at=datetime.now().astimezone().replace(tzinfo=None),
-                series_number=1,
+                series_number=1, study_id=order.requested_procedure_id[:16],
             )
             captured, dropped, error = self._run_capture(order, series, frames)
             self.dropped_total += dropped

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import threading
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,8 +33,17 @@ class BadRequest(AgentError, ValueError):
     pass
 
 
-def parse_acquire_request(body: dict[str, Any]) -> tuple[Order, int]:
-    """Validate the JSON of POST /api/acquire.
+@dataclass(frozen=True)
+class AcquireRequest:
+    frames: int
+    order: Order | None = None           # unscheduled
+    accession: str | None = None         # or a worklist entry, by one of these
+    sps_id: str | None = None
+
+
+def parse_acquire_request(body: dict[str, Any]) -> AcquireRequest:
+    """Validate the JSON of POST /api/acquire: `frames` and one of `"unscheduled": true` (with
+    patient_id, patient_name), `accession` or `sps_id`.
 
     Raises
     ------
@@ -45,9 +55,19 @@ def parse_acquire_request(body: dict[str, Any]) -> tuple[Order, int]:
     frames = body.get("frames", 1)
     if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
         raise BadRequest(f"frames: expected an integer 1..{MAX_FRAMES}, got {frames!r}")
+    chosen = [k for k in ("unscheduled", "accession", "sps_id") if body.get(k) not in (None, False)]
+    if len(chosen) != 1:
+        raise BadRequest("expected exactly one of \"unscheduled\": true, \"accession\" or "
+                         "\"sps_id\"")
+    for key in ("accession", "sps_id"):
+        if key in chosen:
+            value = body[key]
+            if not isinstance(value, str) or not 1 <= len(value.strip()) <= 64 \
+                    or _PN_FORBIDDEN.search(value):
+                raise BadRequest(f"{key}: expected 1..64 characters without control characters")
+            return AcquireRequest(frames, **{key: value.strip()})
     if body.get("unscheduled") is not True:
-        raise BadRequest("only unscheduled acquisition is available: set \"unscheduled\": true "
-                         "(worklist selection comes with the worklist feature)")
+        raise BadRequest("unscheduled: expected true")
     patient_id = body.get("patient_id")
     patient_name = body.get("patient_name")
     if not isinstance(patient_id, str) or not 1 <= len(patient_id.strip()) <= 64 \
@@ -58,7 +78,8 @@ def parse_acquire_request(body: dict[str, Any]) -> tuple[Order, int]:
             or _PN_FORBIDDEN.search(patient_name):
         raise BadRequest("patient_name: expected 'Family^Given' (1..320 characters, no control "
                          "characters or backslash)")
-    return Order(patient_name=patient_name.strip(), patient_id=patient_id.strip()), frames
+    return AcquireRequest(frames, Order(patient_name=patient_name.strip(),
+                                        patient_id=patient_id.strip()))
 
 
 def parse_import_request(body: dict[str, Any]) -> list[Path]:
@@ -94,6 +115,13 @@ class _Handler(BaseHTTPRequestHandler):
         daemon = self.server.daemon
         if url.path == "/api/status":
             self._reply(HTTPStatus.OK, daemon.status())
+        elif url.path == "/api/worklist":
+            if daemon.worklist is None:
+                self._reply(HTTPStatus.NOT_FOUND, {"error": "no [worklist] configured"})
+                return
+            refresh = parse_qs(url.query).get("refresh") == ["1"]
+            snapshot = daemon.worklist.refresh_now() if refresh else daemon.worklist.snapshot()
+            self._reply(HTTPStatus.OK, snapshot.as_json())
         elif url.path == "/api/objects":
             try:
                 ids = [int(v) for v in parse_qs(url.query).get("queue_id", [])]
@@ -122,8 +150,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.OK, {"files": self.server.daemon.import_files(paths)})
             return
         try:
-            order, frames = parse_acquire_request(json.loads(self.rfile.read(length) or b"{}"))
-            result = self.server.daemon.acquire(order, frames)
+            request = parse_acquire_request(json.loads(self.rfile.read(length) or b"{}"))
+            daemon = self.server.daemon
+            if request.order is not None:
+                result = daemon.acquire(request.order, request.frames)
+            else:
+                item = daemon.worklist_item(accession=request.accession, sps_id=request.sps_id)
+                result = daemon.acquire(item.to_order(), request.frames, item)
         except (BadRequest, json.JSONDecodeError) as err:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": str(err)})
             return

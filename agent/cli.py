@@ -113,15 +113,22 @@ def _wait_until_done(config: AgentConfig, queue_ids: list[int], wait_s: float) -
 
 
 def cmd_acquire(config: AgentConfig, args: argparse.Namespace) -> int:
-    if not args.unscheduled:
-        raise AgentError("only --unscheduled acquisition is available in this version "
-                         "(--accession/--sps-id need the worklist)")
-    if not args.patient_id or not args.patient_name:
-        raise AgentError("--unscheduled needs --patient-id and --patient-name")
-    result = api_call(config, "POST", "/api/acquire", {
-        "unscheduled": True, "patient_id": args.patient_id,
-        "patient_name": args.patient_name, "frames": args.frames,
-    })
+    body: dict[str, Any] = {"frames": args.frames}
+    if args.unscheduled:
+        if not args.patient_id or not args.patient_name:
+            raise AgentError("--unscheduled needs --patient-id and --patient-name")
+        body.update(unscheduled=True, patient_id=args.patient_id,
+                    patient_name=args.patient_name)
+    elif args.patient_id or args.patient_name:
+        raise AgentError("--patient-id/--patient-name go with --unscheduled; a worklist entry "
+                         "brings its own patient")
+    elif args.accession:
+        body["accession"] = args.accession
+    else:
+        body["sps_id"] = args.sps_id
+    result = api_call(config, "POST", "/api/acquire", body)
+    if result.get("warning"):
+        _err(f"warning: {result['warning']}")
     objects = result["objects"]
     if not args.json:
         for o in objects:
@@ -145,6 +152,42 @@ def cmd_acquire(config: AgentConfig, args: argparse.Namespace) -> int:
             {"queue_id": o["queue_id"], "sop_instance_uid": o["sop_instance_uid"],
              "state": o["state"], "destinations": o["destinations"]} for o in objects]}))
     return code
+
+
+def cmd_worklist(config: AgentConfig, args: argparse.Namespace) -> int:
+    if config.worklist is None:
+        raise AgentError(f"{config.path.name}: no [worklist] section: the agent works "
+                         "unscheduled only")
+    try:
+        snapshot = api_call(config, "GET", "/api/worklist?refresh=1", timeout_s=60)
+    except DaemonUnavailable:
+        # the daemon is down: ask the RIS ourselves, falling back to its cache
+        from agent.worklist import WorklistService
+
+        wl = config.worklist
+        service = WorklistService(
+            wl, ae_title=config.agent.ae_title, modality=config.modality.modality,
+            cache_dir=config.agent.spool_dir / "worklist", max_results=wl.max_results,
+            days_before=wl.days_before, days_after=wl.days_after,
+            fallback_charsets=wl.fallback_charsets, timeout_s=wl.timeout_s)
+        snapshot = service.refresh_now().as_json()
+    if args.json:
+        _out(json.dumps(snapshot, ensure_ascii=False))
+    else:
+        age = snapshot.get("age_s")
+        source = "RIS" if snapshot["source"] == "ris" else \
+            f"CACHE ({'age unknown' if age is None else f'{age:.0f} s old'}; RIS offline)"
+        count = len(snapshot["items"])
+        more = "more than " if snapshot.get("truncated") else ""
+        _out(f"worklist from {source}: {more}{count} item(s)")
+        if snapshot.get("error"):
+            _out(f"  {snapshot['error']}")
+        for item in snapshot["items"]:
+            _out(f"{item['accession_number'] or '-':<16} {item['sps_id']:<16} "
+                 f"{item['patient_name']:<32} {item['patient_id']:<16} "
+                 f"{item['patient_birth_date']:<10} {item['patient_sex']:<1} "
+                 f"{item['sps_start']:<16} {item['status']:<10} {item['sps_description']}")
+    return EXIT_OK if snapshot["source"] == "ris" else EXIT_FAILURE
 
 
 def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
@@ -301,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                    help="exit 0 only once every object is committed (or stored)")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("worklist", help="the current worklist (RIS, or its cache when down)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("status", help="device, destinations, queue counts")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("echo", help="C-ECHO to the configured peers")
@@ -325,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "run": cmd_run, "check-config": cmd_check_config, "acquire": cmd_acquire,
-    "status": cmd_status, "echo": cmd_echo, "queue": cmd_queue, "import": cmd_import,
+    "status": cmd_status, "worklist": cmd_worklist, "echo": cmd_echo, "queue": cmd_queue,
+    "import": cmd_import,
 }
 
 

@@ -67,6 +67,12 @@ class WorklistSection:
     port: int
     called_ae: str
     refresh_s: float = 60.0
+    max_results: int = 500                    # more: C-CANCEL, shown as "more than N"
+    days_before: int = 0                      # SPS Start Date range around today
+    days_after: int = 0
+    timeout_s: float = 20.0                   # for one query
+    # used to decode a response without (0008,0005); () refuses non-ASCII text instead
+    fallback_charsets: tuple[str, ...] = ("ISO_IR 192", "ISO_IR 100")
 
 
 @dataclass(frozen=True)
@@ -657,7 +663,25 @@ def _check_worklist(table: dict[str, Any] | None, problems: _Problems) -> Workli
     section.take("port", _PORT)
     section.take("called_ae", _AE_TITLE)
     section.take("refresh_s", _number(above=0))
+    section.take("max_results", _integer(1, 100_000))
+    section.take("days_before", _integer(0, 31))
+    section.take("days_after", _integer(0, 31))
+    section.take("timeout_s", _number(above=0))
+    section.take("fallback_charsets", _CHARSET_LIST)
     return section.build()
+
+
+def _convert_charset_list(value: Any) -> tuple[str, ...]:
+    # the names are checked against pydicom's table when the worklist starts (config does not
+    # import pydicom); here only the shape
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and v.strip() and len(v) <= 64 for v in value):
+        raise _Invalid()
+    return tuple(v.strip() for v in value)
+
+
+_CHARSET_LIST = _Check('a list of character set names such as ["ISO_IR 192", "ISO_IR 100"]',
+                       _convert_charset_list)
 
 
 def _check_mpps(table: dict[str, Any] | None, problems: _Problems) -> MppsSection | None:

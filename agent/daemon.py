@@ -24,6 +24,7 @@ from agent.listener import CommitmentReportHandler, Listener
 from agent.queue import QueueStore
 from agent.queue.store import read_counts
 from agent.records import DELIVERED_STATES, DeliveryState, Order
+from agent.worklist import WorklistError, WorklistItem, WorklistService
 from drivers.errors import DriverError
 from drivers.registry import driver_class
 
@@ -119,6 +120,15 @@ class Daemon:
             device=device_info(config.modality, f"modality-agent {__version__}"),
             queue=self.queue, uids=self.uids, on_queued=self.forwarder.wake,
         )
+        self.worklist: WorklistService | None = None
+        if config.worklist is not None:
+            wl = config.worklist
+            self.worklist = WorklistService(
+                wl, ae_title=config.agent.ae_title, modality=config.modality.modality,
+                cache_dir=config.agent.spool_dir / "worklist", max_results=wl.max_results,
+                days_before=wl.days_before, days_after=wl.days_after,
+                fallback_charsets=wl.fallback_charsets, timeout_s=wl.timeout_s,
+            )
         self.api = ApiServer(config.api.host, config.api.port, self)
         self._purge_thread: threading.Thread | None = None
 
@@ -138,6 +148,8 @@ class Daemon:
             self.listener.start()
             self.forwarder.start()
             self.acquisition.open()
+            if self.worklist is not None:
+                self.worklist.start()
             self.api.start()
         except BaseException:
             self.stop()
@@ -152,6 +164,8 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
         self.api.stop()
+        if self.worklist is not None:
+            self.worklist.stop()
         self.forwarder.stop()
         self.listener.stop()
         self.acquisition.close()
@@ -202,12 +216,36 @@ class Daemon:
                 "capture_blocked": free < self.queue.min_free_bytes}
 
     # -- what the API serves -----------------------------------------------------------------
-    def acquire(self, order: Order, frames: int) -> dict[str, Any]:
+    def worklist_item(self, *, accession: str | None = None,
+                      sps_id: str | None = None) -> WorklistItem:
+        """The worklist entry to acquire for.
+
+        Raises
+        ------
+        AcquisitionError
+            No worklist configured, or the entry is not found / ambiguous.
+        """
+        if self.worklist is None:
+            raise AcquisitionError("no [worklist] configured: use an unscheduled acquisition")
+        try:
+            return self.worklist.find(accession=accession, sps_id=sps_id)
+        except WorklistError as err:
+            raise AcquisitionError(str(err)) from err
+
+    def acquire(self, order: Order, frames: int,
+                item: WorklistItem | None = None) -> dict[str, Any]:
         """Raises AcquisitionError when nothing could be captured."""
+        warning = ""
+        if item is not None and item.is_duplicate:
+            # marked, not refused: a repeat exposure is sometimes what the doctor ordered
+            warning = f"worklist entry {item.describe()}: {item.duplicate_reason}"
+            logger.warning("acquiring again for %s", warning)
         result = self.acquisition.acquire(order, frames)
+        if item is not None and self.worklist is not None:
+            self.worklist.mark_acquired(*item.key)
         self.forwarder.wake()
         objects = self.objects([o.queue_id for o in result.objects])
-        return {"study_instance_uid": result.study_instance_uid,
+        return {"warning": warning, "study_instance_uid": result.study_instance_uid,
                 "series_instance_uid": result.series_instance_uid,
                 "objects": objects, "error": result.error,
                 "dropped_frames": result.dropped_frames}
@@ -274,7 +312,16 @@ class Daemon:
             "destinations": [self._destination_status(health, counts)
                              for health in self.forwarder.health()],
             "queue": _total(counts),
+            "worklist": self._worklist_status(),
         }
+
+    def _worklist_status(self) -> dict[str, Any] | None:
+        if self.worklist is None:
+            return None
+        snapshot = self.worklist.snapshot()
+        return {"source": snapshot.source, "age_s": snapshot.age_s,
+                "items": len(snapshot.items), "truncated": snapshot.truncated,
+                "error": snapshot.error, "summary": snapshot.summary}
 
 
 def _total(counts: dict[str, dict[str, int]]) -> dict[str, int]:

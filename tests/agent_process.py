@@ -42,6 +42,7 @@ def write_config(
     bits_stored: int = 12,
     retry_max_s: float = 2.0,
     min_free_mb: float = 0,
+    extra_toml: str = "",
 ) -> Path:
     lines = [
         "[agent]", f'ae_title = "{AGENT_AE}"', f'spool_dir = "{spool_dir}"', 'log_level = "INFO"',
@@ -63,7 +64,7 @@ def write_config(
             f"dimse_timeout_s = {d.dimse_timeout_s}",
             f"commitment_report_wait_s = {d.commitment_report_wait_s}",
         ]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra_toml)
     return path
 
 
