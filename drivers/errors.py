@@ -27,3 +27,24 @@ class DriverTimeoutError(DriverError, TimeoutError):
 
 class DeviceDisconnectedError(DriverError, ConnectionError):
     """The device vanished (port closed, cable pulled)."""
+
+
+class DeviceRefusedError(DriverError, RuntimeError):
+    """The device answered a command with a refusal (a NAK); the message carries its reason."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        #: the device's refusal code, if it gave one (serial: drivers/PROTOCOL.md, NAK codes)
+        self.code = code
+
+
+class ProtocolError(DriverError, ValueError):
+    """Bytes from the device break the wire protocol (a malformed message or frame)."""
+
+
+class FrameCorruptError(DriverError, ValueError):
+    """A frame failed its checks and could not be recovered: it was dropped, never delivered."""
+
+
+class EndOfStreamError(DriverError, EOFError):
+    """A finite source (the replay folder) has no more frames."""
