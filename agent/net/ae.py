@@ -51,6 +51,14 @@ class NoDelayAssociationSocket(AssociationSocket):
         set_nodelay(sock)
         return sock
 
+    def _shutdown_socket(self) -> None:
+        sock = self.socket
+        super()._shutdown_socket()
+        if sock is not None:
+            # pynetdicom closes only after a successful shutdown(), which fails on a socket
+            # that never connected: the fd was left to the garbage collector
+            sock.close()
+
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes > MAX_PDU_READ_BYTES:
             # the DUL treats this as a closed connection (Evt17) and aborts the association
