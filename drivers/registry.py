@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "modality_agent.drivers"
 #: built-in drivers: name -> (module, class)
 BACKENDS: dict[str, tuple[str, str]] = {
     "simulated": ("drivers.simulated", "SimulatedDriver"),
+    "serial": ("drivers.serial.driver", "SerialDriver"),
 }
 
 
@@ -51,7 +52,8 @@ def driver_class(name: str) -> type[Driver]:
         module_name, _, class_name = plugins[name].partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
+    except (ImportError, OSError) as err:
+        # OSError: an SDK wrapper whose shared library is missing (ctypes.CDLL)
         raise DriverUnavailableError(
             f"driver {name!r} cannot be loaded: {err}"
         ) from err
@@ -61,6 +63,21 @@ def driver_class(name: str) -> type[Driver]:
             f"driver {name!r}: {module_name}:{class_name} is not a Driver subclass"
         )
     return cls
+
+
+def driver_availability() -> dict[str, str | None]:
+    """Every known driver's name -> why it cannot work here, or None if it can.
+
+    Like pydicom's table of pixel-data plug-ins: a missing SDK or optional extra is a reason
+    to show, not a crash.
+    """
+    result: dict[str, str | None] = {}
+    for name in known_drivers():
+        try:
+            result[name] = driver_class(name).unavailable_reason()
+        except DriverUnavailableError as err:
+            result[name] = str(err)
+    return result
 
 
 def create_driver(name: str, options: dict[str, Any]) -> Driver:
