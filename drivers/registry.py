@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "modality_agent.drivers"
 BACKENDS: dict[str, tuple[str, str]] = {
     "simulated": ("drivers.simulated", "SimulatedDriver"),
     "serial": ("drivers.serial.driver", "SerialDriver"),
+    "replay": ("drivers.replay", "ReplayDriver"),
 }
 
 
