@@ -20,6 +20,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "simulated": ("drivers.simulated", "SimulatedDriver"),
     "serial": ("drivers.serial.driver", "SerialDriver"),
     "replay": ("drivers.replay", "ReplayDriver"),
+    "v4l2": ("drivers.v4l2.driver", "V4L2Driver"),
 }
 
 
