@@ -15,9 +15,10 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
-from bench.common import Workspace, say
+from bench.common import PROFILE, Workspace, say
 
 SCENARIOS = ("send", "restart", "capture", "build", "e2e", "soak")
 ALIASES = {"end-to-end": "e2e", "endtoend": "e2e"}
@@ -37,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3, "
                         "1 with --quick)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="sample every agent process and Python sender with py-spy "
+                        "(raw collapsed stacks, --idle --threads) into DIR; slows them down")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        PROFILE["dir"] = args.profile.resolve()
     chosen = [ALIASES.get(s, s) for s in args.scenarios] or list(SCENARIOS)
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:

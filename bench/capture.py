@@ -25,6 +25,7 @@ from bench.common import (
     MB,
     AgentDaemon,
     DestinationSpec,
+    Orthanc,
     Workspace,
     cpu_seconds,
     frame_time,
@@ -84,131 +85,150 @@ class CpuSampler:
                 for name, pid in self.pids.items()}
 
 
+def _capture_once(ws: Workspace, name: str, *, frames: int, duration: int,
+                  destination_port: int, orthanc: Orthanc, listener_port: int,
+                  drain_limit_s: float) -> dict[str, Any]:
+    """One acquisition of `frames` frames; with `drain_limit_s`, wait for the commitments."""
+    daemon = AgentDaemon.create(
+        ws, name, listener_port=listener_port, device_options=simulated_options(SIZE, RATE),
+        destinations=[DestinationSpec("archive", destination_port, orthanc.ae_title,
+                                      storage_commitment=True)])
+    spool = daemon.config_path.parent / "spool"
+    daemon.start()
+    try:
+        backlog_samples: list[int] = []
+        stop_sampling = threading.Event()
+
+        def sample_backlog() -> None:
+            while not stop_sampling.wait(1.0):
+                try:
+                    queue = daemon.api("GET", "/api/status", timeout_s=10)["queue"]
+                    backlog_samples.append(queue["pending"] + queue["sending"])
+                except OSError:
+                    pass
+
+        sampler = threading.Thread(target=sample_backlog, daemon=True)
+        cpu = CpuSampler({"agent": daemon.pid, "orthanc": orthanc.pid})
+        sampler.start()
+        t0 = time.time()
+        try:
+            result = daemon.acquire(frames, timeout_s=duration * 4 + 120)
+        finally:
+            stop_sampling.set()
+        elapsed = time.time() - t0
+        cpu_capture = cpu.percent()
+        sampler.join(timeout=15)
+        rows = [r for r in spool_rows(spool) if r["destination"] == "archive"]
+        backlog_end = sum(1 for r in rows if r["state"] in ("pending", "sending"))
+        drain_s = None
+        if drain_limit_s:
+            say(f"capture: {len(rows)} frames in {elapsed:.1f} s; backlog {backlog_end}; "
+                "draining")
+            drain_t0 = time.monotonic()
+            while time.monotonic() - drain_t0 < drain_limit_s:
+                if all(r["state"] == "committed" for r in spool_rows(spool)):
+                    break
+                time.sleep(0.25)
+            drain_s = time.monotonic() - drain_t0
+        committed = sum(1 for r in spool_rows(spool) if r["state"] == "committed")
+    finally:
+        daemon.stop()
+    captured = len(result["objects"])
+    spooled_bytes = sum(r["size_bytes"] for r in rows)
+    frame_times = sorted(frame_time(spool / "objects" / f"{r['queue_id']:010d}.dcm")
+                         for r in rows)
+    gaps = [b - a for a, b in itertools.pairwise(frame_times)]
+    agent_dropped = int(result.get("dropped_frames", 0))
+    last_queued = max(r["created_at"] for r in rows)
+    # from the first frame read to the last object durably queued
+    capture_s = last_queued - frame_times[0]
+    # frames a 30 fps device shows between the first and the last captured frame, against the
+    # frames the capture thread read (captured + dropped by the agent) in that time
+    span = frame_times[-1] - frame_times[0]
+    late_reads = max(0, round(span * RATE) + 1 - captured - agent_dropped)
+    return {
+        "frames": captured,
+        "dropped": agent_dropped + late_reads,
+        "dropped_by_agent": agent_dropped,
+        "dropped_late_reads": late_reads,
+        "frames_requested": frames,
+        "request_s": elapsed,
+        "capture_s": capture_s,
+        "frames_per_s": (captured + agent_dropped - 1) / span if span else None,
+        "last_frame_to_last_queued_s": last_queued - frame_times[-1],
+        "gaps_over_1_5_intervals": sum(1 for g in gaps if g > 1.5 / RATE),
+        "spool_write_mb_s": spooled_bytes / capture_s / MB,
+        "needed_mb_s": RATE * (spooled_bytes / max(captured, 1)) / MB,
+        "backlog_at_end": backlog_end,
+        "backlog_max": max(backlog_samples, default=None),
+        "drain_s": drain_s,
+        "committed": committed,
+        "cpu_percent": cpu_capture,
+        "error": result.get("error", ""),
+    }
+
+
 def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
     duration = 10 if quick else 60
     frames = int(duration * RATE)
     listener_port = free_port()
     orthanc = ws.orthanc("orthanc-capture", agent_listener_port=listener_port)
-    daemon = AgentDaemon.create(
-        ws, "agent-capture", listener_port=listener_port,
-        device_options=simulated_options(SIZE, RATE),
-        destinations=[DestinationSpec("archive", orthanc.dicom_port, orthanc.ae_title,
-                                      storage_commitment=True)])
-    spool = daemon.config_path.parent / "spool"
     object_bytes = SIZE * SIZE * 2 + 2048
+    probe_s = 2 if quick else 4
     disk_before = disk_fsync_rate(ws.root / "disk-probe", object_bytes=object_bytes,
-                                  seconds=2 if quick else 4)
+                                  seconds=probe_s)
     say(f"capture: disk, durable 2 MB writes: {disk_before / MB:.0f} MB/s")
-    daemon.start()
-    backlog_samples: list[tuple[float, int]] = []
-    stop_sampling = threading.Event()
-
-    def sample_backlog() -> None:
-        t0 = time.monotonic()
-        while not stop_sampling.wait(1.0):
-            try:
-                queue = daemon.api("GET", "/api/status", timeout_s=10)["queue"]
-                backlog_samples.append((time.monotonic() - t0,
-                                        queue["pending"] + queue["sending"]))
-            except OSError:
-                pass
-
-    sampler = threading.Thread(target=sample_backlog, daemon=True)
-    cpu = CpuSampler({"agent": daemon.pid, "orthanc": orthanc.pid})
-    sampler.start()
-    t0 = time.time()
-    try:
-        result = daemon.acquire(frames, timeout_s=duration * 4 + 120)
-    finally:
-        stop_sampling.set()
-    elapsed = time.time() - t0
-    cpu_capture = cpu.percent()
-    sampler.join(timeout=15)
-    captured = len(result["objects"])
-    rows = [r for r in spool_rows(spool) if r["destination"] == "archive"]
-    spooled_bytes = sum(r["size_bytes"] for r in rows)
-    frame_times = sorted(frame_time(spool / "objects" / f"{r['queue_id']:010d}.dcm")
-                         for r in rows)
-    gaps = [b - a for a, b in itertools.pairwise(frame_times)]
-    late_gaps = sum(1 for g in gaps if g > 1.5 / RATE)
-    agent_dropped = int(result.get("dropped_frames", 0))
-    last_queued = max(r["created_at"] for r in rows)
-    # from the first frame read to the last object durably queued
-    capture_s = last_queued - frame_times[0]
-    tail_s = last_queued - frame_times[-1]
-    backlog_end = sum(1 for r in rows if r["state"] in ("pending", "sending"))
-    say(f"capture: {captured} frames in {elapsed:.1f} s; backlog {backlog_end}; draining")
-    drain_t0 = time.monotonic()
-    drain_limit = 60 if quick else 180
-    while time.monotonic() - drain_t0 < drain_limit:
-        states = [r["state"] for r in spool_rows(spool)]
-        if all(s == "committed" for s in states):
-            break
-        time.sleep(0.25)
-    drain_s = time.monotonic() - drain_t0
-    final = spool_rows(spool)
-    committed = sum(1 for r in final if r["state"] == "committed")
-    daemon.stop()
+    forwarding = _capture_once(ws, "agent-capture", frames=frames, duration=duration,
+                               destination_port=orthanc.dicom_port, orthanc=orthanc,
+                               listener_port=listener_port,
+                               drain_limit_s=60 if quick else 180)
+    # the same capture with nothing to forward to (the archive's port closed: the forwarder
+    # only retries now and then): what the capture path does without the forwarder beside it
+    alone = _capture_once(ws, "agent-capture-alone", frames=frames, duration=duration,
+                          destination_port=free_port(), orthanc=orthanc,
+                          listener_port=free_port(), drain_limit_s=0)
     disk_after = disk_fsync_rate(ws.root / "disk-probe", object_bytes=object_bytes,
-                                 seconds=2 if quick else 4)
-    # frames a 30 fps device shows between the first and the last captured frame, against the
-    # frames the capture thread read (captured + dropped by the agent) in that time
-    span = frame_times[-1] - frame_times[0] if frame_times else 0.0
-    expected = round(span * RATE) + 1 if frame_times else 0
-    late_reads = max(0, expected - captured - agent_dropped)
-    dropped = agent_dropped + late_reads
-    spool_rate = spooled_bytes / capture_s
+                                 seconds=probe_s)
     disk_rate = (disk_before + disk_after) / 2
-    data = {
-        "frames": captured,
-        "dropped": dropped,
-        "frames_requested": frames,
-        "seconds": elapsed,
-        "span_s": span,
-        "capture_s": capture_s,
-        "frames_per_s": (captured + agent_dropped - 1) / span if span else None,
-        "last_frame_to_last_queued_s": tail_s,
-        "dropped_by_agent": agent_dropped,
-        "dropped_late_reads": late_reads,
-        "gaps_over_1_5_intervals": late_gaps,
-        "spool_write_mb_s": spool_rate / MB,
-        "needed_mb_s": RATE * (spooled_bytes / max(captured, 1)) / MB,
-        "disk_fsync_write_mb_s": disk_rate / MB,
-        "disk_before_mb_s": disk_before / MB,
-        "disk_after_mb_s": disk_after / MB,
-        "spool_vs_disk": spool_rate / disk_rate,
-        "backlog_at_end": backlog_end,
-        "backlog_max": max((n for _, n in backlog_samples), default=None),
-        "drain_s": drain_s,
-        "committed": committed,
-        "cpu_percent_during_capture": cpu_capture,
-        "error": result.get("error", ""),
-    }
+    data = {**forwarding,
+            "disk_fsync_write_mb_s": disk_rate / MB,
+            "disk_before_mb_s": disk_before / MB, "disk_after_mb_s": disk_after / MB,
+            "spool_vs_disk": forwarding["spool_write_mb_s"] * MB / disk_rate,
+            "without_forwarding": alone}
+
+    def both(key: str, digits: int = 2) -> list[Any]:
+        return [forwarding[key], alone[key]]
+
     text = table(
-        f"capture ({SIZE}x{SIZE} 16-bit at {RATE:g} frames/s for {duration} s, forwarding "
-        f"to Orthanc with commitment)",
-        ["what", "value"],
-        [["frames captured / asked", f"{captured} / {frames}"],
-         ["acquire request s (API call, end to end)", elapsed],
-         ["first frame → last object queued s", capture_s],
-         ["last frame → last object queued s (buffer tail)", tail_s],
-         ["frames/s read from the device", data["frames_per_s"]],
-         ["frames dropped: buffer full (agent's count)", agent_dropped],
-         ["frames dropped: read too late (30/s x span + 1 - read)", late_reads],
-         ["gaps > 1.5/30 s between captured frames", late_gaps],
-         ["spool write MB/s (bytes queued / first frame → last queued)",
-          data["spool_write_mb_s"]],
-         ["needed at 30 frames/s MB/s", data["needed_mb_s"]],
+        f"capture ({SIZE}x{SIZE} 16-bit at {RATE:g} frames/s for {duration} s; the forwarder "
+        f"sending to Orthanc with commitment, and the same capture alone)",
+        ["what", "while forwarding", "capture alone"],
+        [["frames captured / asked", f"{forwarding['frames']} / {frames}",
+          f"{alone['frames']} / {frames}"],
+         ["frames dropped: buffer full (agent's count)", *both("dropped_by_agent")],
+         ["frames dropped: read too late", *both("dropped_late_reads")],
+         ["gaps > 1.5/30 s between captured frames", *both("gaps_over_1_5_intervals")],
+         ["frames/s read from the device", *both("frames_per_s")],
+         ["first frame → last object queued s", *both("capture_s")],
+         ["last frame → last object queued s (buffer tail)",
+          *both("last_frame_to_last_queued_s")],
+         ["spool write MB/s (durable)", *both("spool_write_mb_s")],
+         ["needed at 30 frames/s MB/s", *both("needed_mb_s")],
          ["disk: durable 2 MB writes MB/s (before / after)",
-          f"{disk_before / MB:.0f} / {disk_after / MB:.0f}"],
-         ["spool rate / disk rate", f"{data['spool_vs_disk']:.0%}"],
+          f"{disk_before / MB:.0f} / {disk_after / MB:.0f}", ""],
+         ["spool rate / disk rate", f"{data['spool_vs_disk']:.0%}",
+          f"{alone['spool_write_mb_s'] * MB / disk_rate:.0%}"],
          ["forwarder backlog at end of capture (max seen)",
-          f"{backlog_end} ({data['backlog_max']})"],
-         ["then committed in s", f"{drain_s:.1f} ({committed}/{len(final)} committed)"],
-         ["CPU % of one core: agent / Orthanc",
-          f"{cpu_capture['agent']:.0f} / {cpu_capture['orthanc']:.0f}"]],
+          f"{forwarding['backlog_at_end']} ({forwarding['backlog_max']})", "-"],
+         ["then all committed within s",
+          f"{forwarding['drain_s']:.1f} ({forwarding['committed']}/{forwarding['frames']})",
+          "-"],
+         ["CPU % of one core: agent", forwarding["cpu_percent"]["agent"],
+          alone["cpu_percent"]["agent"]],
+         ["CPU % of one core: Orthanc", forwarding["cpu_percent"]["orthanc"], "-"]],
         left=1,
         notes=["the simulated device draws its frames in the agent's own process "
-               "(scrolling bars: ~1 ms per frame, a real device costs nothing there)"],
+               "(scrolling bars: ~1 ms per frame, a real device costs nothing there)",
+               "capture alone: the archive's port is closed, so the forwarder sends nothing"],
     )
     return data, [text]

@@ -41,6 +41,29 @@ MB = 1_000_000          # throughput figures are in 10^6 bytes per second
 REPO = Path(__file__).resolve().parent.parent
 
 _PR_SET_PDEATHSIG = 1
+PY_SPY = Path(sys.executable).parent / "py-spy"
+
+#: set by `--profile DIR`: agent processes and Python senders are sampled by py-spy into DIR
+PROFILE: dict[str, Path | None] = {"dir": None}
+
+
+def profile_prefix(name: str) -> list[str]:
+    """`py-spy record ... --` to put before a Python command line when profiling, else []."""
+    folder = PROFILE["dir"]
+    if folder is None:
+        return []
+    return [str(PY_SPY), "record", "--idle", "--threads", "--format", "raw", "-r", "100",
+            "-o", str(_profile_path(folder, name)), "--"]
+
+
+def _profile_path(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.txt"
+    index = 1
+    while path.exists():
+        index += 1
+        path = folder / f"{name}-{index}.txt"
+    return path
 
 
 def say(message: str) -> None:
@@ -419,6 +442,7 @@ class AgentDaemon:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0      # time.time() just before the process was created
+    profiler: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def create(cls, ws: Workspace, name: str, *, destinations: Sequence[DestinationSpec],
@@ -444,6 +468,14 @@ class AgentDaemon:
             [sys.executable, "-m", "agent", "--config", str(self.config_path), "run"],
             log=self.log_path, env=python_env(), cwd=REPO,
         )
+        folder = PROFILE["dir"]
+        if folder is not None:
+            # attached, so that the PID stays the agent's own (RSS, fds, CPU are read from it)
+            name = self.config_path.parent.name
+            self.profiler = self.ws.popen(
+                [str(PY_SPY), "record", "--pid", str(self.process.pid), "--idle", "--threads",
+                 "--format", "raw", "-r", "100", "-o", str(_profile_path(folder, name))],
+                log=self.ws.root / f"py-spy-{name}.log")
         if wait_api:
             self.wait_api(timeout_s)
 
@@ -498,6 +530,13 @@ class AgentDaemon:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
+        if self.profiler is not None:
+            # py-spy writes its profile when the process it samples has exited
+            try:
+                self.profiler.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                stop_process(self.profiler)
+            self.profiler = None
 
 
 def simulated_options(size: int, frame_rate: float, *, bits_stored: int = 16,

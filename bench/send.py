@@ -31,6 +31,7 @@ from bench.common import (
     fill_spool,
     make_objects,
     nodelay_env,
+    profile_prefix,
     python_env,
     say,
     summary,
@@ -54,7 +55,7 @@ class Size:
     count_quick: int
 
 
-SIZES = (Size("0.5 MB", 512, 400, 100), Size("8 MB", 2048, 25, 8))
+SIZES = (Size("0.5 MB", 512, 400, 200), Size("8 MB", 2048, 25, 12))
 
 
 @dataclass
@@ -136,19 +137,22 @@ def _run_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, files: 
                                     timeout=600)
             seconds = time.perf_counter() - t0
         return seconds, "" if result.returncode == 0 else f"exit {result.returncode}"
-    args = [sys.executable, "-m", "bench.sender", tool, "--port", str(receiver.port),
-            "--called-ae", receiver.ae_title]
+    result_path = ws.root / "sender-result.json"
+    result_path.unlink(missing_ok=True)
+    args = [*profile_prefix(f"send-{tool}-{receiver.name}-{len(files)}"), sys.executable,
+            "-m", "bench.sender", tool, "--port", str(receiver.port), "--called-ae",
+            receiver.ae_title, "--result", str(result_path)]
     if tool == "agent":
         args += ["--spool", str(spool), "--destination", receiver.name]
     else:
         args += ["--files", str(file_list)]
     with log.open("ab") as err:
-        result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=err, env=python_env(), cwd=REPO, check=False,
-                                timeout=900)
-    if result.returncode != 0:
+        result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=err,
+                                stderr=subprocess.STDOUT, env=python_env(), cwd=REPO,
+                                check=False, timeout=900)
+    if result.returncode != 0 or not result_path.exists():
         return float("nan"), f"exit {result.returncode} (see {log.name})"
-    report = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    report = json.loads(result_path.read_text())
     problem = f"{report['failed']} failed" if report.get("failed") else ""
     return float(report["seconds"]), problem
 

@@ -1,4 +1,5 @@
-"""One timed send, in its own process: `python -m bench.sender TOOL ...` prints one JSON line.
+"""One timed send, in its own process: `python -m bench.sender TOOL ... --result FILE` writes one
+JSON object (a file, not stdout: under py-spy the child's output is mixed with py-spy's).
 
 Each sender runs in a fresh process so that no tool inherits another's threads, GIL or
 pynetdicom settings (agent.forwarder switches pynetdicom to chunked sending at import). The
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--destination", help="agent: the destination name in the spool")
     parser.add_argument("--max-associations", type=int)
     parser.add_argument("--files", type=Path, help="pynetdicom: a file listing one path per line")
+    parser.add_argument("--result", type=Path, required=True, help="where to write the JSON")
     args = parser.parse_args(argv)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if args.tool == "agent":
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = [Path(p) for p in args.files.read_text().split("\n") if p]
         result = send_pynetdicom(paths, args.host, args.port, args.called_ae,
                                  per_object=args.tool == "pynetdicom-per-object")
-    sys.stdout.write(json.dumps(result) + "\n")
+    args.result.write_text(json.dumps(result) + "\n")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Scenario 5, soak: 10,000 frames (1,000 with --quick) from the simulated device (64x64 16-bit at
+"""Scenario 5, soak: 10,000 frames (2,000 with --quick) from the simulated device (64x64 16-bit at
 100 frames/s, which the agent keeps up with) sent to Orthanc with storage commitment, while the
 daemon's RSS and open file descriptors are sampled every half second until every object is
 committed.
@@ -31,7 +31,7 @@ RATE = 100.0
 
 
 def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
-    objects = 1_000 if quick else 10_000
+    objects = 2_000 if quick else 10_000
     listener_port = free_port()
     orthanc = ws.orthanc("orthanc-soak", agent_listener_port=listener_port)
     daemon = AgentDaemon.create(
