@@ -315,6 +315,12 @@ def cmd_import(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if refused or not files else EXIT_OK
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from firmware_stubs.serial_device import main as serial_device_main
+
+    return serial_device_main(args.link)
+
+
 def cmd_demo(config: AgentConfig | None, args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
@@ -361,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="queue existing DICOM files (folders: every file in them)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("simulate", help="run a device's firmware stub for the real driver")
+    simulate = p.add_subparsers(dest="device", required=True)
+    s = simulate.add_parser("serial", help="the serial X-ray device on a new pseudo-terminal; "
+                                           "prints the path for [device.options] port")
+    s.add_argument("--link", help="also make this path a symlink to the pseudo-terminal")
     p = sub.add_parser("demo", help="a complete local system: archive, device, acquisitions")
     p.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
     p.add_argument("--json", action="store_true")
@@ -380,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return cmd_demo(None, args)
+        if args.command == "simulate":
+            # needs no config: it is the device, not the agent
+            return cmd_simulate(args)
         config = load_config(args.config or default_config_path())
         return COMMANDS[args.command](config, args)
     except ConfigError as err:

@@ -302,7 +302,8 @@ class Daemon:
         return {
             "agent": {"ae_title": self.config.agent.ae_title, "version": __version__,
                       "uptime_s": round(time.time() - self.started_at, 1), "running": True},
-            "device": {"driver": device.name, "connected": device.is_open,
+            "device": {"driver": device.name, "connected": device.is_open and device.online,
+                       "detail": device.detail,
                        "frames_read": device.frames_read,
                        "frames_dropped": self.acquisition.dropped_total,
                        "last_frame_at": device.last_frame_t_wall,

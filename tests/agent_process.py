@@ -43,14 +43,16 @@ def write_config(
     retry_max_s: float = 2.0,
     min_free_mb: float = 0,
     extra_toml: str = "",
+    device_toml: str = "",
 ) -> Path:
     lines = [
         "[agent]", f'ae_title = "{AGENT_AE}"', f'spool_dir = "{spool_dir}"', 'log_level = "INFO"',
         "[listener]", f'host = "{LOCALHOST}"', f"port = {listener_port}",
         "[api]", f'host = "{LOCALHOST}"', f"port = {api_port}",
-        "[device]", 'driver = "simulated"',
-        "[device.options]", f"width = {frame_size}", f"height = {frame_size}",
-        f"bits_stored = {bits_stored}",
+        *(device_toml.splitlines() or [
+            "[device]", 'driver = "simulated"',
+            "[device.options]", f"width = {frame_size}", f"height = {frame_size}",
+            f"bits_stored = {bits_stored}"]),
         "[modality]", 'modality = "OT"', 'station_name = "TESTROOM"',
         "[queue]", "retry_initial_s = 0.2", f"retry_max_s = {retry_max_s}",
         "retention_s = 86400", f"min_free_mb = {min_free_mb}",
