@@ -53,6 +53,7 @@ class CapturedObject:
     queue_id: int
     sop_instance_uid: str
     frame_sequence_number: int
+    sop_class_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,4 +234,5 @@ class Acquisition:
         self._on_queued()
         logger.info("queue item %d: captured frame %d as %s", queued.queue_id,
                     frame.sequence_number, sop_instance_uid)
-        return CapturedObject(queued.queue_id, sop_instance_uid, frame.sequence_number)
+        return CapturedObject(queued.queue_id, sop_instance_uid, frame.sequence_number,
+                              str(ds.SOPClassUID))

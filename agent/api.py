@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import AcquisitionError, AgentError
+from agent.procedures import EndStatus, ProcedureError
 from agent.records import Order
 
 if TYPE_CHECKING:
@@ -39,6 +40,18 @@ class AcquireRequest:
     order: Order | None = None           # unscheduled
     accession: str | None = None         # or a worklist entry, by one of these
     sps_id: str | None = None
+    end: EndStatus | None = None         # end the procedure afterwards
+    reason: str = ""                     # discontinuation reason (DICOM CID 9300 code)
+
+
+def _parse_end(body: dict[str, Any]) -> tuple[EndStatus | None, str]:
+    end = body.get("end")
+    if end not in (None, "completed", "discontinued"):
+        raise BadRequest(f"end: expected \"completed\" or \"discontinued\", got {end!r}")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 16:
+        raise BadRequest("reason: expected a code value such as \"110513\"")
+    return end, reason
 
 
 def parse_acquire_request(body: dict[str, Any]) -> AcquireRequest:
@@ -55,6 +68,7 @@ def parse_acquire_request(body: dict[str, Any]) -> AcquireRequest:
     frames = body.get("frames", 1)
     if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
         raise BadRequest(f"frames: expected an integer 1..{MAX_FRAMES}, got {frames!r}")
+    end, reason = _parse_end(body)
     chosen = [k for k in ("unscheduled", "accession", "sps_id") if body.get(k) not in (None, False)]
     if len(chosen) != 1:
         raise BadRequest("expected exactly one of \"unscheduled\": true, \"accession\" or "
@@ -65,7 +79,8 @@ def parse_acquire_request(body: dict[str, Any]) -> AcquireRequest:
             if not isinstance(value, str) or not 1 <= len(value.strip()) <= 64 \
                     or _PN_FORBIDDEN.search(value):
                 raise BadRequest(f"{key}: expected 1..64 characters without control characters")
-            return AcquireRequest(frames, **{key: value.strip()})
+            return AcquireRequest(frames, end=end, reason=reason,  # type: ignore[arg-type]
+                                  **{key: value.strip()})
     if body.get("unscheduled") is not True:
         raise BadRequest("unscheduled: expected true")
     patient_id = body.get("patient_id")
@@ -79,7 +94,7 @@ def parse_acquire_request(body: dict[str, Any]) -> AcquireRequest:
         raise BadRequest("patient_name: expected 'Family^Given' (1..320 characters, no control "
                          "characters or backslash)")
     return AcquireRequest(frames, Order(patient_name=patient_name.strip(),
-                                        patient_id=patient_id.strip()))
+                                        patient_id=patient_id.strip()), end=end, reason=reason)
 
 
 def parse_import_request(body: dict[str, Any]) -> list[Path]:
@@ -115,6 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
         daemon = self.server.daemon
         if url.path == "/api/status":
             self._reply(HTTPStatus.OK, daemon.status())
+        elif url.path == "/api/procedures":
+            self._reply(HTTPStatus.OK, {"procedures": [
+                p.as_json() for p in daemon.procedures.all()]})
         elif url.path == "/api/worklist":
             if daemon.worklist is None:
                 self._reply(HTTPStatus.NOT_FOUND, {"error": "no [worklist] configured"})
@@ -134,6 +152,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
+        if url.path.startswith("/api/procedures/") and url.path.endswith("/end"):
+            procedure_id = url.path.removeprefix("/api/procedures/").removesuffix("/end")
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(min(length, MAX_BODY_BYTES)) or b"{}")
+                end, reason = _parse_end(body)
+                if end is None:
+                    raise BadRequest("end: expected \"completed\" or \"discontinued\"")
+                procedure = self.server.daemon.procedures.end(procedure_id, end, reason)
+            except (BadRequest, ProcedureError, json.JSONDecodeError) as err:
+                self._reply(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+                return
+            self._reply(HTTPStatus.OK, {"procedure": procedure.as_json()})
+            return
         if url.path not in ("/api/acquire", "/api/import"):
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {url.path}"})
             return
@@ -153,10 +185,12 @@ class _Handler(BaseHTTPRequestHandler):
             request = parse_acquire_request(json.loads(self.rfile.read(length) or b"{}"))
             daemon = self.server.daemon
             if request.order is not None:
-                result = daemon.acquire(request.order, request.frames)
+                result = daemon.acquire(request.order, request.frames, end=request.end,
+                                        end_reason=request.reason)
             else:
                 item = daemon.worklist_item(accession=request.accession, sps_id=request.sps_id)
-                result = daemon.acquire(item.to_order(), request.frames, item)
+                result = daemon.acquire(item.to_order(), request.frames, item, end=request.end,
+                                        end_reason=request.reason)
         except (BadRequest, json.JSONDecodeError) as err:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": str(err)})
             return

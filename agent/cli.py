@@ -126,6 +126,11 @@ def cmd_acquire(config: AgentConfig, args: argparse.Namespace) -> int:
         body["accession"] = args.accession
     else:
         body["sps_id"] = args.sps_id
+    if args.end:
+        body["end"] = args.end
+        body["reason"] = args.reason or ""
+    elif args.reason:
+        raise AgentError("--reason goes with --end discontinued")
     result = api_call(config, "POST", "/api/acquire", body)
     if result.get("warning"):
         _err(f"warning: {result['warning']}")
@@ -218,6 +223,17 @@ def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
         if dest.get("open_commitment_requests"):
             line += f"; {dest['open_commitment_requests']} commitment request(s) open"
         _out(line)
+    for procedure in status.get("procedures") or []:
+        images = sum(s["images"] for s in procedure["series"])
+        what = f"accession {procedure['accession_number']}" if procedure["scheduled"] \
+            else "unscheduled"
+        _out(f"procedure {procedure['procedure_id']} in progress: {what}, {images} image(s)"
+             f"{', MPPS ' + procedure['mpps_uid'] if procedure['mpps_uid'] else ''}")
+    for mpps in status.get("mpps") or []:
+        if mpps["pending"] or mpps["failed"]:
+            _out(f"MPPS {mpps['pps_id']} {mpps['state']}: "
+                 f"{'FAILED ' if mpps['failed'] else ''}waiting for the RIS to acknowledge "
+                 f"{mpps['pending']} {mpps['last_error']}")
     spool = status.get("spool")
     if spool:
         blocked = " -- CAPTURE STOPPED: disk space" if spool["capture_blocked"] else ""
@@ -349,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=1)
     p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                    help="exit 0 only once every object is committed (or stored)")
+    p.add_argument("--end", choices=("completed", "discontinued"),
+                   help="end the procedure after this acquisition (MPPS COMPLETED or "
+                        "DISCONTINUED); without it the procedure stays in progress")
+    p.add_argument("--reason", metavar="CODE",
+                   help="discontinuation reason, a DICOM CID 9300 code (e.g. 110513 "
+                        "'Discontinued for unspecified reason')")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("worklist", help="the current worklist (RIS, or its cache when down)")
     p.add_argument("--json", action="store_true")

@@ -19,6 +19,8 @@ POINTS = frozenset({
     "after_n_action",           # commitment asked, N-ACTION-RSP received
     "before_report_recorded",   # report received, not yet applied
     "after_report_recorded",    # report applied, 0x0000 not yet sent
+    "mpps_after_create_response",   # N-CREATE answered, journal not yet updated
+    "mpps_after_final_response",    # final N-SET answered, journal not yet updated
 })
 
 _armed = os.environ.get("AGENT_CRASHPOINT", "")

@@ -21,9 +21,11 @@ from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder
 from agent.importer import expand_paths, read_dicom_file
 from agent.iod import UIDSource
 from agent.listener import CommitmentReportHandler, Listener
+from agent.mpps import MppsClient
+from agent.procedures import EndStatus, ProcedureError, Procedures, check_end
 from agent.queue import QueueStore
 from agent.queue.store import read_counts
-from agent.records import DELIVERED_STATES, DeliveryState, Order
+from agent.records import DELIVERED_STATES, DeliveryState, Order, SOPReference
 from agent.worklist import WorklistError, WorklistItem, WorklistService
 from drivers.errors import DriverError
 from drivers.registry import driver_class
@@ -129,6 +131,18 @@ class Daemon:
                 days_before=wl.days_before, days_after=wl.days_after,
                 fallback_charsets=wl.fallback_charsets, timeout_s=wl.timeout_s,
             )
+        self.mpps: MppsClient | None = None
+        if config.mpps is not None:
+            self.mpps = MppsClient(
+                config.mpps, ae_title=config.agent.ae_title,
+                journal_dir=config.agent.spool_dir / "mpps", uids=self.uids,
+                station_name=config.modality.station_name,
+                retry_initial_s=config.queue.retry_initial_s,
+                retry_max_s=config.queue.retry_max_s,
+            )
+        self.procedures = Procedures(uids=self.uids, mpps=self.mpps,
+                                     modality=config.modality.modality,
+                                     protocol_name=f"{config.modality.model_name} default")
         self.api = ApiServer(config.api.host, config.api.port, self)
         self._purge_thread: threading.Thread | None = None
 
@@ -150,6 +164,8 @@ class Daemon:
             self.acquisition.open()
             if self.worklist is not None:
                 self.worklist.start()
+            if self.mpps is not None:
+                self.mpps.start()
             self.api.start()
         except BaseException:
             self.stop()
@@ -166,6 +182,8 @@ class Daemon:
         self.api.stop()
         if self.worklist is not None:
             self.worklist.stop()
+        if self.mpps is not None:
+            self.mpps.stop()
         self.forwarder.stop()
         self.listener.stop()
         self.acquisition.close()
@@ -232,20 +250,45 @@ class Daemon:
         except WorklistError as err:
             raise AcquisitionError(str(err)) from err
 
-    def acquire(self, order: Order, frames: int,
-                item: WorklistItem | None = None) -> dict[str, Any]:
-        """Raises AcquisitionError when nothing could be captured."""
+    def acquire(self, order: Order, frames: int, item: WorklistItem | None = None, *,
+                procedure_id: str | None = None, end: EndStatus | None = None,
+                end_reason: str = "") -> dict[str, Any]:
+        """Acquire into the procedure in progress for this order (started if there is none),
+        and end it afterwards if `end` is given.
+
+        Raises
+        ------
+        AcquisitionError
+            When nothing could be captured, or the procedure cannot be started.
+        """
         warning = ""
         if item is not None and item.is_duplicate:
             # marked, not refused: a repeat exposure is sometimes what the doctor ordered
             warning = f"worklist entry {item.describe()}: {item.duplicate_reason}"
             logger.warning("acquiring again for %s", warning)
-        result = self.acquisition.acquire(order, frames)
+        try:
+            if end is not None:
+                check_end(end, end_reason)      # refused before a frame is taken
+            procedure = (self.procedures.get(procedure_id) if procedure_id
+                         else self.procedures.open_for(order))
+        except ProcedureError as err:
+            raise AcquisitionError(str(err)) from err
+        if procedure.state != "in_progress":
+            raise AcquisitionError(f"procedure {procedure.procedure_id} is {procedure.state}")
+        result = self.acquisition.acquire(procedure.order, frames)
+        self.procedures.record_series(procedure, result.series_instance_uid, [
+            SOPReference(o.sop_class_uid, o.sop_instance_uid) for o in result.objects])
         if item is not None and self.worklist is not None:
             self.worklist.mark_acquired(*item.key)
         self.forwarder.wake()
+        if end is not None:
+            try:
+                self.procedures.end(procedure.procedure_id, end, end_reason)
+            except ProcedureError as err:
+                warning = (warning + "; " if warning else "") + str(err)
         objects = self.objects([o.queue_id for o in result.objects])
-        return {"warning": warning, "study_instance_uid": result.study_instance_uid,
+        return {"warning": warning, "procedure": procedure.as_json(),
+                "study_instance_uid": result.study_instance_uid,
                 "series_instance_uid": result.series_instance_uid,
                 "objects": objects, "error": result.error,
                 "dropped_frames": result.dropped_frames}
@@ -314,6 +357,13 @@ class Daemon:
                              for health in self.forwarder.health()],
             "queue": _total(counts),
             "worklist": self._worklist_status(),
+            "procedures": [p.as_json() for p in self.procedures.all()
+                           if p.state == "in_progress"],
+            "mpps": None if self.mpps is None else [
+                {"uid": s.sop_instance_uid, "pps_id": s.pps_id, "state": str(s.state),
+                 "pending": str(s.pending), "images": s.images,
+                 "attempts": s.attempts, "last_error": s.last_error, "failed": s.failed}
+                for s in self.mpps.status()],
         }
 
     def _worklist_status(self) -> dict[str, Any] | None:

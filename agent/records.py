@@ -34,6 +34,21 @@ class SOPReference:
 
 
 @dataclass(frozen=True)
+class MppsImageRefs:
+    """What every image of the step carries (RAD TF-2x Appendix A; PS3.3 C.7.3.1 General
+    Series, C.4.13 Performed Procedure Step Summary). The IOD builder puts them in."""
+
+    #: Referenced Performed Procedure Step Sequence (0008,1111) > Referenced SOP Class UID
+    referenced_sop_class_uid: str
+    #: ... > Referenced SOP Instance UID: the MPPS instance
+    referenced_sop_instance_uid: str
+    pps_id: str                      # Performed Procedure Step ID (0040,0253), SH
+    pps_start_date: str              # (0040,0244) DA, YYYYMMDD
+    pps_start_time: str              # (0040,0245) TM, HHMMSS.FFFFFF
+    pps_description: str             # (0040,0254) LO, may be ""
+
+
+@dataclass(frozen=True)
 class Order:
     """Who and what the images are for: a worklist item, or the unscheduled case.
 
@@ -61,6 +76,8 @@ class Order:
     requested_procedure_codes: tuple[Code, ...] = ()     # -> Procedure Code Sequence too
     scheduled_protocol_codes: tuple[Code, ...] = ()
     admission_id: str = ""
+    # the MPPS the images belong to (Referenced Performed Procedure Step Sequence, PPS ID...)
+    performed_procedure_step: MppsImageRefs | None = None
 
 
 @dataclass(frozen=True)

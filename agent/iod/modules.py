@@ -403,6 +403,18 @@ def add_general_series_module(ds: Dataset, order: Order, device: DeviceInfo,
             _put(item, "ScheduledProtocolCodeSequence",
                  code_sequence(order.scheduled_protocol_codes))
         _put(ds, "RequestAttributesSequence", [item])
+    pps = order.performed_procedure_step
+    if pps is not None:
+        # RAD TF-2x Appendix A: every image names its MPPS; a series never spans two
+        reference = Dataset()
+        _put(reference, "ReferencedSOPClassUID", pps.referenced_sop_class_uid)
+        _put(reference, "ReferencedSOPInstanceUID", pps.referenced_sop_instance_uid)
+        _put(ds, "ReferencedPerformedProcedureStepSequence", [reference])
+        _put(ds, "PerformedProcedureStepID", pps.pps_id)
+        _put(ds, "PerformedProcedureStepStartDate", pps.pps_start_date)
+        _put(ds, "PerformedProcedureStepStartTime", pps.pps_start_time)
+        if pps.pps_description:
+            _put(ds, "PerformedProcedureStepDescription", pps.pps_description)
 
 
 # --- General Equipment (C.7.5.1) and SC Equipment (C.8.6.1) ------------------------------

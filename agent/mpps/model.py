@@ -6,7 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from agent.records import Code, Order, SOPReference
+from agent.records import (
+    Code,
+    MppsImageRefs,  # the images carry it; records is below iod and mpps
+    Order,
+    SOPReference,
+)
 
 #: Modality Performed Procedure Step SOP Class (PS3.4 F.7.3); also the Referenced SOP Class
 #: UID of Referenced Performed Procedure Step Sequence (0008,1111) in the images
@@ -27,21 +32,6 @@ class Pending(StrEnum):
     NOTHING = ""
     N_CREATE = "N-CREATE"
     N_SET = "N-SET"
-
-
-@dataclass(frozen=True)
-class MppsImageRefs:
-    """What every image of the step carries (RAD TF-2x Appendix A; PS3.3 C.7.3.1 General
-    Series, C.4.13 Performed Procedure Step Summary). The IOD builder puts them in."""
-
-    #: Referenced Performed Procedure Step Sequence (0008,1111) > Referenced SOP Class UID
-    referenced_sop_class_uid: str
-    #: ... > Referenced SOP Instance UID: the MPPS instance
-    referenced_sop_instance_uid: str
-    pps_id: str                      # Performed Procedure Step ID (0040,0253), SH
-    pps_start_date: str              # (0040,0244) DA, YYYYMMDD
-    pps_start_time: str              # (0040,0245) TM, HHMMSS.FFFFFF
-    pps_description: str             # (0040,0254) LO, may be ""
 
 
 @dataclass(frozen=True)
