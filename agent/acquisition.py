@@ -93,6 +93,8 @@ class Acquisition:
     ) -> None:
         self._buffer_frames = buffer_frames
         self.dropped_total = 0
+        #: the newest frame stored, for the console's thumbnail
+        self.last_frame: Frame | None = None
         self._driver: Driver = create_driver(driver_name, dict(driver_options))
         self._conversion_type = CONVERSION_TYPE_BY_DRIVER.get(
             driver_name, ConversionType.DIGITAL_INTERFACE)
@@ -234,5 +236,6 @@ class Acquisition:
         self._on_queued()
         logger.info("queue item %d: captured frame %d as %s", queued.queue_id,
                     frame.sequence_number, sop_instance_uid)
+        self.last_frame = frame
         return CapturedObject(queued.queue_id, sop_instance_uid, frame.sequence_number,
                               str(ds.SOPClassUID))

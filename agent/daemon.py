@@ -293,6 +293,30 @@ class Daemon:
                 "objects": objects, "error": result.error,
                 "dropped_frames": result.dropped_frames}
 
+    def start_procedure(self, order: Order) -> dict[str, Any]:
+        """The procedure in progress for this order, or a new one (MPPS IN PROGRESS)."""
+        try:
+            return self.procedures.open_for(order).as_json()
+        except ProcedureError as err:
+            raise AcquisitionError(str(err)) from err
+
+    def retry(self, queue_ids: Sequence[int]) -> int:
+        """Failed rows of these objects back to pending now (the console's retry button).
+
+        Raises
+        ------
+        UnknownQueueItemError
+            For an id the queue does not hold.
+        """
+        count = self.queue.retry(list(queue_ids))
+        self.forwarder.wake()
+        logger.info("retry requested for queue item(s) %s: %d row(s)", list(queue_ids), count)
+        return count
+
+    def recent_objects(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest objects with their state per destination, for the live queue view."""
+        return self.objects(self.queue.recent_queue_ids(limit))
+
     def import_files(self, paths: Sequence[Path]) -> list[dict[str, Any]]:
         """Queue existing DICOM files; one result per file, refused ones with the reason."""
         results: list[dict[str, Any]] = []

@@ -424,6 +424,13 @@ class QueueStore:
         with self._lock:
             return [_delivery(r) for r in self.conn.execute(sql, args)]
 
+    def recent_queue_ids(self, limit: int = 50) -> list[int]:
+        """The newest objects first (purged ones excluded)."""
+        with self._lock:
+            return [r[0] for r in self.conn.execute(
+                "SELECT queue_id FROM objects WHERE purged_at IS NULL "
+                "ORDER BY queue_id DESC LIMIT ?", (limit,))]
+
     def counts(self) -> dict[str, dict[str, int]]:
         """{destination: {state: n}} with every state present."""
         result: dict[str, dict[str, int]] = {
