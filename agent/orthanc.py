@@ -424,9 +424,9 @@ def _wait_until_ready(
 
     checks: list[Callable[[], bool]] = [
         rest_answers,
-        lambda: _process_listens_on(server.pid, server.dicom_port)
-        and _accepts_tcp(server.host, server.dicom_port),
-        lambda: _process_listens_on(server.pid, server.http_port),
+        lambda: process_listens_on(server.pid, server.dicom_port)
+        and accepts_tcp(server.host, server.dicom_port),
+        lambda: process_listens_on(server.pid, server.http_port),
     ]
     deadline = time.monotonic() + timeout_s
     pending = list(checks)
@@ -461,7 +461,7 @@ def _log_tail(server: OrthancServer) -> str:
     return "\n".join(lines[-_LOG_TAIL_LINES:])
 
 
-def _accepts_tcp(host: str, port: int) -> bool:
+def accepts_tcp(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0):
             return True
@@ -469,7 +469,7 @@ def _accepts_tcp(host: str, port: int) -> bool:
         return False
 
 
-def _process_listens_on(pid: int, port: int) -> bool:
+def process_listens_on(pid: int, port: int) -> bool:
     """True if process `pid` itself has a socket listening on TCP `port` (Linux /proc).
 
     A bare connect cannot tell our server from another process already holding the port (then
@@ -490,11 +490,11 @@ def _process_listens_on(pid: int, port: int) -> bool:
                 inodes.add(f"socket:[{fields[9]}]")
     fd_dir = Path(f"/proc/{pid}/fd")
     if not fd_dir.is_dir():
-        return _accepts_tcp(LOCALHOST, port)
+        return accepts_tcp(LOCALHOST, port)
     try:
         fds = list(fd_dir.iterdir())
     except OSError:
-        return _accepts_tcp(LOCALHOST, port)
+        return accepts_tcp(LOCALHOST, port)
     for fd in fds:
         try:
             if os.readlink(fd) in inodes:

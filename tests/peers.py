@@ -14,6 +14,9 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# one implementation, shared with the demo's Orthanc launcher
+from agent.orthanc import accepts_tcp, process_listens_on
+
 DCMTK = Path("/usr/bin")
 DCIODVFY = Path("/usr/bin/dciodvfy")
 LOCALHOST = "127.0.0.1"
@@ -60,50 +63,6 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s: {message}")
         time.sleep(poll_s)  # the poll interval, not a synchronisation
-
-
-def accepts_tcp(host: str, port: int) -> bool:
-    """True if something accepts a TCP connection on host:port now."""
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def process_listens_on(pid: int, port: int) -> bool:
-    """True if process `pid` itself has a socket listening on TCP `port` (Linux /proc).
-
-    A bare connect cannot tell our server from another process already holding the port (then
-    ours fails to bind and exits moments later). Without /proc, fall back to "port accepts".
-    """
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            # fields: sl, local_address (hex ip:port), rem_address, st (0A = LISTEN), ..., inode
-            if len(fields) <= 9 or fields[3] != "0A":
-                continue
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{fields[9]}]")
-    fd_dir = Path(f"/proc/{pid}/fd")
-    if not fd_dir.is_dir():
-        return accepts_tcp(LOCALHOST, port)
-    try:
-        fds = list(fd_dir.iterdir())
-    except OSError:
-        return accepts_tcp(LOCALHOST, port)
-    for fd in fds:
-        try:
-            if os.readlink(fd) in inodes:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def run_dciodvfy(path: Path) -> list[str]:
