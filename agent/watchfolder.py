@@ -53,7 +53,7 @@ from agent.iod import (
 )
 from agent.queue import QueueStore, write_durably
 from agent.queue.spool import fsync_dir
-from agent.records import DeviceInfo, Order, SeriesContext
+from agent.records import DeviceInfo, Order, QueuedObject, SeriesContext
 from drivers.frame import Frame, PhotometricInterpretation
 from drivers.png import PngError, read_png
 
@@ -104,6 +104,10 @@ class _Settling:
 
 class _Refused(Exception):
     """Internal: the file goes to rejected/ with this one-line reason."""
+
+
+class _Wait(Exception):
+    """Internal: the file stays in place and is tried again later; the message says why."""
 
 
 class _Changed(Exception):
@@ -213,7 +217,8 @@ class WatchFolder:
         self.prepare()
         self._stopping.clear()
         observer = Observer()
-        observer.schedule(_Events(self), str(self.folder), recursive=False)
+        observer.schedule(_Events(self, self.folder.resolve()), str(self.folder.resolve()),
+                          recursive=False)
         observer.start()
         self._observer = observer
         # the first poll of the worker is the start-up scan: every file present is a candidate
@@ -350,7 +355,12 @@ class WatchFolder:
         sha256 = hashlib.sha256(payload).hexdigest()
         marker = self._read_marker(name, signature, sha256)
         try:
-            if payload[128:132] == b"DICM":
+            if marker is not None and marker.get("queue_id") is not None:
+                # queued, and known to be, before a crash stopped the move
+                logger.info("watch folder: %s was queued as queue item %d before a restart; "
+                            "moving it aside", name, marker["queue_id"])
+                result = Result(name, Outcome.ALREADY_QUEUED, int(marker["queue_id"]))
+            elif payload[128:132] == b"DICM":
                 result = self._take_dicom(name, path, signature, sha256, marker)
             elif payload.startswith(b"\x89PNG") or payload.startswith(b"\xff\xd8\xff"):
                 result = self._take_image(name, payload, signature, sha256, marker)
@@ -368,6 +378,9 @@ class WatchFolder:
             return Result(name, Outcome.RETRY, reason="spool full")
         except QueueError as err:
             logger.error("watch folder: %s left in place, queue error: %s", name, err)
+            return Result(name, Outcome.RETRY, reason=str(err))
+        except _Wait as err:
+            logger.warning("watch folder: %s left in place: %s", name, err)
             return Result(name, Outcome.RETRY, reason=str(err))
         self._set_aside(name)
         self._drop_marker(name)
@@ -397,15 +410,16 @@ class WatchFolder:
                                "is already in the queue)") from err
             logger.info("watch folder: %s was queued before a restart; moving it aside", name)
             return Result(name, Outcome.ALREADY_QUEUED)
-        logger.info("watch folder: %s queued as queue item %d", name, queued.queue_id)
-        if self.on_queued is not None:
-            self.on_queued(queued.queue_id)
-        return Result(name, Outcome.QUEUED, queued.queue_id)
+        return self._queued(name, signature, sha256, queued)
 
     def _take_image(self, name: str, payload: bytes, signature: tuple[int, int, int],
                     sha256: str, marker: dict[str, Any] | None) -> Result:
         order = self.image_order()
         if order is None:
+            if marker is not None:
+                # an attempt was cut short by a crash, perhaps after its enqueue: rejecting
+                # the file now could make someone drop it again and queue it twice
+                raise _Wait("an interrupted import resumes when a procedure is selected")
             raise _Refused(NO_PROCEDURE)
         # the UID is fixed before the enqueue and kept in the marker: a retry after a crash
         # rebuilds the object under the same UID, and the queue refuses a second copy
@@ -423,6 +437,14 @@ class WatchFolder:
                 raise
             logger.info("watch folder: %s was queued before a restart; moving it aside", name)
             return Result(name, Outcome.ALREADY_QUEUED)
+        return self._queued(name, signature, sha256, queued)
+
+    def _queued(self, name: str, signature: tuple[int, int, int], sha256: str,
+                queued: QueuedObject) -> Result:
+        """Record the queue id durably before the file is moved: a crash before the move
+        then finds the file known as queued, with no need to rebuild or re-read it."""
+        self._write_marker(name, signature, sha256, queued.sop_instance_uid,
+                           queue_id=queued.queue_id)
         logger.info("watch folder: %s queued as queue item %d", name, queued.queue_id)
         if self.on_queued is not None:
             self.on_queued(queued.queue_id)
@@ -498,13 +520,14 @@ class WatchFolder:
         return marker
 
     def _write_marker(self, name: str, signature: tuple[int, int, int], sha256: str,
-                      sop_instance_uid: str) -> None:
-        """Written durably before the enqueue (docs/watchfolder.md, exactly once)."""
+                      sop_instance_uid: str, *, queue_id: int | None = None) -> None:
+        """Written durably before the enqueue, and again with the queue id after it
+        (docs/watchfolder.md, exactly once)."""
         final = self._marker_path(name)
         tmp = final.with_name(final.name + ".tmp")
         tmp.unlink(missing_ok=True)          # left by a crash: write_durably creates it anew
         body = {"name": name, "size": signature[0], "mtime_ns": signature[1],
-                "sha256": sha256, "sop_instance_uid": sop_instance_uid}
+                "sha256": sha256, "sop_instance_uid": sop_instance_uid, "queue_id": queue_id}
         try:
             write_durably(tmp, final, json.dumps(body).encode())
         except OSError as err:
@@ -546,8 +569,9 @@ class WatchFolder:
 class _Events(FileSystemEventHandler):
     """Watchdog's thread: only wakes the worker; the worker looks at the file itself."""
 
-    def __init__(self, owner: WatchFolder) -> None:
+    def __init__(self, owner: WatchFolder, watched: Path) -> None:
         self._owner = owner
+        self._watched = watched
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
@@ -557,7 +581,7 @@ class _Events(FileSystemEventHandler):
             paths.append(event.dest_path)      # a writer renaming x.tmp to x
         for raw in paths:
             path = Path(os.fsdecode(raw))
-            if path.parent == self._owner.folder and not _ignored(path.name):
+            if path.parent == self._watched and not _ignored(path.name):
                 self._owner.notify(path.name, closed=isinstance(event, FileClosedEvent))
 
 

@@ -366,12 +366,71 @@ def test_a_crash_between_queueing_and_moving_gives_exactly_one_queue_entry(
     [(queue_id, uid)] = objects(store)
     assert (wf.folder / name).exists()
 
+    procedure.order = None     # the marker, not a rebuild, says it is queued: no order needed
     restarted = make(tmp_path, store, clock, procedure)       # fresh memory, as after a restart
     [result] = settle(restarted, clock)
-    assert result.outcome is Outcome.ALREADY_QUEUED
+    assert (result.outcome, result.queue_id) == (Outcome.ALREADY_QUEUED, queue_id)
     assert objects(store) == [(queue_id, uid)]
     assert (wf.done_dir / name).exists() and not (wf.folder / name).exists()
     assert list(wf.state_dir.iterdir()) == []                  # the marker went with the file
+
+
+@pytest.mark.parametrize("kind", ["dicom", "png"])
+def test_a_crash_right_after_the_enqueue_is_answered_by_the_queue_not_queued_twice(
+        kind: str, tmp_path: Path, store: QueueStore, clock: FakeClock,
+        procedure: Procedure, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The narrowest window: enqueued, but the marker does not yet hold the queue id."""
+    wf = make(tmp_path, store, clock, procedure)
+    name = "a.dcm" if kind == "dicom" else "a.png"
+    (wf.folder / name).write_bytes(dicom_bytes() if kind == "dicom" else gray_png())
+    write_marker = wf._write_marker
+
+    def crash_once_queued(*args: object, queue_id: int | None = None) -> None:
+        if queue_id is not None:
+            raise Crash
+        write_marker(*args, queue_id=queue_id)    # type: ignore[arg-type]
+    monkeypatch.setattr(wf, "_write_marker", crash_once_queued)
+    wf.poll()
+    clock.advance(SETTLE_S)
+    with pytest.raises(Crash):
+        wf.poll()
+    [row] = objects(store)
+
+    restarted = make(tmp_path, store, clock, procedure)
+    [result] = settle(restarted, clock)
+    assert result.outcome is Outcome.ALREADY_QUEUED
+    assert objects(store) == [row]
+    assert (wf.done_dir / name).exists()
+
+
+def test_an_interrupted_image_import_waits_for_a_procedure_rather_than_being_rejected(
+        tmp_path: Path, store: QueueStore, clock: FakeClock, procedure: Procedure,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    wf = make(tmp_path, store, clock, procedure)
+    (wf.folder / "a.png").write_bytes(gray_png())
+    write_marker = wf._write_marker
+
+    def crash_once_queued(*args: object, queue_id: int | None = None) -> None:
+        if queue_id is not None:
+            raise Crash
+        write_marker(*args, queue_id=queue_id)    # type: ignore[arg-type]
+    monkeypatch.setattr(wf, "_write_marker", crash_once_queued)
+    wf.poll()
+    clock.advance(SETTLE_S)
+    with pytest.raises(Crash):
+        wf.poll()
+    [row] = objects(store)
+
+    procedure.order = None                            # restarted with no procedure selected
+    restarted = make(tmp_path, store, clock, procedure)
+    [result] = settle(restarted, clock)
+    assert result.outcome is Outcome.RETRY
+    assert (wf.folder / "a.png").exists() and list(wf.rejected_dir.iterdir()) == []
+    procedure.order = Order(patient_name="Other^Patient", patient_id="OTHER")
+    clock.advance(wf.rescan_s)
+    [result] = restarted.poll()
+    assert result.outcome is Outcome.ALREADY_QUEUED
+    assert objects(store) == [row]
 
 
 def test_a_crash_before_the_enqueue_imports_the_image_once_under_the_uid_fixed_first(
