@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import UID, JPEGBaseline8Bit
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 from watchdog.events import (
     FileClosedEvent,
     FileSystemEvent,
@@ -53,7 +53,7 @@ from agent.iod import (
 )
 from agent.queue import QueueStore, write_durably
 from agent.queue.spool import fsync_dir
-from agent.records import DeviceInfo, Order, QueuedObject, SeriesContext
+from agent.records import DeviceInfo, Order, QueuedObject, SeriesContext, SOPReference
 from drivers.frame import Frame, PhotometricInterpretation
 from drivers.png import PngError, read_png
 
@@ -144,6 +144,9 @@ class WatchFolder:
         left in place because the spool was full.
     on_queued
         Called with the queue id after each object is queued (e.g. to wake the forwarder).
+    on_image_queued
+        Called after an object made here from an image is queued, with the order it was made
+        for, its Series Instance UID and its reference: for the procedure's MPPS.
     clock
         Monotonic seconds; tests pass their own.
     tz
@@ -163,6 +166,7 @@ class WatchFolder:
         rescan_s: float = 5.0,
         use_close_events: bool = True,
         on_queued: Callable[[int], None] | None = None,
+        on_image_queued: Callable[[Order, str, SOPReference], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         tz: tzinfo | None = None,
     ) -> None:
@@ -183,6 +187,7 @@ class WatchFolder:
         self.rescan_s = rescan_s
         self.use_close_events = use_close_events
         self.on_queued = on_queued
+        self.on_image_queued = on_image_queued
         self._now = clock
         self._tz = tz
         self._settling: dict[str, _Settling] = {}
@@ -424,8 +429,8 @@ class WatchFolder:
         # the UID is fixed before the enqueue and kept in the marker: a retry after a crash
         # rebuilds the object under the same UID, and the queue refuses a second copy
         sop_instance_uid = marker["sop_instance_uid"] if marker else self.uids.new_uid()
-        payload_dcm, transfer_syntax = self._image_object(payload, order, sop_instance_uid,
-                                                          mtime_ns=signature[1])
+        payload_dcm, transfer_syntax, series_uid = self._image_object(
+            payload, order, sop_instance_uid, mtime_ns=signature[1])
         if marker is None:
             self._write_marker(name, signature, sha256, sop_instance_uid)
         try:
@@ -437,7 +442,11 @@ class WatchFolder:
                 raise
             logger.info("watch folder: %s was queued before a restart; moving it aside", name)
             return Result(name, Outcome.ALREADY_QUEUED)
-        return self._queued(name, signature, sha256, queued)
+        result = self._queued(name, signature, sha256, queued)
+        if self.on_image_queued is not None:
+            self.on_image_queued(order, series_uid,
+                                 SOPReference(SC_IMAGE_STORAGE, sop_instance_uid))
+        return result
 
     def _queued(self, name: str, signature: tuple[int, int, int], sha256: str,
                 queued: QueuedObject) -> Result:
@@ -451,8 +460,9 @@ class WatchFolder:
         return Result(name, Outcome.QUEUED, queued.queue_id)
 
     def _image_object(self, payload: bytes, order: Order, sop_instance_uid: str, *,
-                      mtime_ns: int) -> tuple[bytes, str]:
-        """Part 10 bytes and transfer syntax of a Secondary Capture made from an image file."""
+                      mtime_ns: int) -> tuple[bytes, str, str]:
+        """Part 10 bytes, transfer syntax and Series Instance UID of a Secondary Capture made
+        from an image file."""
         jpeg: JpegInfo | None = None
         photometric: PhotometricInterpretation
         try:
@@ -482,8 +492,9 @@ class WatchFolder:
                 conversion_type=IMAGE_CONVERSION_TYPE, derived=True, tz=self._tz)
             validate_image(ds)
             if jpeg is None:
-                return encode_part10(ds), str(UID("1.2.840.10008.1.2.1"))
-            return encode_jpeg_baseline(ds, payload, jpeg), str(JPEGBaseline8Bit)
+                return encode_part10(ds), str(ExplicitVRLittleEndian), series.series_instance_uid
+            return (encode_jpeg_baseline(ds, payload, jpeg), str(JPEGBaseline8Bit),
+                    series.series_instance_uid)
         except IODError as err:
             raise _Refused(_one_line(str(err))) from err
 

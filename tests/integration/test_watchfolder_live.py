@@ -35,7 +35,7 @@ TIMEOUT_S = 10.0
 DEVICE = DeviceInfo(modality="OT", manufacturer="Example Medical", model_name="Example-1",
                     device_serial_number="0001", station_name="ROOM1", institution_name="",
                     software_versions="test")
-ORDER = Order(patient_name="Watch^Folder", patient_id="WF-1")
+ORDER = Order(patient_name="Watch^Folder", patient_id="PHI-SENTINEL-7")
 
 
 class Procedure:
@@ -54,7 +54,7 @@ def dicom_bytes(seed: int) -> bytes:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = generate_uid(prefix=None)
-    ds.PatientName, ds.PatientID, ds.Modality = "Watch^Folder", "WF-1", "OT"
+    ds.PatientName, ds.PatientID, ds.Modality = "Watch^Folder", "PHI-SENTINEL-7", "OT"
     ds.Rows, ds.Columns, ds.SamplesPerPixel = 64, 64, 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -107,7 +107,9 @@ def object_rows(store: QueueStore) -> list[tuple[int, str]]:
             for r in store.conn.execute("SELECT * FROM objects ORDER BY queue_id")]
 
 
-def test_dropped_files_are_imported_exactly_once(tmp_path: Path, store: QueueStore) -> None:
+def test_dropped_files_are_imported_exactly_once(tmp_path: Path, store: QueueStore,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
     folder = tmp_path / "in"
     folder.mkdir()
     before_start = dicom_bytes(seed=10)
@@ -160,6 +162,9 @@ def test_dropped_files_are_imported_exactly_once(tmp_path: Path, store: QueueSto
     assert "PNG" in (wf.rejected_dir / "notes.txt.reason.txt").read_text()
     assert sorted(p.name for p in folder.iterdir()) == [".state", "done", "rejected"]
     assert list(wf.state_dir.iterdir()) == []
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "queue item" in logged                      # the check below looks at real logs
+    assert ORDER.patient_id not in logged and ORDER.patient_name not in logged
 
     # a restart, with everything dropped again under new names: nothing is queued twice
     for path in wf.done_dir.iterdir():

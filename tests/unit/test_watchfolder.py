@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from agent.iod import UIDSource
 from agent.queue import QueueStore
-from agent.records import DeviceInfo, Order
+from agent.records import DeviceInfo, Order, SOPReference
 from agent.watchfolder import (
     NO_PROCEDURE,
     JpegError,
@@ -233,7 +233,10 @@ def test_dicom_is_recognised_by_content_not_by_name(
 
 
 def test_png_with_a_procedure_becomes_a_secondary_capture_for_that_patient(
-        wf: WatchFolder, store: QueueStore, clock: FakeClock) -> None:
+        tmp_path: Path, store: QueueStore, clock: FakeClock, procedure: Procedure) -> None:
+    images: list[tuple[Order, str, SOPReference]] = []
+    wf = make(tmp_path, store, clock, procedure,
+              on_image_queued=lambda *args: images.append(args))
     pixels = np.arange(60, dtype=np.uint8).reshape(6, 10)
     (wf.folder / "shot.png").write_bytes(png_bytes(pixels))
     [result] = settle(wf, clock)
@@ -245,6 +248,8 @@ def test_png_with_a_procedure_becomes_a_secondary_capture_for_that_patient(
     assert list(ds.ImageType)[:2] == ["DERIVED", "PRIMARY"]
     assert np.array_equal(ds.pixel_array, pixels)
     assert (wf.done_dir / "shot.png").exists()
+    assert images == [(ORDER, ds.SeriesInstanceUID,
+                       SOPReference(SecondaryCaptureImageStorage, ds.SOPInstanceUID))]
 
 
 def test_png_without_a_procedure_is_rejected_never_given_a_guessed_patient(
