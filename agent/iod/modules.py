@@ -9,6 +9,7 @@ up in a log, and patient data must not (STYLE.md, Logging).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from enum import StrEnum
 
@@ -629,3 +630,214 @@ def add_sop_common_module(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: 
     _put(ds, "SOPInstanceUID", sop_instance_uid)
     _put(ds, "InstanceCreationDate", _date_part(created_datetime))
     _put(ds, "InstanceCreationTime", _time_part(created_datetime))
+
+
+# --- Multi-frame (C.7.6.6), Cine (C.7.6.5), SC Multi-frame Image (C.8.6.3) ------------------
+
+#: SOP classes of the Secondary Capture family (PS3.4 B.5)
+MULTIFRAME_GRAYSCALE_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
+MULTIFRAME_GRAYSCALE_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+#: Digital X-Ray Image Storage - For Presentation
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+
+#: two frame intervals closer than this (ms) count as one Frame Time; otherwise the exact
+#: intervals go into Frame Time Vector (C.7.6.5.1.2)
+FRAME_TIME_TOLERANCE_MS = 0.5
+
+
+def check_frames_compatible(frames: Sequence[Frame]) -> None:
+    """All frames of one object share one Image Pixel description, and come in time order.
+
+    Raises IODError naming the attribute and the first frame that differs from frame 0, e.g.
+    "Image Pixel: Rows: frame 3 has 480, frame 0 has 512".
+    """
+    if not isinstance(frames, Sequence) or isinstance(frames, str | bytes) or not frames:
+        raise IODError("Multi-frame: NumberOfFrames: at least one frame is needed")
+    for index, frame in enumerate(frames):
+        if not isinstance(frame, Frame):
+            raise IODError(f"Image Pixel: PixelData: frame {index} is a "
+                           f"{type(frame).__name__}, not a Frame")
+        check_image_pixel(frame)
+    first = frames[0]
+
+    def described(frame: Frame) -> tuple[tuple[str, object], ...]:
+        return (("PhotometricInterpretation", frame.photometric_interpretation),
+                ("SamplesPerPixel", frame.pixels.shape[2] if frame.pixels.ndim == 3 else 1),
+                ("BitsAllocated", f"{frame.pixels.dtype.itemsize * 8} ({frame.pixels.dtype})"),
+                ("BitsStored", frame.bits_stored),
+                ("Rows", frame.rows),
+                ("Columns", frame.columns))
+
+    reference = described(first)
+    for index, frame in enumerate(frames[1:], start=1):
+        for (keyword, want), (_, have) in zip(reference, described(frame), strict=True):
+            if have != want:
+                raise IODError(f"Image Pixel: {keyword}: frame {index} has {have}, "
+                               f"frame 0 has {want}")
+    total = sum(frame.pixels.nbytes for frame in frames)
+    if total > MAX_VALUE_LENGTH:
+        raise IODError(f"Image Pixel: PixelData of {total} bytes exceeds the "
+                       f"{MAX_VALUE_LENGTH}-byte limit of one value")
+    if len(frames) > MAX_IS:
+        raise IODError(f"Multi-frame: NumberOfFrames {len(frames)} exceeds {MAX_IS}")
+    for index in range(1, len(frames)):
+        before, after = frames[index - 1].t_mono, frames[index].t_mono
+        if not (np.isfinite(before) and np.isfinite(after)) or after <= before:
+            raise IODError(f"Cine: FrameTime: frame {index} t_mono {after!r} is not after "
+                           f"frame {index - 1} t_mono {before!r}")
+
+
+def frame_intervals_ms(frames: Sequence[Frame]) -> list[float]:
+    """Milliseconds between consecutive frames, from the monotonic clock (t_mono)."""
+    return [(frames[i].t_mono - frames[i - 1].t_mono) * 1000.0 for i in range(1, len(frames))]
+
+
+def add_multiframe_and_cine_modules(ds: Dataset, frames: Sequence[Frame]) -> None:
+    """Number of Frames; with more than one frame, Frame Increment Pointer to Frame Time (equal
+    intervals) or Frame Time Vector, and the Cine module they require (PS3.3 A.8.5.3)."""
+    _put(ds, "NumberOfFrames", len(frames))
+    if len(frames) < 2:
+        # Frame Increment Pointer is 1C, required only when Number of Frames > 1 (C.8.6.3)
+        return
+    intervals = frame_intervals_ms(frames)
+    mean = sum(intervals) / len(intervals)
+    if max(abs(value - mean) for value in intervals) <= FRAME_TIME_TOLERANCE_MS:
+        _put(ds, "FrameIncrementPointer", tag_for_keyword("FrameTime"))
+        _put(ds, "FrameTime", format_number_as_ds(round(mean, 3)))
+    else:
+        _put(ds, "FrameIncrementPointer", tag_for_keyword("FrameTimeVector"))
+        # C.7.6.5.1.2: the first value is 0, each next one the time since the frame before
+        _put(ds, "FrameTimeVector",
+             ["0"] + [format_number_as_ds(round(value, 3)) for value in intervals])
+    _put(ds, "RecommendedDisplayFrameRate", max(1, round(1000.0 / mean)))
+
+
+def add_sc_multiframe_image_module(ds: Dataset, frame: Frame) -> None:
+    """SC Multi-frame Image module: Burned In Annotation (Type 1, written by General Image as
+    well); for grayscale, Presentation LUT Shape IDENTITY and an identity rescale (1C,
+    C.8.6.3), which `add_general_image_module` and `add_modality_lut_module` write."""
+    _put(ds, "BurnedInAnnotation", "NO")
+    if frame.photometric_interpretation == "MONOCHROME2":
+        _put(ds, "PresentationLUTShape", "IDENTITY")
+        _put(ds, "RescaleIntercept", "0")
+        _put(ds, "RescaleSlope", "1")
+        _put(ds, "RescaleType", "US")
+
+
+def add_multiframe_pixel_data(ds: Dataset, frames: Sequence[Frame]) -> None:
+    """Image Pixel module for all frames, concatenated frame after frame (PS3.5 §8.2)."""
+    add_image_pixel_module(ds, frames[0])
+    if len(frames) == 1:
+        return
+    pixels = np.stack([frame.pixels for frame in frames])
+    data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+    if len(data) % 2:
+        data += b"\x00"
+    _put(ds, "PixelData", data, vr="OB" if pixels.dtype.itemsize == 1 else "OW")
+
+
+# --- DX (PS3.3 A.26, C.8.11) -----------------------------------------------------------
+
+#: device_parameters keys the DX builder reads, with their units
+DX_PARAMETERS = {"kvp": "kV", "mas": "mAs", "exposure_ms": "ms"}
+
+
+def check_dx_frame(frame: Frame) -> None:
+    """DX Image: grayscale only, 6..16 bits stored (C.8.11.3.1.1); DX Detector: Imager Pixel
+    Spacing is Type 1; device parameters, if given, are positive numbers."""
+    if frame.photometric_interpretation != "MONOCHROME2":
+        raise IODError(f"DX Image: PhotometricInterpretation "
+                       f"{frame.photometric_interpretation!r}: DX is MONOCHROME1/2 only")
+    if frame.bits_stored < 6:
+        raise IODError(f"DX Image: BitsStored {frame.bits_stored} is below 6 (C.8.11.3.1.1)")
+    if frame.pixel_spacing_mm is None:
+        raise IODError("DX Detector: ImagerPixelSpacing is Type 1, but the frame has no "
+                       "pixel_spacing_mm; the device must report its detector pitch")
+    check_sc_image(frame)
+    for key, unit in DX_PARAMETERS.items():
+        value = frame.device_parameters.get(key)
+        if value is None:
+            continue
+        keyword = {"kvp": "KVP", "mas": "ExposureInuAs", "exposure_ms": "ExposureTime"}[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not np.isfinite(value) or value <= 0:
+            raise IODError(f"X-Ray Acquisition Dose: {keyword}: device parameter {key} "
+                           f"{value!r} is not a positive number of {unit}")
+
+
+def add_dx_series_module(ds: Dataset) -> None:
+    """DX Series: Modality DX (Type 1, enumerated), Presentation Intent Type."""
+    _put(ds, "Modality", "DX")
+    _put(ds, "PresentationIntentType", "FOR PRESENTATION")
+
+
+def check_patient_orientation(value: object) -> tuple[str, str]:
+    """Patient Orientation (0020,0020): row and column directions, each of A P R L H F
+    (PS3.3 C.7.6.1.1.1), e.g. ("L", "F")."""
+    if isinstance(value, str):
+        value = tuple(value.split("\\"))
+    if not isinstance(value, tuple | list) or len(value) != 2 or not all(
+            isinstance(part, str) and 1 <= len(part) <= 3 and set(part) <= set("APRLHF")
+            for part in value):
+        raise IODError(f"DX Image: PatientOrientation {value!r} is not two directions of "
+                       "A, P, R, L, H, F (row, column), e.g. ('L', 'F')")
+    return (value[0], value[1])
+
+
+def add_dx_anatomy_imaged_module(ds: Dataset) -> None:
+    """DX Anatomy Imaged: Image Laterality is Type 1; we cannot know the body part, so "U"
+    (unpaired/unknown) and an empty Anatomic Region Sequence (Type 2). General Series
+    Laterality must then be absent (2C)."""
+    if "Laterality" in ds:
+        del ds["Laterality"]
+    _put(ds, "ImageLaterality", "U")
+    _put(ds, "AnatomicRegionSequence", [])
+
+
+def add_dx_image_module(ds: Dataset, frame: Frame) -> None:
+    """DX Image: the pixel values are linear in X-ray intensity, higher = more intensity;
+    identity rescale and Presentation LUT Shape IDENTITY (MONOCHROME2), a full-range window
+    (VOI LUT is required For Presentation, A.26.1)."""
+    _put(ds, "PixelIntensityRelationship", "LIN")
+    _put(ds, "PixelIntensityRelationshipSign", 1)
+    _put(ds, "RescaleIntercept", "0")
+    _put(ds, "RescaleSlope", "1")
+    _put(ds, "RescaleType", "US")
+    _put(ds, "PresentationLUTShape", "IDENTITY")
+    _put(ds, "BurnedInAnnotation", "NO")
+    _put(ds, "LossyImageCompression", "00")
+    largest = (1 << frame.bits_stored) - 1
+    _put(ds, "WindowCenter", format_number_as_ds((largest + 1) / 2))
+    _put(ds, "WindowWidth", format_number_as_ds(float(largest + 1)))
+
+
+def add_dx_detector_module(ds: Dataset, frame: Frame) -> None:
+    """DX Detector: Detector Type Type 2 (unknown: empty); Imager Pixel Spacing from the
+    frame (checked present by `check_dx_frame`)."""
+    _put(ds, "DetectorType", "")
+    if frame.pixel_spacing_mm is None:
+        raise IODError("DX Detector: ImagerPixelSpacing is Type 1 and missing")
+    spacing = [format_number_as_ds(float(value)) for value in frame.pixel_spacing_mm]
+    _put(ds, "ImagerPixelSpacing", spacing)
+
+
+def add_xray_acquisition_dose_module(ds: Dataset, frame: Frame) -> None:
+    """X-Ray Acquisition Dose (all Type 3): KVP, Exposure Time, Exposure, from the frame's
+    device_parameters; a parameter the device did not report is left out."""
+    parameters = frame.device_parameters
+    if parameters.get("kvp") is not None:
+        _put(ds, "KVP", format_number_as_ds(float(parameters["kvp"])))
+    if parameters.get("exposure_ms") is not None:
+        exposure_ms = float(parameters["exposure_ms"])
+        _put(ds, "ExposureTime", max(1, round(exposure_ms)))              # IS, ms
+        _put(ds, "ExposureTimeInuS", format_number_as_ds(exposure_ms * 1000))  # DS, us
+    if parameters.get("mas") is not None:
+        mas = float(parameters["mas"])
+        _put(ds, "Exposure", max(1, round(mas)))                            # IS, mAs
+        _put(ds, "ExposureInuAs", round(mas * 1000))                        # IS, uAs
+
+
+def add_acquisition_context_module(ds: Dataset) -> None:
+    """Acquisition Context: the sequence is Type 2; we describe no context."""
+    _put(ds, "AcquisitionContextSequence", [])

@@ -3,6 +3,7 @@ Endian, with our file meta. No I/O: the queue writes the bytes."""
 
 from __future__ import annotations
 
+import copy
 import struct
 from collections.abc import Iterator
 
@@ -12,9 +13,10 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_data_element
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless
 
 from agent.errors import IODError
+from agent.iod.transfer_syntax import encoder_status, transfer_syntax_uid
 from agent.iod.uids import is_valid_uid
 
 #: our Implementation Class UID (PS3.7 D.3.3.2), made once from a UUID under 2.25; never change
@@ -23,6 +25,10 @@ IMPLEMENTATION_CLASS_UID = "2.25.280777476021075484815203542916037057289"
 
 #: PS3.7 D.3.3.2: at most 16 characters; bump with every release that changes the encoding
 IMPLEMENTATION_VERSION_NAME = "MODAGENT_010"
+
+#: smallest Rows/Columns OpenJPEG (pylibjpeg-openjpeg 2.x) can encode with its fixed 6 DWT
+#: resolutions
+J2K_MIN_SIDE = 32
 
 #: text VRs whose bytes depend on Specific Character Set (PS3.5 §6.1.2.3)
 _CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
@@ -42,7 +48,7 @@ def enforce_strict_writing() -> None:
     config.settings.writing_validation_mode = config.RAISE
 
 
-def _file_meta(ds: Dataset) -> FileMetaDataset:
+def _file_meta(ds: Dataset, transfer_syntax_uid: str = ExplicitVRLittleEndian) -> FileMetaDataset:
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         value = ds.get(keyword)
         if not is_valid_uid(value):
@@ -51,7 +57,7 @@ def _file_meta(ds: Dataset) -> FileMetaDataset:
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
     meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return meta
@@ -89,16 +95,67 @@ def _find_unencodable(ds: Dataset) -> IODError | None:
     return None
 
 
-def encode_part10(ds: Dataset) -> bytes:
-    """Encode `ds` as a DICOM Part 10 file in Explicit VR Little Endian.
+def compressed_copy(ds: Dataset, transfer_syntax: str) -> Dataset:
+    """A copy of `ds` with its Pixel Data encoded in `transfer_syntax` (a KNOWN_TRANSFER_SYNTAXES
+    name); `ds` is not changed. Same SOP Instance UID: pydicom 3's compress() makes a new one
+    unless told not to (DICOM-NOTES §6), which would break resends and Storage Commitment.
+
+    Raises
+    ------
+    IODError
+        If the name is unknown, its encoder is not installed, or the encoder refuses the
+        pixels (the message names the transfer syntax and Pixel Data).
+    """
+    uid = transfer_syntax_uid(transfer_syntax)
+    out = Dataset()
+    for elem in ds:
+        # element copies: compress() assigns values (Pixel Data, Photometric Interpretation)
+        # and must not reach the caller's dataset through shared elements
+        out.add(copy.copy(elem))
+    if uid == ExplicitVRLittleEndian:
+        return out
+    status = encoder_status(transfer_syntax)
+    if not status.available:
+        raise IODError(f"Part 10: TransferSyntaxUID {transfer_syntax}: {status.reason}")
+    if uid == JPEG2000Lossless and min(ds.get("Rows", 0), ds.get("Columns", 0)) \
+            < J2K_MIN_SIDE:
+        # OpenJPEG encodes 6 DWT resolutions, which need 32 pixels a side (measured)
+        raise IODError(
+            f"Image Pixel: Rows/Columns {ds.get('Rows')}x{ds.get('Columns')}: "
+            f"jpeg2000-lossless needs at least {J2K_MIN_SIDE} pixels a side here (OpenJPEG)"
+        )
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian   # compress() reads the start
+    if uid == JPEG2000Lossless and ds.get("SamplesPerPixel") == 3:
+        # reversible J2K of RGB is YBR_RCT (A.8.5.4; dciodvfy insists): with that
+        # Photometric Interpretation pydicom applies the reversible colour transform
+        out.PhotometricInterpretation = "YBR_RCT"
+    try:
+        out.compress(uid, generate_instance_uid=False)
+    except (ValueError, RuntimeError, TypeError, NotImplementedError, AttributeError) as err:
+        raise IODError(
+            f"Image Pixel: PixelData cannot be encoded as {transfer_syntax}: {err}"
+        ) from err
+    if out.SOPInstanceUID != ds.SOPInstanceUID:
+        raise IODError("SOP Common: SOPInstanceUID changed while compressing (a bug)")
+    if hasattr(out, "file_meta"):
+        del out.file_meta
+    return out
+
+
+def encode_part10(ds: Dataset, transfer_syntax: str = "explicit-little") -> bytes:
+    """Encode `ds` as a DICOM Part 10 file in `transfer_syntax` (Explicit VR Little Endian by
+    default; or "rle", "jpeg-ls-lossless", "jpeg2000-lossless", see KNOWN_TRANSFER_SYNTAXES).
 
     The file meta information is made here from the dataset's SOP Class and Instance UIDs; `ds`
-    itself is not changed.
+    itself is not changed; compressing keeps the SOP Instance UID.
 
     Parameters
     ----------
     ds
-        A complete dataset, e.g. from `build_secondary_capture`.
+        A complete dataset with native Pixel Data, e.g. from `build_image`.
+    transfer_syntax
+        The `[modality] transfer_syntax` name.
 
     Returns
     -------
@@ -108,13 +165,18 @@ def encode_part10(ds: Dataset) -> bytes:
     Raises
     ------
     IODError
-        If SOP Class/Instance UID is missing or invalid, or a value cannot be encoded (a
-        character outside the Specific Character Set, a number out of range); the message
-        names the attribute.
+        If SOP Class/Instance UID is missing or invalid, a value cannot be encoded (a
+        character outside the Specific Character Set, a number out of range), the transfer
+        syntax is unknown or its encoder is not installed here; the message names the
+        attribute.
     """
     enforce_strict_writing()
-    out = Dataset(ds)   # a new top level sharing the elements: file_meta is ours alone
-    out.file_meta = _file_meta(ds)
+    uid = transfer_syntax_uid(transfer_syntax)
+    if uid == ExplicitVRLittleEndian:
+        out = Dataset(ds)   # a new top level sharing the elements: file_meta is ours alone
+    else:
+        out = compressed_copy(ds, transfer_syntax)
+    out.file_meta = _file_meta(ds, uid)
     fp = DicomBytesIO()
     try:
         dcmwrite(fp, out, enforce_file_format=True)

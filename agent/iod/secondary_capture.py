@@ -14,13 +14,13 @@ from agent.errors import IODError
 from agent.iod import modules
 from agent.iod.modules import (
     SC_IMAGE_STORAGE,
-    SPECIFIC_CHARACTER_SET,
     ConversionType,
     check_uid,
     format_dt,
     local_datetime,
 )
-from agent.iod.uids import UIDSource, is_valid_uid
+from agent.iod.uids import UIDSource
+from agent.iod.validation import validate_image
 from agent.records import DeviceInfo, Order, SeriesContext
 from drivers.frame import Frame
 
@@ -202,153 +202,6 @@ def _building(module: str) -> Iterator[None]:
         raise IODError(f"{module}: pydicom rejected a value{detail}") from err
 
 
-# --- validation of a built image -------------------------------------------------------------
 
-#: (module, keyword, type) of what every SC image we send must carry. Type 1: present and not
-#: empty; type 2: present, may be empty. 2C/1C attributes that we always write are listed with
-#: the type they have in our objects.
-_REQUIRED: tuple[tuple[str, str, int], ...] = (
-    ("SOP Common", "SOPClassUID", 1),
-    ("SOP Common", "SOPInstanceUID", 1),
-    ("SOP Common", "SpecificCharacterSet", 1),
-    ("Patient", "PatientName", 2),
-    ("Patient", "PatientID", 2),
-    ("Patient", "PatientBirthDate", 2),
-    ("Patient", "PatientSex", 2),
-    ("General Study", "StudyInstanceUID", 1),
-    ("General Study", "StudyDate", 2),
-    ("General Study", "StudyTime", 2),
-    ("General Study", "ReferringPhysicianName", 2),
-    ("General Study", "StudyID", 2),
-    ("General Study", "AccessionNumber", 2),
-    ("General Series", "Modality", 1),
-    ("General Series", "SeriesInstanceUID", 1),
-    ("General Series", "SeriesNumber", 2),
-    ("General Series", "Laterality", 2),
-    ("General Equipment", "Manufacturer", 2),
-    ("SC Equipment", "ConversionType", 1),
-    ("General Image", "InstanceNumber", 2),
-    ("General Image", "PatientOrientation", 2),
-    ("Image Pixel", "SamplesPerPixel", 1),
-    ("Image Pixel", "PhotometricInterpretation", 1),
-    ("Image Pixel", "Rows", 1),
-    ("Image Pixel", "Columns", 1),
-    ("Image Pixel", "BitsAllocated", 1),
-    ("Image Pixel", "BitsStored", 1),
-    ("Image Pixel", "HighBit", 1),
-    ("Image Pixel", "PixelRepresentation", 1),
-    ("Image Pixel", "PixelData", 1),
-)
-
-_SAMPLES_FOR = {"MONOCHROME2": 1, "RGB": 3}
-
-
-def _is_empty(value: object) -> bool:
-    return value is None or (hasattr(value, "__len__") and len(value) == 0)
-
-
-def validate_image(ds: Dataset) -> None:
-    """Check a built Secondary Capture image before it is queued.
-
-    Required attributes must be present (and not empty where Type 1); the Image Pixel
-    description must agree with itself and with the length of Pixel Data.
-
-    Parameters
-    ----------
-    ds
-        A single-frame SC image, e.g. from `build_secondary_capture`.
-
-    Raises
-    ------
-    IODError
-        Naming the module and the attribute at fault.
-    """
-    for module, keyword, attribute_type in _REQUIRED:
-        if keyword not in ds:
-            raise IODError(f"{module}: {keyword} is missing (Type {attribute_type})")
-        if attribute_type == 1 and _is_empty(ds[keyword].value):
-            raise IODError(f"{module}: {keyword} is empty (Type 1)")
-    if ds.SOPClassUID != SC_IMAGE_STORAGE:
-        raise IODError(
-            f"SOP Common: SOPClassUID {ds.SOPClassUID!r} is not Secondary Capture Image "
-            f"Storage {SC_IMAGE_STORAGE}"
-        )
-    if ds.SpecificCharacterSet != SPECIFIC_CHARACTER_SET:
-        raise IODError(
-            f"SOP Common: SpecificCharacterSet {ds.SpecificCharacterSet!r} is not "
-            f"{SPECIFIC_CHARACTER_SET!r}"
-        )
-    for module, keyword in (("SOP Common", "SOPInstanceUID"),
-                            ("General Study", "StudyInstanceUID"),
-                            ("General Series", "SeriesInstanceUID")):
-        if not is_valid_uid(str(ds[keyword].value)):
-            raise IODError(f"{module}: {keyword} {ds[keyword].value!r} is not a valid UID")
-    if ds.get("ConversionType") not in {member.value for member in ConversionType}:
-        raise IODError(f"SC Equipment: ConversionType {ds.ConversionType!r} is not a defined term")
-    _validate_image_pixel(ds)
-    _validate_modality_lut(ds)
-
-
-def _validate_image_pixel(ds: Dataset) -> None:
-    module = "Image Pixel"
-    photometric = ds.PhotometricInterpretation
-    if photometric not in _SAMPLES_FOR:
-        raise IODError(f"{module}: PhotometricInterpretation {photometric!r} is not "
-                       "MONOCHROME2 or RGB")
-    samples = ds.SamplesPerPixel
-    if samples != _SAMPLES_FOR[photometric]:
-        raise IODError(f"{module}: SamplesPerPixel {samples} does not fit "
-                       f"PhotometricInterpretation {photometric}")
-    if samples > 1:
-        if ds.get("PlanarConfiguration") != 0:
-            raise IODError(f"{module}: PlanarConfiguration must be 0 for {photometric}, got "
-                           f"{ds.get('PlanarConfiguration')!r}")
-    elif "PlanarConfiguration" in ds:
-        raise IODError(f"{module}: PlanarConfiguration present with SamplesPerPixel 1")
-    rows, columns = ds.Rows, ds.Columns
-    for keyword, count in (("Rows", rows), ("Columns", columns)):
-        if not 1 <= count <= 65535:
-            raise IODError(f"{module}: {keyword} {count} is outside 1..65535")
-    bits_allocated, bits_stored = ds.BitsAllocated, ds.BitsStored
-    if bits_allocated not in (8, 16):
-        raise IODError(f"{module}: BitsAllocated {bits_allocated} is not 8 or 16")
-    if not 1 <= bits_stored <= bits_allocated:
-        raise IODError(
-            f"{module}: BitsStored {bits_stored} exceeds BitsAllocated {bits_allocated}"
-            if bits_stored > bits_allocated else f"{module}: BitsStored {bits_stored} < 1"
-        )
-    if ds.HighBit != bits_stored - 1:
-        raise IODError(f"{module}: HighBit {ds.HighBit} is not BitsStored - 1 "
-                       f"({bits_stored - 1})")
-    if ds.PixelRepresentation != 0:
-        raise IODError(f"{module}: PixelRepresentation {ds.PixelRepresentation} is not 0 "
-                       "(unsigned)")
-    if photometric == "RGB" and (bits_allocated, bits_stored) != (8, 8):
-        raise IODError(f"{module}: BitsStored {bits_stored}: RGB must be 8 bits (A.8.5.4)")
-    if "NumberOfFrames" in ds and ds.NumberOfFrames not in (None, 1, "1"):
-        raise IODError(f"Multi-frame: NumberOfFrames {ds.NumberOfFrames} in a single-frame SC")
-    element = ds["PixelData"]
-    expected_vr = "OB" if bits_allocated == 8 else "OW"
-    if element.VR != expected_vr:
-        raise IODError(f"{module}: PixelData has VR {element.VR}; {expected_vr} expected for "
-                       f"BitsAllocated {bits_allocated}")
-    expected = rows * columns * samples * (bits_allocated // 8)
-    padded = expected + expected % 2
-    length = len(element.value)
-    if length != padded:
-        raise IODError(
-            f"{module}: PixelData has {length} bytes; Rows {rows} x Columns {columns} x "
-            f"SamplesPerPixel {samples} x BitsAllocated {bits_allocated} need {padded}"
-        )
-
-
-def _validate_modality_lut(ds: Dataset) -> None:
-    present = [keyword for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType")
-               if keyword in ds]
-    if ds.PhotometricInterpretation != "MONOCHROME2":
-        if present:
-            raise IODError(f"Modality LUT: {present[0]} present in a colour image")
-        return
-    if present and len(present) != 3:
-        missing = {"RescaleIntercept", "RescaleSlope", "RescaleType"} - set(present)
-        raise IODError(f"Modality LUT: {sorted(missing)[0]} is missing (Type 1C)")
+# validate_image moved to agent.iod.validation (it covers every IOD now); kept importable here
+__all__ = ["build_secondary_capture", "new_series_context", "validate_image"]
