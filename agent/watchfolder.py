@@ -206,10 +206,15 @@ class WatchFolder:
         Raises
         ------
         OSError
-            If they cannot be created.
+            If they cannot be created, or `done/`, `rejected/` or `.state/` is a symbolic
+            link (files would be moved out of the folder).
         """
-        for folder in (self.folder, self.done_dir, self.rejected_dir, self.state_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.done_dir, self.rejected_dir, self.state_dir):
+            if folder.is_symlink():
+                raise NotADirectoryError(f"watch folder {folder}: a symbolic link; a real "
+                                         "folder is needed (never followed out of the folder)")
+            folder.mkdir(exist_ok=True)
 
     def start(self) -> None:
         """Prepare the folder, start watching, and take what was dropped while we were down.
@@ -387,7 +392,12 @@ class WatchFolder:
         except _Wait as err:
             logger.warning("watch folder: %s left in place: %s", name, err)
             return Result(name, Outcome.RETRY, reason=str(err))
-        self._set_aside(name)
+        try:
+            self._set_aside(name)
+        except OSError as err:
+            # queued, and the marker says so: the next pass moves it without queueing again
+            logger.error("watch folder: %s queued but not moved aside: %s", name, err.strerror)
+            return Result(name, Outcome.RETRY, result.queue_id, reason="not moved aside")
         self._drop_marker(name)
         return result
 
@@ -564,6 +574,8 @@ class WatchFolder:
         target = _free_name(self.rejected_dir, name)
         reason_path = target.with_name(target.name + ".reason.txt")
         try:
+            # plain write: the operator must be able to read it (the spool's write_durably
+            # makes owner-only files), and a reason lost to a power cut costs no data
             reason_path.write_text(reason + "\n", encoding="utf-8")
             os.rename(self.folder / name, target)   # a symlink is moved as a link
             fsync_dir(self.rejected_dir)

@@ -322,6 +322,16 @@ def test_a_symlink_is_refused_not_followed(wf: WatchFolder, store: QueueStore,
     assert "symbolic link" in (wf.rejected_dir / "link.dcm.reason.txt").read_text()
 
 
+def test_a_done_folder_that_is_a_symlink_is_refused(tmp_path: Path, store: QueueStore,
+                                                    clock: FakeClock,
+                                                    procedure: Procedure) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "done").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(NotADirectoryError, match="symbolic link"):
+        make(tmp_path, store, clock, procedure)
+
+
 def test_a_duplicate_of_an_object_already_queued_is_rejected_not_queued_twice(
         wf: WatchFolder, store: QueueStore, clock: FakeClock) -> None:
     payload = dicom_bytes()
