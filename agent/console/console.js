@@ -1,0 +1,461 @@
+// Technologist's console. Plain JS, no build step, no external resources.
+// Every value from the server goes into the DOM through textContent (never as markup).
+// No patient data in URLs: a worklist entry or a patient is sent in a POST body.
+"use strict";
+
+const POLL_MS = 1000;
+const state = {
+  worklist: [],          // items of POST /api/console/worklist
+  selected: null,        // {body, name, detail, warning}
+  procedure: null,       // procedure json of the procedure in progress
+  acquiring: false,
+  stopRequested: false,
+  lastFrameAt: null,
+  connected: false,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function say(text, isError) {
+  const box = $("message");
+  box.textContent = text || "";
+  box.title = text || "";
+  box.className = isError ? "error" : "";
+}
+
+async function api(method, path, body) {
+  const options = { method, headers: {} };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  let payload = null;
+  try { payload = await response.json(); } catch (e) { payload = null; }
+  if (!response.ok) {
+    const err = new Error((payload && payload.error) || `HTTP ${response.status}`);
+    err.status = response.status;
+    throw err;
+  }
+  return payload;
+}
+
+// DICOM PN "Family^Given^Middle^Prefix^Suffix" -> "Family, Given Middle"
+function displayName(pn) {
+  const parts = String(pn || "").split("=")[0].split("^");
+  const given = parts.slice(1, 3).filter(Boolean).join(" ");
+  return given ? `${parts[0]}, ${given}` : parts[0];
+}
+
+function age(seconds) {
+  if (seconds === null || seconds === undefined) return "never";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${Math.round(seconds / 3600)} h`;
+}
+
+// -- worklist ---------------------------------------------------------------------------------
+async function loadWorklist(refresh) {
+  $("refresh").disabled = true;
+  try {
+    const view = await api("POST", "/api/console/worklist", { refresh: !!refresh });
+    state.worklist = view.items;
+    const source = $("worklist-source");
+    if (view.source === "ris") {
+      source.textContent = `RIS, ${age(view.age_s)} old`;
+      source.className = "pill ok";
+    } else {
+      source.textContent = `RIS offline, cache ${age(view.age_s)} old`;
+      source.className = "pill bad";
+    }
+    const problem = $("worklist-error");
+    const text = [view.error, view.truncated ? `more than ${view.limit} entries: only the first are shown` : ""]
+      .filter(Boolean).join("; ");
+    problem.hidden = !text;
+    problem.textContent = text;
+    renderWorklist();
+  } catch (err) {
+    if (err.status === 404) {
+      $("worklist-source").textContent = "no worklist configured";
+      $("worklist-source").className = "pill warn";
+      $("unscheduled-panel").open = true;
+    } else {
+      say(`Worklist: ${err.message}`, true);
+    }
+  } finally {
+    $("refresh").disabled = false;
+  }
+}
+
+function matches(item, query) {
+  if (!query) return true;
+  const q = query.toLowerCase();
+  return [item.patient_name, displayName(item.patient_name), item.patient_id, item.accession_number]
+    .some((v) => String(v || "").toLowerCase().includes(q));
+}
+
+function renderWorklist() {
+  const list = $("worklist");
+  const query = $("search").value.trim();
+  list.replaceChildren();
+  for (const item of state.worklist.filter((i) => matches(i, query))) {
+    const li = el("li");
+    li.tabIndex = 0;
+    li.appendChild(el("div", "name", displayName(item.patient_name)));
+    li.appendChild(el("div", "sub",
+      `ID ${item.patient_id} · Acc ${item.accession_number || "—"} · ${item.sps_start || ""}`));
+    li.appendChild(el("div", "sub",
+      item.requested_procedure_description || item.sps_description || ""));
+    if (item.duplicate_reason) li.appendChild(el("div", "dup", `⚠ ${item.duplicate_reason}`));
+    if (state.selected && state.selected.key === item.sps_id + "|" + item.accession_number) {
+      li.classList.add("selected");
+    }
+    li.addEventListener("click", () => selectWorklistItem(item));
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter") selectWorklistItem(item); });
+    list.appendChild(li);
+  }
+  if (!list.children.length) {
+    list.appendChild(el("li", "sub", state.worklist.length ? "No match" : "No worklist entries"));
+  }
+}
+
+function selectWorklistItem(item) {
+  if (state.procedure || state.acquiring) { say("End the current procedure first", true); return; }
+  const body = item.sps_id ? { sps_id: item.sps_id } : { accession: item.accession_number };
+  state.selected = {
+    key: item.sps_id + "|" + item.accession_number,
+    body,
+    name: displayName(item.patient_name),
+    detail: `ID ${item.patient_id} · born ${item.patient_birth_date || "?"} · ${item.patient_sex || "?"}` +
+      ` · Acc ${item.accession_number || "—"} · ${item.requested_procedure_description || item.sps_description || ""}`,
+    warning: item.duplicate_reason ? `Duplicate exam? ${item.duplicate_reason}` : "",
+  };
+  renderWorklist();
+  renderProcedure();
+}
+
+function selectUnscheduled(event) {
+  event.preventDefault();
+  if (state.procedure || state.acquiring) { say("End the current procedure first", true); return; }
+  const form = event.target;
+  const id = form.patient_id.value.trim();
+  const family = form.family.value.trim();
+  const given = form.given.value.trim();
+  if (!id || !family) { say("Patient ID and family name are needed", true); return; }
+  if (/[\\^=\u0000-\u001f]/.test(family + given)) { say("Names cannot hold ^ = or \\", true); return; }
+  const name = given ? `${family}^${given}` : family;
+  state.selected = {
+    key: null,
+    body: { unscheduled: true, patient_id: id, patient_name: name },
+    name: displayName(name),
+    detail: `ID ${id} · unscheduled`,
+    warning: "",
+  };
+  renderWorklist();
+  renderProcedure();
+}
+
+// -- procedure --------------------------------------------------------------------------------
+function renderProcedure() {
+  const sel = state.selected;
+  const proc = state.procedure;
+  if (proc) {
+    $("sel-name").textContent = displayName(proc.patient_name);
+    $("sel-detail").textContent = `ID ${proc.patient_id} · ` +
+      (proc.scheduled ? `Acc ${proc.accession_number || "—"}` : "unscheduled");
+  } else {
+    $("sel-name").textContent = sel ? sel.name : "No patient selected";
+    $("sel-detail").textContent = sel ? sel.detail : "Pick a worklist entry, or an unscheduled patient";
+  }
+  const warning = (proc && state.procedureWarning) || (sel && sel.warning) || "";
+  $("sel-warning").hidden = !warning;
+  $("sel-warning").textContent = warning;
+  const images = proc ? proc.series.reduce((n, s) => n + s.images, 0) : 0;
+  $("proc-state").textContent = proc ? `In progress · ${images} image(s)` : "";
+  $("start").disabled = !sel || !!proc || state.acquiring;
+  $("start").textContent = sel && sel.warning && !proc ? "Start anyway" : "Start procedure";
+  const canAcquire = !!proc && !state.acquiring && state.connected;
+  $("acquire").disabled = !canAcquire;
+  $("frames").disabled = !proc || state.acquiring;
+  const cont = $("continuous");
+  cont.disabled = !proc || (!state.acquiring && !state.connected) || (state.acquiring && !state.continuous);
+  cont.textContent = state.continuous ? (state.stopRequested ? "Stopping…" : "Stop") : "Acquire until stopped";
+  cont.className = state.continuous ? "stop" : "";
+  $("complete").disabled = !proc || state.acquiring || images === 0;
+  $("reason").disabled = !proc || state.acquiring;
+  $("discontinue").disabled = !proc || state.acquiring || !$("reason").value;
+}
+
+async function startProcedure() {
+  if (!state.selected) return;
+  $("start").disabled = true;
+  try {
+    const result = await api("POST", "/api/procedures", state.selected.body);
+    state.procedure = result.procedure;
+    state.procedureWarning = result.warning;
+    say("Procedure started");
+  } catch (err) {
+    say(`Start: ${err.message}`, true);
+  }
+  renderProcedure();
+}
+
+async function acquireOnce(frames) {
+  const result = await api("POST", "/api/acquire",
+    { procedure_id: state.procedure.procedure_id, frames });
+  state.procedure = result.procedure;
+  if (result.error) say(`Acquisition: ${result.error}`, true);
+  else say(`${result.objects.length} object(s) queued`);
+  await refreshProcedure();
+  pollQueue();
+  return result;
+}
+
+async function acquire() {
+  const frames = parseInt($("frames").value, 10);
+  if (!(frames >= 1 && frames <= 10000)) { say("Frames: 1 to 10000", true); return; }
+  state.acquiring = true;
+  renderProcedure();
+  say(`Acquiring ${frames} frame(s)…`);
+  try {
+    await acquireOnce(frames);
+  } catch (err) {
+    say(`Acquire: ${err.message}`, true);
+  } finally {
+    state.acquiring = false;
+    renderProcedure();
+  }
+}
+
+// "until stopped": one frame at a time into the same procedure until Stop is pressed
+async function toggleContinuous() {
+  if (state.continuous) { state.stopRequested = true; renderProcedure(); return; }
+  state.continuous = true;
+  state.acquiring = true;
+  state.stopRequested = false;
+  renderProcedure();
+  say("Acquiring until stopped…");
+  let count = 0;
+  try {
+    while (!state.stopRequested) {
+      const result = await acquireOnce(1);
+      count += result.objects.length;
+      if (result.error) break;
+      renderProcedure();
+    }
+    say(`${count} frame(s) acquired`);
+  } catch (err) {
+    say(`Acquire: ${err.message}`, true);
+  } finally {
+    state.continuous = false;
+    state.acquiring = false;
+    state.stopRequested = false;
+    renderProcedure();
+  }
+}
+
+async function refreshProcedure() {
+  if (!state.procedure) return;
+  try {
+    const result = await api("GET", `/api/procedures/${encodeURIComponent(state.procedure.procedure_id)}`);
+    state.procedure = result.procedure.state === "in_progress" ? result.procedure : null;
+  } catch (err) {
+    if (err.status === 404) state.procedure = null;
+  }
+}
+
+async function endProcedure(end) {
+  if (!state.procedure) return;
+  const body = { end };
+  if (end === "discontinued") {
+    body.reason = $("reason").value;
+    if (!body.reason) { say("Choose a reason", true); return; }
+  }
+  try {
+    await api("POST", `/api/procedures/${encodeURIComponent(state.procedure.procedure_id)}/end`, body);
+    say(end === "completed" ? "Procedure completed" : "Procedure discontinued");
+    state.procedure = null;
+    state.procedureWarning = "";
+    state.selected = null;
+    $("reason").value = "";
+    loadWorklist(false);
+  } catch (err) {
+    say(`End: ${err.message}`, true);
+  }
+  renderProcedure();
+}
+
+async function loadReasons() {
+  try {
+    const result = await api("GET", "/api/reasons");
+    const select = $("reason");
+    select.replaceChildren(el("option", "", "Discontinue: choose a reason…"));
+    select.firstChild.value = "";
+    for (const r of result.reasons) {
+      const option = el("option", "", r.meaning);
+      option.value = r.code;
+      select.appendChild(option);
+    }
+  } catch (err) {
+    say(`Reasons: ${err.message}`, true);
+  }
+}
+
+function renderInProgress(procedures) {
+  // procedures in progress that this page is not showing (e.g. after a reload): resume them
+  const box = $("in-progress");
+  const others = procedures.filter((p) => !state.procedure || p.procedure_id !== state.procedure.procedure_id);
+  const shown = state.acquiring ? "" : others.map((p) => p.procedure_id).join(",");
+  if (box.dataset.shown === shown) return;     // unchanged: keep the buttons under the finger
+  box.dataset.shown = shown;
+  box.replaceChildren();
+  if (!shown) return;
+  box.appendChild(el("div", "sub", "Also in progress:"));
+  for (const p of others) {
+    const b = el("button", "", `Resume ${displayName(p.patient_name)} (${p.patient_id})`);
+    b.type = "button";
+    b.addEventListener("click", () => {
+      state.procedure = p;
+      state.selected = null;
+      state.procedureWarning = "";
+      renderProcedure();
+      renderInProgress(procedures);
+    });
+    box.appendChild(b);
+  }
+}
+
+// -- status, thumbnail, queue -----------------------------------------------------------------
+async function pollStatus() {
+  try {
+    const s = await api("GET", "/api/status");
+    const d = s.device;
+    state.connected = !!d.connected;
+    const device = $("device");
+    device.textContent = `Device ${d.driver}: ${d.connected ? "connected" : "not connected"}`;
+    device.title = d.error || d.detail || "";
+    device.className = "pill " + (d.connected ? "ok" : "bad");
+    const ready = $("ready");
+    const blocked = s.spool && s.spool.capture_blocked;
+    if (!d.connected || blocked) {
+      ready.textContent = blocked ? "Not ready: disk full" : "Not ready";
+      ready.className = "pill bad";
+    } else if (state.acquiring) {
+      ready.textContent = "Acquiring";
+      ready.className = "pill warn";
+    } else {
+      ready.textContent = "Ready";
+      ready.className = "pill ok";
+    }
+    const down = (s.destinations || []).filter((x) => x.reachable === false || x.state === "down");
+    const q = s.queue || {};
+    const archive = $("archive");
+    const waiting = (q.pending || 0) + (q.sending || 0);
+    archive.textContent = down.length ? `Archive unreachable: ${waiting} waiting` :
+      `Archive: ${waiting} waiting, ${q.failed || 0} failed`;
+    archive.className = "pill " + (q.failed ? "bad" : down.length ? "warn" : "ok");
+    $("queue-counts").textContent =
+      `${q.pending || 0} pending · ${(q.sent || 0) + (q.commit_requested || 0)} stored · ${q.committed || 0} committed`;
+    if (d.last_frame_at && d.last_frame_at !== state.lastFrameAt) {
+      state.lastFrameAt = d.last_frame_at;
+      const img = $("thumb");
+      img.src = `/api/last-frame.png?t=${encodeURIComponent(d.last_frame_at)}`;
+      img.hidden = false;
+    }
+    if (d.last_frame_at) {
+      $("thumb-caption").textContent =
+        `Last frame ${new Date(d.last_frame_at * 1000).toLocaleTimeString()} · ${d.frames_read} read`;
+    }
+    if (state.procedure && !state.acquiring) {
+      const mine = s.procedures.find((p) => p.procedure_id === state.procedure.procedure_id);
+      if (mine) state.procedure = mine;
+      else await refreshProcedure();
+    }
+    renderInProgress(s.procedures || []);
+    renderProcedure();
+  } catch (err) {
+    state.connected = false;
+    $("device").textContent = "Agent not answering";
+    $("device").className = "pill bad";
+    $("ready").textContent = "Not ready";
+    $("ready").className = "pill bad";
+  }
+}
+
+const LABELS = { pending: "pending", sending: "sending", sent: "stored",
+  commit_requested: "stored", committed: "committed", failed: "failed" };
+
+function queueClass(o) {
+  if (o.state === "failed") return "failed";
+  if (o.done || o.state === "committed") return "committed";
+  if (o.state === "sent" || o.state === "commit_requested") return "stored";
+  return "pending";
+}
+
+async function pollQueue() {
+  try {
+    const result = await api("GET", "/api/queue?limit=40");
+    const list = $("queue");
+    list.replaceChildren();
+    for (const o of result.objects) {
+      const cls = queueClass(o);
+      const li = el("li", cls);
+      li.appendChild(el("span", "sub", `#${o.queue_id}`));
+      li.appendChild(el("span", "state", o.done ? "committed" : (LABELS[o.state] || o.state)));
+      if (o.queued_at) li.appendChild(el("span", "sub", new Date(o.queued_at * 1000).toLocaleTimeString()));
+      if (o.state === "failed") {
+        const b = el("button", "", "Retry");
+        b.type = "button";
+        b.addEventListener("click", () => retry(o.queue_id, b));
+        li.appendChild(b);
+      }
+      if (o.errors && o.errors.length && (o.state === "failed" || !o.done)) {
+        li.appendChild(el("div", "errors", o.errors.join("; ")));
+      }
+      list.appendChild(li);
+    }
+    if (!list.children.length) list.appendChild(el("li", "sub", "Nothing queued yet"));
+  } catch (err) {
+    /* the status poll reports an agent that does not answer */
+  }
+}
+
+async function retry(queueId, button) {
+  button.disabled = true;
+  try {
+    const result = await api("POST", "/api/retry", { queue_ids: [queueId] });
+    say(`Retrying #${queueId} (${result.retried} destination(s))`);
+  } catch (err) {
+    say(`Retry: ${err.message}`, true);
+  }
+  pollQueue();
+}
+
+// -- wiring -----------------------------------------------------------------------------------
+function init() {
+  $("refresh").addEventListener("click", () => loadWorklist(true));
+  $("search").addEventListener("input", renderWorklist);
+  $("unscheduled").addEventListener("submit", selectUnscheduled);
+  $("start").addEventListener("click", startProcedure);
+  $("acquire").addEventListener("click", acquire);
+  $("continuous").addEventListener("click", toggleContinuous);
+  $("complete").addEventListener("click", () => endProcedure("completed"));
+  $("discontinue").addEventListener("click", () => endProcedure("discontinued"));
+  $("reason").addEventListener("change", renderProcedure);
+  loadReasons();
+  loadWorklist(false);
+  pollStatus();
+  pollQueue();
+  setInterval(pollStatus, POLL_MS);
+  setInterval(pollQueue, POLL_MS);
+  setInterval(() => loadWorklist(false), 15000);
+}
+
+document.addEventListener("DOMContentLoaded", init);
