@@ -188,3 +188,27 @@ def test_stop_joins_every_thread_it_started(tmp_path: Path, store: QueueStore) -
     wf.start()
     wf.stop()
     assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
+
+
+def test_a_writer_that_reopens_to_append_is_waited_for_without_close_events(
+        tmp_path: Path, store: QueueStore) -> None:
+    """Each chunk closes the file (IN_CLOSE_WRITE): only the settle time tells it is done."""
+    folder = tmp_path / "in"
+    payload = dicom_bytes(seed=20)
+    wf = WatchFolder(folder, queue=store, image_order=Procedure(None), device=DEVICE,
+                     uids=UIDSource(), settle_s=SETTLE_S, rescan_s=0.5,
+                     use_close_events=False)
+    wf.start()
+    try:
+        step = -(-len(payload) // CHUNKS)
+        for start in range(0, len(payload), step):
+            with (folder / "append.dcm").open("ab") as f:
+                f.write(payload[start:start + step])
+            time.sleep(CHUNK_PAUSE_S)   # the writer's pace, not a synchronisation
+        wait_until(lambda: (wf.done_dir / "append.dcm").exists(), TIMEOUT_S,
+                   "the appended file to be imported")
+    finally:
+        wf.stop()
+    [(queue_id, _)] = object_rows(store)
+    assert store.object_path(queue_id).read_bytes() == payload
+    assert list(wf.rejected_dir.iterdir()) == []
