@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from test_iod import DEVICE, SCHEDULED, TZ, UNSCHEDULED, series_for
 
 from agent.errors import IODError
 from agent.iod import (
@@ -31,7 +32,6 @@ from agent.iod import (
 )
 from drivers.frame import Frame
 from drivers.simulated import phantom
-from tests.unit.test_iod import DEVICE, SCHEDULED, TZ, UNSCHEDULED, series_for
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
 DCMDUMP = Path("/usr/bin/dcmdump")   # DCMTK by full path (PEERS.md, name clash)
