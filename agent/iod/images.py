@@ -18,12 +18,13 @@ from agent.iod.modules import (
     MULTIFRAME_GRAYSCALE_WORD_SC,
     MULTIFRAME_TRUE_COLOR_SC,
     SC_IMAGE_STORAGE,
+    VIDEO_PHOTOGRAPHIC_IMAGE,
     ConversionType,
     format_dt,
     local_datetime,
 )
 from agent.iod.secondary_capture import _building, build_secondary_capture
-from agent.records import DeviceInfo, Order, SeriesContext
+from agent.records import Code, DeviceInfo, Order, SeriesContext
 from drivers.frame import Frame
 
 #: `[modality] iod` name -> SOP Class UID
@@ -33,11 +34,12 @@ KNOWN_IODS: dict[str, str] = {
     "multiframe-grayscale-word-sc": MULTIFRAME_GRAYSCALE_WORD_SC,
     "multiframe-true-color-sc": MULTIFRAME_TRUE_COLOR_SC,
     "dx": DX_FOR_PRESENTATION,
+    "video-photographic": VIDEO_PHOTOGRAPHIC_IMAGE,
 }
 
 #: IODs that hold every frame of an acquisition in one object
 MULTIFRAME_IODS = frozenset({"multiframe-grayscale-byte-sc", "multiframe-grayscale-word-sc",
-                             "multiframe-true-color-sc"})
+                             "multiframe-true-color-sc", "video-photographic"})
 
 
 def _check_frames_fit_iod(iod: str, frames: Sequence[Frame]) -> None:
@@ -64,6 +66,8 @@ def _check_frames_fit_iod(iod: str, frames: Sequence[Frame]) -> None:
                            f"{photometric} (A.8.5.4)")
     elif iod == "dx":
         modules.check_dx_frame(first)
+    elif iod == "video-photographic":
+        modules.check_vl_frames(frames)
 
 
 def build_image(
@@ -79,6 +83,7 @@ def build_image(
     derived: bool = False,
     tz: tzinfo | None = None,
     patient_orientation: tuple[str, str] | None = None,
+    anatomic_region: Code | None = None,
 ) -> Dataset:
     """Build one image object of the IOD named `iod` from `frames`.
 
@@ -100,6 +105,10 @@ def build_image(
         directions, e.g. ("L", "F"). None: the frame's device_parameters["patient_orientation"];
         if the device does not report it either, building a DX is refused. The other IODs
         write it empty (Type 2C: unknown).
+    anatomic_region
+        The body part imaged, one code (e.g. ``Code("51185008", "SCT", "Chest")``): required
+        for "video-photographic" (VL Image, Type 1C), written into DX's Anatomic Region
+        Sequence when given (empty otherwise, Type 2), ignored by the SC family.
 
     Returns
     -------
@@ -118,6 +127,10 @@ def build_image(
                        f"{', '.join(KNOWN_IODS)}")
     modules.check_frames_compatible(frames)
     _check_frames_fit_iod(iod, frames)
+    if iod == "video-photographic":
+        modules.check_anatomic_region("VL Image", anatomic_region, required=True)
+    elif iod == "dx":
+        modules.check_anatomic_region("DX Anatomy Imaged", anatomic_region, required=False)
     conversion = ConversionType.DIGITAL_INTERFACE if conversion_type is None \
         else conversion_type
     if iod == "dx":
@@ -129,13 +142,17 @@ def build_image(
             frames[0], order=order, device=device, series=series,
             instance_number=instance_number, sop_instance_uid=sop_instance_uid,
             conversion_type=conversion, derived=derived, tz=tz)
-        return _to_dx(base, frames[0], orientation)
+        return _to_dx(base, frames[0], orientation, anatomic_region)
     base = build_secondary_capture(
         frames[0], order=order, device=device, series=series,
         instance_number=instance_number, sop_instance_uid=sop_instance_uid,
         conversion_type=conversion, derived=derived, tz=tz)
     if iod == "secondary-capture":
         return base
+    if iod == "video-photographic":
+        if anatomic_region is None:   # refused by check_anatomic_region; this tells mypy
+            raise IODError("VL Image: AnatomicRegionSequence is missing")
+        return _to_video_photographic(base, frames, tz, anatomic_region)
     return _to_multiframe(base, iod, frames, tz)
 
 
@@ -159,7 +176,29 @@ def _to_multiframe(ds: Dataset, iod: str, frames: Sequence[Frame],
     return ds
 
 
-def _to_dx(ds: Dataset, frame: Frame, orientation: tuple[str, str]) -> Dataset:
+def _to_video_photographic(ds: Dataset, frames: Sequence[Frame], tz: tzinfo | None,
+                           anatomic_region: Code) -> Dataset:
+    """A single-frame SC of frame 0 rewritten as Video Photographic Image (A.32.7): Cine and
+    Multi-frame modules, VL Image; no SC Equipment, SC Image or Modality LUT."""
+    ds.SOPClassUID = VIDEO_PHOTOGRAPHIC_IMAGE
+    ds.AcquisitionDateTime = format_dt(local_datetime(frames[0].t_wall, tz))
+    for keyword in ("ConversionType", "PixelSpacing", "RescaleIntercept", "RescaleSlope",
+                    "RescaleType"):
+        if keyword in ds:
+            del ds[keyword]
+    with _building("Image Pixel"):
+        modules.add_multiframe_pixel_data(ds, frames)
+    with _building("Multi-frame"):
+        modules.add_multiframe_and_cine_modules(ds, frames)
+    with _building("VL Image"):
+        modules.add_vl_image_module(ds, anatomic_region)
+    with _building("Acquisition Context"):
+        modules.add_acquisition_context_module(ds)
+    return ds
+
+
+def _to_dx(ds: Dataset, frame: Frame, orientation: tuple[str, str],
+           anatomic_region: Code | None) -> Dataset:
     """A single-frame SC of `frame` rewritten as Digital X-Ray Image For Presentation."""
     ds.SOPClassUID = DX_FOR_PRESENTATION
     # SC-only attributes: SC Equipment (Conversion Type) and SC Image (Pixel Spacing: DX says
@@ -170,7 +209,7 @@ def _to_dx(ds: Dataset, frame: Frame, orientation: tuple[str, str]) -> Dataset:
     with _building("DX Series"):
         modules.add_dx_series_module(ds)
     with _building("DX Anatomy Imaged"):
-        modules.add_dx_anatomy_imaged_module(ds)
+        modules.add_dx_anatomy_imaged_module(ds, anatomic_region)
     with _building("DX Image"):
         modules.add_dx_image_module(ds, frame)
         ds.PatientOrientation = list(orientation)

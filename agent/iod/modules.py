@@ -785,14 +785,15 @@ def check_patient_orientation(value: object) -> tuple[str, str]:
     return (value[0], value[1])
 
 
-def add_dx_anatomy_imaged_module(ds: Dataset) -> None:
-    """DX Anatomy Imaged: Image Laterality is Type 1; we cannot know the body part, so "U"
-    (unpaired/unknown) and an empty Anatomic Region Sequence (Type 2). General Series
-    Laterality must then be absent (2C)."""
+def add_dx_anatomy_imaged_module(ds: Dataset, anatomic_region: Code | None) -> None:
+    """DX Anatomy Imaged: Image Laterality is Type 1; we cannot know the side, so "U"
+    (unpaired/unknown); Anatomic Region Sequence (Type 2) holds the caller's code or is empty.
+    General Series Laterality must then be absent (2C)."""
     if "Laterality" in ds:
         del ds["Laterality"]
     _put(ds, "ImageLaterality", "U")
-    _put(ds, "AnatomicRegionSequence", [])
+    _put(ds, "AnatomicRegionSequence",
+         [] if anatomic_region is None else code_sequence((anatomic_region,)))
 
 
 def add_dx_image_module(ds: Dataset, frame: Frame) -> None:
@@ -841,3 +842,46 @@ def add_xray_acquisition_dose_module(ds: Dataset, frame: Frame) -> None:
 def add_acquisition_context_module(ds: Dataset) -> None:
     """Acquisition Context: the sequence is Type 2; we describe no context."""
     _put(ds, "AcquisitionContextSequence", [])
+
+
+# --- Video Photographic Image (PS3.3 A.32.7): VL Image (C.8.12.1), Cine, Multi-frame ----------
+
+#: Video Photographic Image Storage
+VIDEO_PHOTOGRAPHIC_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
+
+
+def check_vl_frames(frames: Sequence[Frame]) -> None:
+    """VL Image: 8 bits allocated and stored (C.8.12.1.1.4); Cine needs a frame time, so a
+    video takes at least two frames."""
+    first = frames[0]
+    if first.pixels.dtype.itemsize != 1 or first.bits_stored != 8:
+        raise IODError(f"VL Image: BitsStored {first.bits_stored}/BitsAllocated "
+                       f"{first.pixels.dtype.itemsize * 8}: VL images are 8/8 bits")
+    if len(frames) < 2:
+        raise IODError("Cine: FrameTime: a video photographic image needs at least 2 frames "
+                       "to know its frame time")
+
+
+def check_anatomic_region(module: str, region: object, *, required: bool) -> None:
+    """Anatomic Region Sequence: one code (e.g. SCT 51185008 "Chest"), Type 1C in VL Image."""
+    if region is None:
+        if required:
+            raise IODError(f"{module}: AnatomicRegionSequence is Type 1C and needs a code "
+                           "(pass anatomic_region, e.g. Code('51185008', 'SCT', 'Chest'))")
+        return
+    if not isinstance(region, Code):
+        raise IODError(f"{module}: AnatomicRegionSequence must be a Code, got "
+                       f"{type(region).__name__}")
+    check_codes(module, "AnatomicRegionSequence", (region,))
+
+
+def add_vl_image_module(ds: Dataset, anatomic_region: Code) -> None:
+    """VL Image module: the Modality of a Video Photographic image is XC (external camera);
+    Lossy Image Compression "00"; the anatomic region the caller names (one item). General
+    Series Laterality (2C) is for paired body parts when Image Laterality is absent; we do not
+    know the side, and dciodvfy refuses it present for an unpaired region, so it is left out."""
+    if "Laterality" in ds:
+        del ds["Laterality"]
+    _put(ds, "Modality", "XC")
+    _put(ds, "LossyImageCompression", "00")
+    _put(ds, "AnatomicRegionSequence", code_sequence((anatomic_region,)))

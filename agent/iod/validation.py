@@ -18,6 +18,7 @@ from agent.iod.modules import (
     MULTIFRAME_TRUE_COLOR_SC,
     SC_IMAGE_STORAGE,
     SPECIFIC_CHARACTER_SET,
+    VIDEO_PHOTOGRAPHIC_IMAGE,
     ConversionType,
 )
 from agent.iod.uids import is_valid_uid
@@ -88,6 +89,15 @@ _DX: tuple[tuple[str, str, int], ...] = (
     ("Acquisition Context", "AcquisitionContextSequence", 2),
 )
 
+_VIDEO_PHOTOGRAPHIC: tuple[tuple[str, str, int], ...] = (
+    ("Multi-frame", "NumberOfFrames", 1),
+    ("Multi-frame", "FrameIncrementPointer", 1),
+    ("VL Image", "ImageType", 1),
+    ("VL Image", "LossyImageCompression", 2),
+    ("VL Image", "AnatomicRegionSequence", 1),
+    ("Acquisition Context", "AcquisitionContextSequence", 2),
+)
+
 #: SOP class -> (name, extra required attributes)
 _IODS: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = {
     SC_IMAGE_STORAGE: ("Secondary Capture Image Storage", _SC),
@@ -95,7 +105,12 @@ _IODS: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = {
     MULTIFRAME_GRAYSCALE_WORD_SC: ("Multi-frame Grayscale Word SC", _SC_MULTIFRAME),
     MULTIFRAME_TRUE_COLOR_SC: ("Multi-frame True Color SC", _SC_MULTIFRAME),
     DX_FOR_PRESENTATION: ("Digital X-Ray Image For Presentation", _DX),
+    VIDEO_PHOTOGRAPHIC_IMAGE: ("Video Photographic Image", _VIDEO_PHOTOGRAPHIC),
 }
+
+#: SOP classes with an SC Equipment module (Conversion Type)
+_SC_FAMILY = frozenset({SC_IMAGE_STORAGE, MULTIFRAME_GRAYSCALE_BYTE_SC,
+                        MULTIFRAME_GRAYSCALE_WORD_SC, MULTIFRAME_TRUE_COLOR_SC})
 
 #: Photometric Interpretation -> Samples per Pixel; YBR_RCT only in reversible JPEG 2000
 _SAMPLES_FOR = {"MONOCHROME2": 1, "RGB": 3, "YBR_RCT": 3}
@@ -151,7 +166,7 @@ def validate_image(ds: Dataset) -> None:
                             ("General Series", "SeriesInstanceUID")):
         if not is_valid_uid(str(ds[keyword].value)):
             raise IODError(f"{module}: {keyword} {ds[keyword].value!r} is not a valid UID")
-    if sop_class != DX_FOR_PRESENTATION and ds.get("ConversionType") not in {
+    if sop_class in _SC_FAMILY and ds.get("ConversionType") not in {
             member.value for member in ConversionType}:
         raise IODError(f"SC Equipment: ConversionType {ds.ConversionType!r} is not a defined term")
     _validate_image_pixel(ds)
@@ -287,6 +302,9 @@ def _validate_iod_pixels(ds: Dataset, sop_class: str) -> None:
     if sop_class == MULTIFRAME_TRUE_COLOR_SC and ds.SamplesPerPixel != 3:
         raise IODError(f"Image Pixel: PhotometricInterpretation {photometric}: True Color SC "
                        "is RGB (YBR_RCT in reversible JPEG 2000)")
+    if sop_class == VIDEO_PHOTOGRAPHIC_IMAGE and (bits_allocated, bits_stored) != (8, 8):
+        raise IODError(f"VL Image: BitsStored {bits_stored}/BitsAllocated {bits_allocated}: "
+                       "VL images are 8/8 bits")
     if sop_class == DX_FOR_PRESENTATION and (photometric != "MONOCHROME2"
                                              or bits_stored < 6):
         raise IODError(f"DX Image: PhotometricInterpretation {photometric} / BitsStored "
@@ -300,13 +318,15 @@ def _validate_multiframe(ds: Dataset, sop_class: str) -> None:
             raise IODError(f"Multi-frame: NumberOfFrames {frames} in a single-frame "
                            f"{_IODS[sop_class][0]}")
         return
-    if frames == 1:
+    if frames == 1 and sop_class != VIDEO_PHOTOGRAPHIC_IMAGE:
         return
     # C.8.6.3: Frame Increment Pointer 1C, required when Number of Frames > 1; the Cine
     # module is required when it points to Frame Time or Frame Time Vector (A.8.5.3)
     if "FrameIncrementPointer" not in ds:
         raise IODError(f"SC Multi-frame Image: FrameIncrementPointer is missing (Type 1C, "
                        f"NumberOfFrames {frames})")
+    if not ds.FrameIncrementPointer:
+        raise IODError("Multi-frame: FrameIncrementPointer is empty (Type 1)")
     pointer = Tag(ds.FrameIncrementPointer)
     if pointer == Tag("FrameTime"):
         value = ds.get("FrameTime")
@@ -332,6 +352,10 @@ def _validate_modality_lut(ds: Dataset, sop_class: str) -> None:
         return
     module = "SC Multi-frame Image" if sop_class in (
         MULTIFRAME_GRAYSCALE_BYTE_SC, MULTIFRAME_GRAYSCALE_WORD_SC) else "Modality LUT"
+    if sop_class == VIDEO_PHOTOGRAPHIC_IMAGE:
+        if present:
+            raise IODError(f"Modality LUT: {present[0]} present in a VL image (no such module)")
+        return
     if sop_class != SC_IMAGE_STORAGE:
         # C.8.6.3 / C.8.11.3: grayscale multi-frame SC and DX require the identity rescale
         # and Presentation LUT Shape IDENTITY

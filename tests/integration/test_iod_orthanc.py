@@ -27,7 +27,7 @@ from agent.iod import (
     new_series_context,
 )
 from agent.orthanc import OrthancServer
-from agent.records import DeviceInfo, Order
+from agent.records import Code, DeviceInfo, Order
 from drivers.frame import Frame
 from drivers.simulated import phantom
 
@@ -64,6 +64,7 @@ CASES = [
     ("dx", lambda: [mono(12, 0)], "jpeg2000-lossless"),
     ("dx", lambda: [mono(16, 0)], "jpeg-ls-lossless"),
     ("secondary-capture", lambda: [rgb(0)], "rle"),
+    ("video-photographic", lambda: [rgb(i) for i in range(3)], "explicit-little"),
 ]
 
 
@@ -102,7 +103,9 @@ def test_orthanc_stores_and_previews_each_iod_and_syntax(orthanc: OrthancServer,
         sop_instance_uid = uids.new_uid()
         ds = build_image(iod, frames, order=ORDER, device=DEVICE, series=series,
                          instance_number=number, sop_instance_uid=sop_instance_uid,
-                         patient_orientation=("L", "F") if iod == "dx" else None)
+                         patient_orientation=("L", "F") if iod == "dx" else None,
+                         anatomic_region=Code("51185008", "SCT", "Chest")
+                         if iod == "video-photographic" else None)
         path = tmp_path / f"{number}-{iod}-{syntax}.dcm"
         path.write_bytes(encode_part10(ds, syntax))
 

@@ -23,6 +23,7 @@ from agent.errors import IODError
 from agent.iod import (
     KNOWN_IODS,
     KNOWN_TRANSFER_SYNTAXES,
+    MULTIFRAME_IODS,
     UIDSource,
     build_image,
     compressed_copy,
@@ -30,6 +31,7 @@ from agent.iod import (
     encoder_status,
     validate_image,
 )
+from agent.records import Code
 from drivers.frame import Frame
 from drivers.simulated import phantom
 
@@ -43,7 +45,10 @@ DCIODVFY_IOD_NAMES = {
     "multiframe-grayscale-word-sc": "MultiframeGrayscaleWordSCImage",
     "multiframe-true-color-sc": "MultiframeTrueColorSCImage",
     "dx": "DXImageForPresentation",
+    "video-photographic": "VideoPhotographicImage",
 }
+
+CHEST = Code("51185008", "SCT", "Chest")
 
 FRAME_INTERVAL_S = 0.04        # 25 frames/s
 ORIENTATION = ("L", "F")
@@ -90,6 +95,8 @@ def build(iod: str, frames: list[Frame], **overrides: Any) -> Dataset:
     }
     if iod == "dx":
         arguments["patient_orientation"] = ORIENTATION
+    if iod == "video-photographic":
+        arguments["anatomic_region"] = CHEST
     arguments.update(overrides)
     return build_image(iod, frames, **arguments)
 
@@ -139,6 +146,8 @@ CASES: list[tuple[str, str, int]] = [
     ("dx", "mono8", 1),
     ("dx", "mono12", 1),
     ("dx", "mono16", 1),
+    ("video-photographic", "rgb", 3),
+    ("video-photographic", "mono8", 2),
 ]
 
 MATRIX = [pytest.param(iod, kind, count, syntax, id=f"{iod}-{kind}x{count}-{syntax}")
@@ -308,6 +317,35 @@ def test_dx_refusals(change: Callable[[Frame], Frame], overrides: dict[str, Any]
         build("dx", [frame], **overrides)
 
 
+def test_dx_anatomic_region_when_given() -> None:
+    ds = build("dx", frames_of("mono12", 1), anatomic_region=CHEST)
+    assert ds.AnatomicRegionSequence[0].CodeValue == "51185008"
+    assert build("dx", frames_of("mono12", 1)).AnatomicRegionSequence == []
+
+
+def test_video_photographic_attributes() -> None:
+    ds = build("video-photographic", frames_of("rgb", 3))
+    assert ds.Modality == "XC" and ds.NumberOfFrames == 3
+    assert Tag(ds.FrameIncrementPointer) == Tag("FrameTime")
+    assert ds.AnatomicRegionSequence[0].CodeMeaning == "Chest"
+    for keyword in ("ConversionType", "RescaleSlope", "PixelSpacing"):
+        assert keyword not in ds
+
+
+@pytest.mark.parametrize(("frames", "overrides", "message"), [
+    (lambda: frames_of("rgb", 1), {}, r"^Cine: FrameTime: a video photographic image needs"),
+    (lambda: frames_of("mono12", 2), {}, r"^VL Image: BitsStored 12/BitsAllocated 16"),
+    (lambda: frames_of("rgb", 2), {"anatomic_region": None},
+     r"^VL Image: AnatomicRegionSequence is Type 1C"),
+    (lambda: frames_of("rgb", 2), {"anatomic_region": Code("", "SCT", "Chest")},
+     r"^VL Image: AnatomicRegionSequence\[0\].CodeValue is Type 1"),
+])
+def test_video_photographic_refusals(frames: Callable[[], list[Frame]],
+                                     overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(IODError, match=message):
+        build("video-photographic", frames(), **overrides)
+
+
 def test_dx_refuses_colour() -> None:
     with pytest.raises(IODError, match=r"^DX Image: PhotometricInterpretation 'RGB'"):
         build("dx", frames_of("rgb", 1))
@@ -395,13 +433,18 @@ def _delete(keyword: str) -> Callable[[Dataset], None]:
     ("dx", "mono12", _set("PatientOrientation", ""),
      r"^DX Image: PatientOrientation is empty"),
     ("dx", "mono12", _set("Modality", "CR"), r"^DX Series: Modality 'CR' is not DX"),
+    ("video-photographic", "rgb", _delete("AnatomicRegionSequence"),
+     r"^VL Image: AnatomicRegionSequence is missing"),
+    ("video-photographic", "rgb", _delete("FrameIncrementPointer"),
+     r"^Multi-frame: FrameIncrementPointer is missing"),
+    ("video-photographic", "rgb", _delete("FrameTime"), r"^Cine: FrameTime None"),
     ("secondary-capture", "mono12", _set("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"),
      r"^SOP Common: SOPClassUID '1.2.840.10008.5.1.4.1.1.2' is not an IOD this agent makes"),
 ])
 def test_validate_image_names_module_and_attribute(iod: str, kind: str,
                                                    change: Callable[[Dataset], None],
                                                    message: str) -> None:
-    ds = build(iod, frames_of(kind, 3 if iod.startswith("multiframe") else 1))
+    ds = build(iod, frames_of(kind, 3 if iod in MULTIFRAME_IODS else 1))
     validate_image(ds)
     change(ds)
     with pytest.raises(IODError, match=message):
