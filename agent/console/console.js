@@ -94,11 +94,16 @@ async function loadWorklist(refresh) {
   }
 }
 
+// case- and accent-insensitive: "muller" finds "Müller"
+function fold(text) {
+  return String(text || "").normalize("NFD").replace(/[\u0300-\u036f]/g, "").toLowerCase();
+}
+
 function matches(item, query) {
   if (!query) return true;
-  const q = query.toLowerCase();
+  const q = fold(query);
   return [item.patient_name, displayName(item.patient_name), item.patient_id, item.accession_number]
-    .some((v) => String(v || "").toLowerCase().includes(q));
+    .some((v) => fold(v).includes(q));
 }
 
 function renderWorklist() {
