@@ -160,7 +160,7 @@ def _to_multiframe(ds: Dataset, iod: str, frames: Sequence[Frame],
                    tz: tzinfo | None) -> Dataset:
     """A single-frame SC of frame 0, turned into the multi-frame SC IOD with every frame."""
     ds.SOPClassUID = KNOWN_IODS[iod]
-    # Acquisition: when the first frame was read out; Content: when the last one was
+    # Acquisition and Content Date/Time: when the first frame was read out
     ds.AcquisitionDateTime = format_dt(local_datetime(frames[0].t_wall, tz))
     with _building("Image Pixel"):
         modules.add_multiframe_pixel_data(ds, frames)
