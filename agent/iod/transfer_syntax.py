@@ -22,7 +22,7 @@ KNOWN_TRANSFER_SYNTAXES: dict[str, str] = {
 
 #: the plug-in each compressed syntax needs (the optional extra `[compression]`)
 _PLUGINS = {
-    "rle": "none (pydicom's own RLE encoder)",
+    "rle": "pydicom's own RLE encoder, or pylibjpeg-rle when installed (faster)",
     "jpeg-ls-lossless": "pyjpegls",
     "jpeg2000-lossless": "pylibjpeg + pylibjpeg-openjpeg",
 }

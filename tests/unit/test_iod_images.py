@@ -466,3 +466,21 @@ def test_validate_image_counts_fragments_of_encapsulated_pixel_data() -> None:
 @pytest.mark.skip(reason="large frames belong in bench/: 300 frames of 1024x1024 x 16 bit")
 def test_large_multiframe() -> None:  # pragma: no cover
     build("multiframe-grayscale-word-sc", frames_of("mono12", 300, 1024, 1024))
+
+
+class _MissingEncoder:
+    is_available = False
+    missing_dependencies = ("pyjpegls - requires pyjpegls>=1.2",)
+
+
+def test_a_missing_plugin_is_a_status_and_a_named_refusal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.iod.transfer_syntax.get_encoder", lambda uid: _MissingEncoder())
+    status = encoder_status("jpeg-ls-lossless")
+    assert not status.available
+    assert "pyjpegls" in status.reason and "[compression]" in status.reason
+    ds = build("secondary-capture", frames_of("mono8", 1))
+    with pytest.raises(IODError, match=r"^Part 10: TransferSyntaxUID jpeg-ls-lossless: no "
+                                       r"encoder installed"):
+        encode_part10(ds, "jpeg-ls-lossless")
+    assert encoder_status("explicit-little").available   # needs no encoder
