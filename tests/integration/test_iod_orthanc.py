@@ -9,6 +9,7 @@ import dataclasses
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -57,7 +58,7 @@ def rgb(index: int) -> Frame:
                                pixel_spacing_mm=None)
 
 
-CASES = [
+CASES: list[tuple[str, Callable[[], list[Frame]], str]] = [
     ("multiframe-grayscale-word-sc", lambda: [mono(12, i) for i in range(3)], "rle"),
     ("multiframe-true-color-sc", lambda: [rgb(i) for i in range(2)], "jpeg-ls-lossless"),
     ("multiframe-grayscale-byte-sc", lambda: [mono(8, i) for i in range(4)], "explicit-little"),

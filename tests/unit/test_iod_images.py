@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pydicom.uid import UID
 from test_iod import DEVICE, SCHEDULED, TZ, UNSCHEDULED, series_for
 
 from agent.errors import IODError
@@ -455,7 +456,7 @@ def test_validate_image_counts_fragments_of_encapsulated_pixel_data() -> None:
     require_encoder("rle")
     ds = compressed_copy(build("multiframe-grayscale-byte-sc", frames_of("mono8", 3)), "rle")
     ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = KNOWN_TRANSFER_SYNTAXES["rle"]
+    ds.file_meta.TransferSyntaxUID = UID(KNOWN_TRANSFER_SYNTAXES["rle"])
     validate_image(ds)
     ds.NumberOfFrames = 4
     with pytest.raises(IODError, match=r"^Image Pixel: PixelData has 3 fragments for "
