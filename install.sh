@@ -61,7 +61,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 extras=""
-[ "$want_dev" = 1 ] && extras="[test]"
+# the tests cover every transfer syntax, so they need the compression encoders too
+[ "$want_dev" = 1 ] && extras="[test,compression]"
 current_step="pip install modality-agent$extras into .venv"; step "$current_step"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
 

@@ -96,6 +96,15 @@ class MppsSection:
 
 
 @dataclass(frozen=True)
+class WatchFolderSection:
+    path: Path                          # resolved against the config file's folder
+    settle_s: float = 1.0               # unchanged this long = completely written
+    after_import: str = "move"          # move (to done/) | delete
+    use_close_events: bool = True       # also take a file when its writer closes it
+    rescan_s: float = 5.0               # look again (a full spool, missed events)
+
+
+@dataclass(frozen=True)
 class QueueSection:
     retry_initial_s: float = 2.0
     retry_max_s: float = 300.0
@@ -115,6 +124,7 @@ class AgentConfig:
     destinations: tuple[DestinationSection, ...]
     mpps: MppsSection | None
     queue: QueueSection
+    watch_folder: WatchFolderSection | None = None
 
 
 KNOWN_IODS: tuple[str, ...] = ("secondary-capture",)
@@ -539,7 +549,8 @@ def _section_table(
 
 
 _SECTIONS: tuple[str, ...] = (
-    "agent", "listener", "api", "device", "modality", "worklist", "destinations", "mpps", "queue"
+    "agent", "listener", "api", "device", "modality", "worklist", "destinations", "mpps", "queue",
+    "watch_folder",
 )
 
 
@@ -571,6 +582,10 @@ def _check_document(
     if "mpps" in document:
         mpps = _check_mpps(_section_table(document, "mpps", problems), problems)
     queue = _check_queue(_section_table(document, "queue", problems), problems)
+    watch_folder = None
+    if "watch_folder" in document:
+        watch_folder = _check_watch_folder(
+            _section_table(document, "watch_folder", problems), problems, config_dir)
 
     # Each section is None only if it had a problem; the explicit checks are for the type checker.
     if (
@@ -594,6 +609,7 @@ def _check_document(
         destinations=destinations,
         mpps=mpps,
         queue=queue,
+        watch_folder=watch_folder,
     )
 
 
@@ -682,6 +698,22 @@ def _convert_charset_list(value: Any) -> tuple[str, ...]:
 
 _CHARSET_LIST = _Check('a list of character set names such as ["ISO_IR 192", "ISO_IR 100"]',
                        _convert_charset_list)
+
+
+def _check_watch_folder(
+    table: dict[str, Any] | None, problems: _Problems, config_dir: Path
+) -> WatchFolderSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[watch_folder]", table, WatchFolderSection)
+    path = section.take("path", _PATH)
+    if path is not _INVALID:
+        section.values["path"] = config_dir / path
+    section.take("settle_s", _number(at_least=0))
+    section.take("after_import", _one_of(("move", "delete")))
+    section.take("use_close_events", _BOOL)
+    section.take("rescan_s", _number(above=0))
+    return section.build()
 
 
 def _check_mpps(table: dict[str, Any] | None, problems: _Problems) -> MppsSection | None:

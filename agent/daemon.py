@@ -26,6 +26,7 @@ from agent.procedures import EndStatus, ProcedureError, Procedures, check_end
 from agent.queue import QueueStore
 from agent.queue.store import read_counts
 from agent.records import DELIVERED_STATES, DeliveryState, Order, SOPReference
+from agent.watchfolder import WatchFolder
 from agent.worklist import WorklistError, WorklistItem, WorklistService
 from drivers.errors import DriverError
 from drivers.registry import driver_class
@@ -143,6 +144,16 @@ class Daemon:
         self.procedures = Procedures(uids=self.uids, mpps=self.mpps,
                                      modality=config.modality.modality,
                                      protocol_name=f"{config.modality.model_name} default")
+        self.watch_folder: WatchFolder | None = None
+        if config.watch_folder is not None:
+            wf = config.watch_folder
+            self.watch_folder = WatchFolder(
+                wf.path, queue=self.queue, image_order=self._image_order,
+                device=device_info(config.modality, f"modality-agent {__version__}"),
+                uids=self.uids, settle_s=wf.settle_s, after_import=wf.after_import,
+                rescan_s=wf.rescan_s, use_close_events=wf.use_close_events,
+                on_queued=lambda _queue_id: self.forwarder.wake(),
+                on_image_queued=self._image_queued)
         self.api = ApiServer(config.api.host, config.api.port, self)
         self._purge_thread: threading.Thread | None = None
 
@@ -166,6 +177,8 @@ class Daemon:
                 self.worklist.start()
             if self.mpps is not None:
                 self.mpps.start()
+            if self.watch_folder is not None:
+                self.watch_folder.start()
             self.api.start()
         except BaseException:
             self.stop()
@@ -184,6 +197,8 @@ class Daemon:
             self.worklist.stop()
         if self.mpps is not None:
             self.mpps.stop()
+        if self.watch_folder is not None:
+            self.watch_folder.stop()
         self.forwarder.stop()
         self.listener.stop()
         self.acquisition.close()
@@ -292,6 +307,18 @@ class Daemon:
                 "series_instance_uid": result.series_instance_uid,
                 "objects": objects, "error": result.error,
                 "dropped_frames": result.dropped_frames}
+
+    def _image_order(self) -> Order | None:
+        """The patient for an image dropped into the watch folder: the procedure in progress
+        if there is exactly one; otherwise none, and the image is refused (never guessed)."""
+        in_progress = [p for p in self.procedures.all() if p.state == "in_progress"]
+        return in_progress[0].order if len(in_progress) == 1 else None
+
+    def _image_queued(self, order: Order, series_instance_uid: str,
+                      image: SOPReference) -> None:
+        for procedure in self.procedures.all():
+            if procedure.state == "in_progress" and procedure.order == order:
+                self.procedures.record_series(procedure, series_instance_uid, [image])
 
     def start_procedure(self, order: Order) -> dict[str, Any]:
         """The procedure in progress for this order, or a new one (MPPS IN PROGRESS)."""

@@ -25,6 +25,10 @@ class SpoolLockedError(QueueError, BlockingIOError):
     """Another agent process holds the spool."""
 
 
+class AlreadyQueuedError(QueueError, ValueError):
+    """An object with this SOP Instance UID is already queued (resends use the queued copy)."""
+
+
 class SpoolFullError(QueueError, OSError):
     """The spool's disk is at its configured limit: capture stops, nothing is deleted."""
 

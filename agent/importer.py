@@ -6,9 +6,12 @@ checked first, so a broken file is refused with the reason instead of failing at
 
 from __future__ import annotations
 
+import io
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -52,11 +55,15 @@ def read_dicom_file(path: Path) -> ImportableFile:
     except OSError as err:
         raise ImportRefused(f"{path}: cannot read ({err.strerror})") from err
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings():
+            # pydicom warns and reads on where a file ends early: here that is an error
+            warnings.simplefilter("error")
+            ds = dcmread(io.BytesIO(payload))
     except InvalidDicomError as err:
         raise ImportRefused(f"{path}: not a DICOM Part 10 file (no 'DICM' preamble)") from err
-    except (ValueError, EOFError, OSError, KeyError, TypeError) as err:
+    except (ValueError, EOFError, OSError, KeyError, TypeError, UserWarning) as err:
         raise ImportRefused(f"{path}: unreadable DICOM ({type(err).__name__}: {err})") from err
+    _check_pixel_data_complete(path, ds)
     meta = ds.file_meta
     syntax = UID(str(meta.get("TransferSyntaxUID", "")))
     sop_class = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
@@ -71,6 +78,23 @@ def read_dicom_file(path: Path) -> ImportableFile:
         raise ImportRefused(f"{path}: (0002,0003) Media Storage SOP Instance UID differs "
                             f"from (0008,0018) SOP Instance UID")
     return ImportableFile(payload, sop_instance, sop_class, str(syntax))
+
+
+def _check_pixel_data_complete(path: Path, ds: Any) -> None:
+    """A file still being written (or cut short) must not be queued as if it were whole."""
+    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    try:
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                    * int(ds.get("NumberOfFrames", 1) or 1) * ((int(ds.BitsAllocated) + 7) // 8))
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ImportRefused(f"{path}: Image Pixel module incomplete ({err})") from err
+    if int(ds.BitsAllocated) == 1:
+        expected = (expected + 7) // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise ImportRefused(f"{path}: Pixel Data holds {actual} bytes, the image needs "
+                            f"{expected}: the file is incomplete")
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:

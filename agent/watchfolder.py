@@ -38,7 +38,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from agent.errors import IODError, QueueError, SpoolFullError
+from agent.errors import AlreadyQueuedError, IODError, QueueError, SpoolFullError
 from agent.importer import ImportRefused, read_dicom_file
 from agent.iod import (
     IMPLEMENTATION_CLASS_UID,
@@ -630,8 +630,7 @@ def _one_line(text: str) -> str:
 
 
 def _already_queued(err: QueueError) -> bool:
-    # QueueStore.enqueue's message for a duplicate SOP Instance UID (no subclass exists yet)
-    return "already queued" in str(err)
+    return isinstance(err, AlreadyQueuedError)
 
 
 def _read_unchanged(path: Path, signature: tuple[int, int, int]) -> bytes:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import crashpoints
-from agent.errors import QueueError, SpoolFullError, UnknownQueueItemError
+from agent.errors import AlreadyQueuedError, QueueError, SpoolFullError, UnknownQueueItemError
 from agent.queue.spool import Spool, install_synced, write_synced
 from agent.records import CommitmentResult, Delivery, DeliveryState, QueuedObject
 
@@ -353,7 +353,7 @@ class QueueStore:
                 crashpoints.reached("after_rename")
         except sqlite3.IntegrityError as err:
             tmp.unlink(missing_ok=True)
-            raise QueueError(
+            raise AlreadyQueuedError(
                 f"SOP Instance UID {sop_instance_uid} is already queued"
             ) from err
         except (QueueError, OSError) as err:

@@ -216,7 +216,8 @@ def test_slow_archive_is_not_a_timeout(tmp_path: Path, agents: list[AgentProcess
 
 
 # -- crashes -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("point", sorted(POINTS))
+# the MPPS points are exercised by tests/integration/test_mpps_scu.py against the MPPS peer
+@pytest.mark.parametrize("point", sorted(p for p in POINTS if not p.startswith("mpps_")))
 def test_crash_point_loses_nothing(tmp_path: Path, agents: list[AgentProcess],
                                    point: str) -> None:
     listener_port = free_port()

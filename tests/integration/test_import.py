@@ -96,10 +96,47 @@ def test_import_refuses_inconsistent_files(tmp_path: Path, running: AgentProcess
     truncated = tmp_path / "cut.dcm"
     truncated.write_bytes(sc_file(tmp_path / "whole.dcm", ExplicitVRLittleEndian, 5)
                           .read_bytes()[:200])
-    result = running.cli("import", str(path), str(truncated), "--json")
+    whole = sc_file(tmp_path / "whole2.dcm", ExplicitVRLittleEndian, 6).read_bytes()
+    still_writing = tmp_path / "writing.dcm"
+    still_writing.write_bytes(whole[:-100])           # cut inside the pixel data
+    result = running.cli("import", str(path), str(truncated), str(still_writing), "--json")
     files = json.loads(result.stdout)["files"]
     assert result.returncode == 1
     assert "differs from (0008,0018)" in files[0]["error"]
     assert "error" in files[1]
+    assert "the file is incomplete" in files[2]["error"]
     assert running.queue_rows() == []
     assert running.process is not None and running.process.poll() is None
+
+
+def test_watch_folder_in_the_daemon(tmp_path: Path, orthanc: OrthancServer) -> None:
+    """A file dropped into [watch_folder] reaches the archive once; an image without a
+    procedure in progress is refused with the reason, never given a guessed patient."""
+    from agent.orthanc import RegisteredModality as Modality
+
+    listener_port = free_port()
+    orthanc.register_modality(Modality("agent", AGENT_AE, "127.0.0.1", listener_port))
+    incoming = tmp_path / "incoming"
+    agent = make_agent(tmp_path, [Destination("pacs", orthanc.dicom_port, orthanc.ae_title)],
+                       listener_port=listener_port,
+                       extra_toml=f'[watch_folder]\npath = "{incoming}"\nsettle_s = 0.3\n')
+    agent.start()
+    try:
+        dropped = sc_file(tmp_path / "drop.dcm", ExplicitVRLittleEndian, 7)
+        uid = dcmread(dropped).SOPInstanceUID
+        (incoming / "scan.tmp").write_bytes(dropped.read_bytes())
+        (incoming / "scan.tmp").rename(incoming / "scan.dcm")     # how careful writers drop
+        (incoming / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+        wait_until(lambda: (incoming / "done" / "scan.dcm").exists(), 20,
+                   f"not imported: {agent.log()[-2000:]}")
+        wait_until(lambda: {r["state"] for r in agent.queue_rows()} == {"committed"}, 30,
+                   "not committed")
+        assert orthanc.find_instance(uid) is not None
+        wait_until(lambda: (incoming / "rejected" / "photo.png.reason.txt").exists(), 20,
+                   "the image was not rejected")
+        reason = (incoming / "rejected" / "photo.png.reason.txt").read_text()
+        assert reason.strip()
+        assert len(agent.queue_rows()) == 1                        # exactly once
+    finally:
+        agent.stop()
+

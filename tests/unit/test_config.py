@@ -441,7 +441,7 @@ def test_unknown_destination_key(tmp_path: Path) -> None:
 def test_unknown_section_names_the_known_sections(tmp_path: Path) -> None:
     problem = only_problem(tmp_path, "[listner]\nport = 104\n" + DESTINATION)
     assert problem.startswith("agent.toml: [listner]: expected one of the sections ([agent], ")
-    assert "[[destinations]], [mpps], [queue]), got an unknown section" in problem
+    assert "[[destinations]], [mpps], [queue], [watch_folder]), got an unknown section" in problem
 
 
 def test_top_level_key_outside_any_section(tmp_path: Path) -> None:
@@ -752,3 +752,16 @@ def test_arbitrary_file_contents_raise_only_config_error(tmp_path: Path, text: s
         load_config(path)
     except ConfigError as err:
         assert err.problems
+
+
+def test_watch_folder_section(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[watch_folder]\npath = "incoming"\nsettle_s = 2\n' + DESTINATION)
+    section = load_config(path).watch_folder
+    assert section is not None
+    assert section.path == tmp_path / "incoming" and section.settle_s == 2.0
+    assert section.after_import == "move"
+    path.write_text('[watch_folder]\npath = "in"\nafter_import = "shred"\n' + DESTINATION)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "[watch_folder] after_import" in str(err.value)

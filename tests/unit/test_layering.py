@@ -21,11 +21,15 @@ FORBIDDEN: list[tuple[str, tuple[str, ...]]] = [
     ("agent.config", ("agent.iod", "agent.net", "agent.queue", "drivers", "pydicom",
                       "pynetdicom")),
     ("agent.net", ("agent.queue", "agent.iod", "agent.daemon", "agent.cli", "drivers")),
+    ("agent.worklist", ("agent.queue", "agent.daemon", "agent.api", "agent.cli", "drivers")),
+    ("agent.mpps", ("agent.daemon", "agent.api", "agent.cli", "agent.acquisition", "drivers")),
+    ("agent.procedures", ("agent.daemon", "agent.api", "agent.cli", "drivers", "pynetdicom")),
 ]
 #: agent/ reaches drivers only through the registry (plus the plain Frame/Driver/error types)
 AGENT_MAY_IMPORT_FROM_DRIVERS = {"drivers.registry", "drivers.base", "drivers.errors",
-                                 "drivers.frame", "drivers.simulated"}
-AGENT_DRIVER_IMPORTERS = {"agent.acquisition", "agent.daemon"}
+                                 "drivers.frame", "drivers.simulated", "drivers.png"}
+#: agent.watchfolder decodes dropped PNG files with drivers.png (pure, no hardware)
+AGENT_DRIVER_IMPORTERS = {"agent.acquisition", "agent.daemon", "agent.watchfolder"}
 #: the IOD builder takes Frames: a plain record, no driver code (STYLE.md (c))
 FRAME_ONLY = {"drivers.frame"}
 
