@@ -13,20 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydicom.uid import ExplicitVRLittleEndian
-
 from agent.config import ModalitySection
 from agent.errors import AcquisitionError, AgentError, IODError, SpoolFullError
 from agent.iod import (
+    KNOWN_TRANSFER_SYNTAXES,
+    MULTIFRAME_IODS,
     ConversionType,
     UIDSource,
-    build_secondary_capture,
+    build_image,
     encode_part10,
     new_series_context,
     validate_image,
 )
 from agent.queue import QueueStore
-from agent.records import DeviceInfo, Order, SeriesContext
+from agent.records import Code, DeviceInfo, Order, SeriesContext
 from drivers.base import Driver, DriverStatus
 from drivers.errors import DriverError
 from drivers.frame import Frame
@@ -38,12 +38,34 @@ logger = logging.getLogger(__name__)
 FRAME_TIMEOUT_S = 10.0
 #: frames held between the device and the spool (2 s of a 1024x1024 16-bit run at 30 fps)
 CAPTURE_BUFFER_FRAMES = 64
-#: what encode_part10 writes; the forwarder proposes exactly this so the file streams unchanged
-SPOOL_TRANSFER_SYNTAX = str(ExplicitVRLittleEndian)
 #: SC Equipment Conversion Type (0008,0064) by driver: the simulated device makes synthetic
 #: images, a frame grabber digitises video; otherwise pixels come over a digital interface
 CONVERSION_TYPE_BY_DRIVER = {"simulated": ConversionType.SYNTHETIC_IMAGE,
                              "v4l2": ConversionType.DIGITIZED_VIDEO}
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Which object the frames become, from `[modality]`."""
+
+    iod: str = "secondary-capture"
+    transfer_syntax: str = "explicit-little"
+    patient_orientation: tuple[str, str] | None = None
+    anatomic_region: Code | None = None
+
+    @classmethod
+    def from_config(cls, modality: ModalitySection) -> ImageSettings:
+        orientation = modality.patient_orientation
+        region = modality.anatomic_region
+        return cls(
+            iod=modality.iod, transfer_syntax=modality.transfer_syntax,
+            patient_orientation=(orientation[0], orientation[1]) if orientation else None,
+            anatomic_region=Code(region[0], region[1], region[2]) if region else None,
+        )
+
+    @property
+    def multiframe(self) -> bool:
+        return self.iod in MULTIFRAME_IODS
 
 
 @dataclass(frozen=True)
@@ -90,7 +112,9 @@ class Acquisition:
         uids: UIDSource,
         on_queued: Callable[[], None] = lambda: None,
         buffer_frames: int = CAPTURE_BUFFER_FRAMES,
+        image: ImageSettings = ImageSettings(),
     ) -> None:
+        self._image = image
         self._buffer_frames = buffer_frames
         self.dropped_total = 0
         #: the newest frame stored, for the console's thumbnail
@@ -188,22 +212,33 @@ class Acquisition:
         reader = threading.Thread(target=read, name="capture", daemon=True)
         reader.start()
         captured: list[CapturedObject] = []
+        held: list[Frame] = []        # a multi-frame object is made of the whole run
         error = ""
         try:
             while (item := buffer.get()) is not None:
                 if isinstance(item, DriverError):
-                    error = f"after {len(captured)} of {frames} frames: {item}"
+                    error = f"after {len(captured) + len(held)} of {frames} frames: {item}"
                     continue
                 if error:
                     continue          # the spool failed: drain, nothing more can be kept
+                if self._image.multiframe:
+                    held.append(item)
+                    continue
                 try:
-                    captured.append(self._store_frame(item, order, series, len(captured) + 1))
+                    captured.append(self._store_frames([item], order, series,
+                                                       len(captured) + 1))
                 except AgentError as err:
                     error = f"frame {len(captured) + 1} of {frames}: {err}"
                     stop.set()
         finally:
             stop.set()
             reader.join()
+        if held:
+            try:
+                # the frames a device fault cut short are kept, as a shorter object
+                captured.append(self._store_frames(held, order, series, 1))
+            except AgentError as err:
+                error = f"{len(held)} frames: {err}" + (f"; {error}" if error else "")
         if error:
             logger.error("acquisition stopped: %s", error)
         return captured, dropped, error
@@ -215,23 +250,27 @@ class Acquisition:
         samples = 3 if options.get("color") else 2
         return width * height * samples + 16 * 1024
 
-    def _store_frame(self, frame: Frame, order: Order, series: SeriesContext,
-                     instance_number: int) -> CapturedObject:
+    def _store_frames(self, frames: list[Frame], order: Order, series: SeriesContext,
+                      instance_number: int) -> CapturedObject:
+        frame = frames[-1]
         sop_instance_uid = self._uids.new_uid()
-        ds = build_secondary_capture(
-            frame, order=order, device=self._device, series=series,
+        ds = build_image(
+            self._image.iod, frames, order=order, device=self._device, series=series,
             instance_number=instance_number, sop_instance_uid=sop_instance_uid,
             conversion_type=self._conversion_type,
+            patient_orientation=self._image.patient_orientation,
+            anatomic_region=self._image.anatomic_region,
         )
         validate_image(ds)
-        payload = encode_part10(ds)
+        # the spooled bytes are what goes on the wire, in this syntax, on every resend
+        payload = encode_part10(ds, self._image.transfer_syntax)
         if not payload:
             raise IODError("Part 10 encoding produced no bytes")
         queued = self._queue.enqueue(
             payload,
             sop_instance_uid=sop_instance_uid,
             sop_class_uid=str(ds.SOPClassUID),
-            transfer_syntax_uid=SPOOL_TRANSFER_SYNTAX,
+            transfer_syntax_uid=KNOWN_TRANSFER_SYNTAXES[self._image.transfer_syntax],
         )
         self._on_queued()
         logger.info("queue item %d: captured frame %d as %s", queued.queue_id,

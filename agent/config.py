@@ -59,6 +59,11 @@ class ModalitySection:
     station_name: str = "ROOM1"
     institution_name: str = ""
     transfer_syntax: str = "explicit-little"
+    # DX: Patient Orientation (0020,0020), row and column direction, e.g. ("L", "F")
+    patient_orientation: tuple[str, ...] = ()
+    # Anatomic Region Sequence item (code value, coding scheme, meaning); video-photographic
+    # needs it
+    anatomic_region: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,11 +132,18 @@ class AgentConfig:
     watch_folder: WatchFolderSection | None = None
 
 
-KNOWN_IODS: tuple[str, ...] = ("secondary-capture",)
-"""Values accepted for `[modality] iod`; grows as the IOD builder learns new IODs."""
+KNOWN_IODS: tuple[str, ...] = (
+    "secondary-capture", "multiframe-grayscale-byte-sc", "multiframe-grayscale-word-sc",
+    "multiframe-true-color-sc", "dx", "video-photographic",
+)
+"""Values accepted for `[modality] iod` (the same names as agent.iod.KNOWN_IODS: config does
+not import the IOD builder; a unit test keeps the two equal)."""
 
-KNOWN_TRANSFER_SYNTAXES: tuple[str, ...] = ("explicit-little",)
-"""Values accepted for `[modality] transfer_syntax`; grows with the encoders."""
+KNOWN_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "explicit-little", "rle", "jpeg-ls-lossless", "jpeg2000-lossless",
+)
+"""Values accepted for `[modality] transfer_syntax`; whether the encoder is installed here is
+checked at start (check-config)."""
 
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -668,7 +680,21 @@ def _check_modality(table: dict[str, Any] | None, problems: _Problems) -> Modali
     section.take("station_name", _dicom_text(16, "SH"))
     section.take("institution_name", _dicom_text(64, "LO"))
     section.take("transfer_syntax", _one_of(KNOWN_TRANSFER_SYNTAXES))
+    section.take("patient_orientation", _string_list(2, 2, 16))
+    section.take("anatomic_region", _string_list(3, 3, 64))
     return section.build()
+
+
+def _string_list(low: int, high: int, max_chars: int) -> _Check:
+    def convert(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not low <= len(value) <= high or not all(
+                isinstance(v, str) and v.strip() and len(v) <= max_chars
+                and "\\" not in v for v in value):
+            raise _Invalid()
+        return tuple(v.strip() for v in value)
+
+    count = f"{low}" if low == high else f"{low}..{high}"
+    return _Check(f"a list of {count} non-empty strings", convert)
 
 
 def _check_worklist(table: dict[str, Any] | None, problems: _Problems) -> WorklistSection | None:

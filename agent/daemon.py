@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.acquisition import Acquisition, device_info
+from agent.acquisition import Acquisition, ImageSettings, device_info
 from agent.api import ApiServer
 from agent.config import AgentConfig
 from agent.errors import AcquisitionError, AgentError
 from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder
 from agent.importer import expand_paths, read_dicom_file
-from agent.iod import UIDSource
+from agent.iod import UIDSource, encoder_status
 from agent.listener import CommitmentReportHandler, Listener
 from agent.mpps import MppsClient
 from agent.procedures import EndStatus, ProcedureError, Procedures, check_end
@@ -49,6 +49,17 @@ def preflight(config: AgentConfig) -> list[str]:
     except DriverError as err:
         for part in str(err).split("; "):
             problems.append(f"{name}: [device.options] {part}")
+    modality = config.modality
+    encoder = encoder_status(modality.transfer_syntax)
+    if not encoder.available:
+        problems.append(f"{name}: [modality] transfer_syntax: expected an encoder installed "
+                        f"here, got {modality.transfer_syntax!r} ({encoder.reason})")
+    if modality.iod == "dx" and not modality.patient_orientation:
+        problems.append(f"{name}: [modality] patient_orientation: expected two directions "
+                        f"such as [\"L\", \"F\"] (Type 1 in DX images), got nothing")
+    if modality.iod == "video-photographic" and not modality.anatomic_region:
+        problems.append(f"{name}: [modality] anatomic_region: expected [code, scheme, "
+                        f"meaning] (required for video-photographic images), got nothing")
     spool = config.agent.spool_dir
     existing = spool
     while not existing.exists() and existing != existing.parent:
@@ -122,6 +133,7 @@ class Daemon:
             driver_name=config.device.driver, driver_options=dict(config.device.options),
             device=device_info(config.modality, f"modality-agent {__version__}"),
             queue=self.queue, uids=self.uids, on_queued=self.forwarder.wake,
+            image=ImageSettings.from_config(config.modality),
         )
         self.worklist: WorklistService | None = None
         if config.worklist is not None:

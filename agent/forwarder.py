@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
@@ -57,6 +58,16 @@ def backoff_s(failures: int, *, initial_s: float, max_s: float,
         return 0.0
     delay = min(max_s, initial_s * (2 ** min(failures - 1, 30)))
     return delay * (0.5 + 0.5 * rng())
+
+
+def uncompressed_copy(path: Path) -> Dataset:
+    """The spooled object, decompressed if need be, under the SAME SOP Instance UID (pydicom's
+    decompress() makes a new one by default: DICOM-NOTES.md §6). Lossless only, so the pixels
+    the archive gets are the same."""
+    ds = dcmread(path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress(generate_instance_uid=False)
+    return ds
 
 
 @dataclass
@@ -273,9 +284,9 @@ class DestinationWorker:
             try:
                 status = assoc.send_c_store(path)
             except ValueError:
-                # no accepted context in the file's own syntax: let pynetdicom convert a
-                # decoded copy (Explicit -> Implicit VR LE); the UID and values stay the same
-                status = assoc.send_c_store(dcmread(path))
+                # no accepted context in the file's own syntax: send a decoded copy that
+                # pynetdicom can convert to what was accepted (Implicit VR LE)
+                status = assoc.send_c_store(uncompressed_copy(path))
         except ValueError as err:
             # nothing the archive accepted fits this object (e.g. a compressed syntax it
             # refused): not a network fault, so no hot retry

@@ -765,3 +765,11 @@ def test_watch_folder_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "[watch_folder] after_import" in str(err.value)
+
+
+def test_config_knows_exactly_the_iods_and_syntaxes_the_builder_makes() -> None:
+    from agent import config as config_module
+    from agent import iod
+
+    assert set(config_module.KNOWN_IODS) == set(iod.KNOWN_IODS)
+    assert set(config_module.KNOWN_TRANSFER_SYNTAXES) == set(iod.KNOWN_TRANSFER_SYNTAXES)
