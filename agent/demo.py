@@ -157,9 +157,11 @@ def run_demo(*, keep: bool = False, as_json: bool = False, frames: int = 3) -> i
                       is not None for r in rows}
         ok = all(r["state"] == "committed" for r in rows) and all(in_archive.values())
         api_url = f"http://127.0.0.1:{ports['api']}/api/status"
+        console_url = f"http://127.0.0.1:{ports['api']}/"
         if as_json:
             sys.stdout.write(json.dumps({
-                "ok": ok, "api_url": api_url, "archive_rest_url": archive.rest_url,
+                "ok": ok, "api_url": api_url, "console_url": console_url,
+                "archive_rest_url": archive.rest_url,
                 "objects": [{**r, "in_archive": in_archive[r["sop_instance_uid"]]}
                             for r in rows]}) + "\n")
         else:
@@ -175,7 +177,7 @@ def run_demo(*, keep: bool = False, as_json: bool = False, frames: int = 3) -> i
             _say("", quiet)
             _say(f"{'OK' if ok else 'FAILED'}: {sum(r['state'] == 'committed' for r in rows)}"
                  f" of {len(rows)} objects committed by the archive", quiet)
-            _say(f"API: {api_url}", quiet)
+            _say(f"console: {console_url}   API: {api_url}", quiet)
         if keep:
             _say("running; press Ctrl-C to stop", quiet)
             signal.signal(signal.SIGTERM, signal.default_int_handler)
