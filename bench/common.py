@@ -505,11 +505,14 @@ class AgentDaemon:
         with opener.open(request, timeout=timeout_s) as response:
             return json.loads(response.read())
 
-    def acquire(self, frames: int, timeout_s: float) -> dict[str, Any]:
-        result: dict[str, Any] = self.api(
-            "POST", "/api/acquire",
-            {"unscheduled": True, "patient_id": "BENCH-0001", "patient_name": "BENCH^Capture",
-             "frames": frames}, timeout_s=timeout_s)
+    def acquire(self, frames: int, timeout_s: float, *, end: str | None = None,
+                patient_id: str = "BENCH-0001") -> dict[str, Any]:
+        """POST /api/acquire, unscheduled; `end` ("completed") ends the procedure after it."""
+        body: dict[str, Any] = {"unscheduled": True, "patient_id": patient_id,
+                                "patient_name": "BENCH^Capture", "frames": frames}
+        if end is not None:
+            body["end"] = end
+        result: dict[str, Any] = self.api("POST", "/api/acquire", body, timeout_s=timeout_s)
         return result
 
     def cli(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:

@@ -76,6 +76,7 @@ class Row:
     objects: int
     bytes: int
     seconds: list[float] = field(default_factory=list)
+    max_pdu: int | None = None
     ok: bool = True
     note: str = ""
 
@@ -124,8 +125,8 @@ def loopback_ceiling(total_bytes: int, chunk: int = 4 << 20) -> float:
 
 
 def _run_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, files: list[Path],
-              file_list: Path) -> tuple[float, str]:
-    """Run one send; returns (seconds, problem or "")."""
+              file_list: Path) -> tuple[float, str, int | None]:
+    """Run one send; returns (seconds, problem or "", the receiver's max PDU if known)."""
     log = ws.root / f"send-{tool}.log"
     if tool == "storescu":
         args = [str(STORESCU), "-aet", "BENCHDCMTK", "-aec", receiver.ae_title, "-nh",
@@ -136,7 +137,7 @@ def _run_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, files: 
                                     stderr=subprocess.STDOUT, env=nodelay_env(), check=False,
                                     timeout=600)
             seconds = time.perf_counter() - t0
-        return seconds, "" if result.returncode == 0 else f"exit {result.returncode}"
+        return seconds, "" if result.returncode == 0 else f"exit {result.returncode}", None
     result_path = ws.root / "sender-result.json"
     result_path.unlink(missing_ok=True)
     args = [*profile_prefix(f"send-{tool}-{receiver.name}-{len(files)}"), sys.executable,
@@ -151,10 +152,10 @@ def _run_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, files: 
                                 stderr=subprocess.STDOUT, env=python_env(), cwd=REPO,
                                 check=False, timeout=900)
     if result.returncode != 0 or not result_path.exists():
-        return float("nan"), f"exit {result.returncode} (see {log.name})"
+        return float("nan"), f"exit {result.returncode} (see {log.name})", None
     report = json.loads(result_path.read_text())
     problem = f"{report['failed']} failed" if report.get("failed") else ""
-    return float(report["seconds"]), problem
+    return float(report["seconds"]), problem, report.get("negotiated_max_pdu")
 
 
 def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
@@ -190,12 +191,14 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
             for receiver in receivers:
                 for tool in order:
                     receiver.clear()
-                    seconds, problem = _run_tool(ws, tool, receiver, spool, files, file_list)
+                    seconds, problem, max_pdu = _run_tool(ws, tool, receiver, spool, files,
+                                                          file_list)
                     held = receiver.count()
                     if held != count:
                         problem = (problem + "; " if problem else "") + \
                             f"receiver holds {held}/{count}"
                     row = by_key[(receiver.name, tool)]
+                    row.max_pdu = max_pdu or row.max_pdu
                     if problem:
                         row.ok = False
                         row.note = problem
@@ -222,7 +225,7 @@ def _report(rows: list[Row], ceilings: list[float], ceiling_total: int, scp_kind
         entry: dict[str, Any] = {"size": row.size, "receiver": row.receiver,
                                  "tool": row.tool, "objects": row.objects,
                                  "bytes": row.bytes, "runs": len(row.seconds), "ok": row.ok,
-                                 "seconds": row.seconds}
+                                 "seconds": row.seconds, "receiver_max_pdu": row.max_pdu}
         if row.note:
             entry["note"] = row.note
         cells: list[Any] = [row.size, row.receiver, TOOL_LABELS[row.tool], row.objects]
@@ -267,6 +270,8 @@ def _report(rows: list[Row], ceilings: list[float], ceiling_total: int, scp_kind
             "the last release (imports excluded); storescu by wall clock of its process",
             f"storescp writes to {scp_kind}; Orthanc has SyncStorageArea (fsync per object); "
             "both run with TCP_NODELAY=1; the agent sends without storage commitment here",
+            "receivers' maximum PDU as negotiated: "
+            + ", ".join(sorted({f"{r.receiver} {r.max_pdu}" for r in rows if r.max_pdu})),
         ],
     )
     return {"ratio_vs_storescu": smallest, "rows": json_rows}, [text]
