@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 
 EndStatus = Literal["completed", "discontinued"]
 
+#: ended procedures kept for the console and `status`; older ones are forgotten (their images
+#: and MPPS live on in the queue and the MPPS journal), so a daemon that runs for months does
+#: not grow with every exam (bench soak)
+KEEP_ENDED = 50
+
 
 class ProcedureError(AgentError, ValueError):
     """A procedure cannot be started, found or ended as asked."""
@@ -200,7 +205,15 @@ class Procedures:
                     procedure.ended_at = None
                 raise ProcedureError(f"procedure {procedure_id}: {err}") from err
         logger.info("procedure %s %s", procedure_id, status)
+        self._forget_old()
         return procedure
+
+    def _forget_old(self) -> None:
+        with self._lock:
+            ended = sorted((p for p in self._procedures.values() if p.state != "in_progress"),
+                           key=lambda p: p.ended_at or 0.0)
+            for procedure in ended[:-KEEP_ENDED]:
+                del self._procedures[procedure.procedure_id]
 
     def all(self) -> list[Procedure]:
         with self._lock:
