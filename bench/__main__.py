@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import PROFILE, Workspace, say
+from bench.common import PROFILE, SCALE, Workspace, say
 
 SCENARIOS = ("send", "restart", "capture", "build", "e2e", "soak")
 ALIASES = {"end-to-end": "e2e", "endtoend": "e2e"}
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller volumes and 1 repeat: the same shape in < 4 minutes")
+    parser.add_argument("--tiny", action="store_true",
+                        help="every scenario at a tiny size, to check the bench still works "
+                        "(the test suite runs this); the figures mean nothing")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3, "
                         "1 with --quick)")
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample every agent process and Python sender with py-spy "
                         "(raw collapsed stacks, --idle --threads) into DIR; slows them down")
     args = parser.parse_args(argv)
+    if args.tiny:
+        SCALE["tiny"] = True
+        args.quick = True
     if args.profile is not None:
         PROFILE["dir"] = args.profile.resolve()
     chosen = [ALIASES.get(s, s) for s in args.scenarios] or list(SCENARIOS)

@@ -22,6 +22,7 @@ from bench.common import (
     say,
     summary,
     table,
+    tiny,
 )
 
 SIZES = (512, 1024, 2048)
@@ -54,7 +55,7 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     from drivers.frame import Frame
     from drivers.simulated import phantom
 
-    iterations = 5 if quick else 20
+    iterations = 1 if tiny() else 5 if quick else 20
     uids = UIDSource()
     order = Order(patient_name="BENCH^Build", patient_id="BENCH-0001")
     device = DeviceInfo("OT", "Example Medical", "Bench", "0001", "BENCH", "", "bench")

@@ -34,6 +34,7 @@ from bench.common import (
     simulated_options,
     spool_rows,
     table,
+    tiny,
 )
 
 SIZE = 1024
@@ -169,12 +170,12 @@ def _capture_once(ws: Workspace, name: str, *, frames: int, duration: int,
 
 
 def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
-    duration = 10 if quick else 60
+    duration = 1 if tiny() else 10 if quick else 60
     frames = int(duration * RATE)
     listener_port = free_port()
     orthanc = ws.orthanc("orthanc-capture", agent_listener_port=listener_port)
     object_bytes = SIZE * SIZE * 2 + 2048
-    probe_s = 2 if quick else 4
+    probe_s = 0.5 if tiny() else 2 if quick else 4
     disk_before = disk_fsync_rate(ws.root / "disk-probe", object_bytes=object_bytes,
                                   seconds=probe_s)
     say(f"capture: disk, durable 2 MB writes: {disk_before / MB:.0f} MB/s")

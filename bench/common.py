@@ -45,6 +45,13 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 
 #: set by `--profile DIR`: agent processes and Python senders are sampled by py-spy into DIR
 PROFILE: dict[str, Path | None] = {"dir": None}
+#: --tiny: every scenario at a size that only proves the bench code still works (the test suite
+#: runs it); its figures mean nothing
+SCALE: dict[str, bool] = {"tiny": False}
+
+
+def tiny() -> bool:
+    return SCALE["tiny"]
 
 
 def profile_prefix(name: str) -> list[str]:

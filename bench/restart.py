@@ -32,6 +32,7 @@ from bench.common import (
     simulated_options,
     summary,
     table,
+    tiny,
 )
 
 QUEUED = 10_000
@@ -157,25 +158,26 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     scp.start(ws)
     t_prep = time.perf_counter()
     spools = {}
-    for count in (1, QUEUED):
+    queued = 200 if tiny() else QUEUED
+    for count in (1, queued):
         spool = ws.root / f"spool-{count}"
         fill_spool(spool, ["archive"], small_objects(count))
         spools[count] = spool
-    say(f"restart: spools of 1 and {QUEUED} queued objects made in "
+    say(f"restart: spools of 1 and {queued} queued objects made in "
         f"{time.perf_counter() - t_prep:.1f} s")
     imports = []
     for _ in range(max(repeats, 2)):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", IMPORT_PROBE], check=True, env=python_env())
         imports.append(time.perf_counter() - t)
-    results: dict[int, list[dict[str, Any]]] = {1: [], QUEUED: []}
+    results: dict[int, list[dict[str, Any]]] = {1: [], queued: []}
     for repeat in range(repeats):
         for count, spool in spools.items():
             if repeat:
                 _requeue(spool)
             run_result = _one_start(ws, f"agent-{count}-{repeat}", spool, scp,
-                                    status_samples=10 if count == QUEUED else 3,
-                                    cli_samples=3 if count == QUEUED else 1)
+                                    status_samples=10 if count == queued else 3,
+                                    cli_samples=3 if count == queued else 1)
             results[count].append(run_result)
             say(f"restart: {count} queued: first C-STORE after "
                 f"{run_result['seconds_to_first_store']:.2f} s")
@@ -214,7 +216,7 @@ def _report(results: dict[int, list[dict[str, Any]]], imports: list[float], quic
                      summary_row["status_api_ms_median"], summary_row["status_api_ms_max"],
                      summary_row["status_cli_s_median"],
                      summary_row["status_offline_cli_s_median"]])
-    big = per_count[QUEUED]
+    big = per_count[max(per_count)]
     imp = summary(imports)
     text = table(
         f"restart ({'quick, ' if quick else ''}{repeats} run(s); daemon process start → ...)",
@@ -230,7 +232,7 @@ def _report(results: dict[int, list[dict[str, Any]]], imports: list[float], quic
         ],
     )
     result = {
-        "queued": QUEUED,
+        "queued": max(per_count),
         "seconds_to_first_store": big["seconds_to_first_store"],
         "status_json_s": big["status_cli_s_median"],
         "status_api_ms": big["status_api_ms_median"],

@@ -36,6 +36,7 @@ from bench.common import (
     say,
     summary,
     table,
+    tiny,
 )
 
 TOOLS = ("agent", "storescu", "pynetdicom-one", "pynetdicom-per-object")
@@ -171,9 +172,9 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
                  lambda: count_files(scp_dir), lambda: clear_folder(scp_dir)),
     ]
     rows: list[Row] = []
-    ceiling_total = (1024 if quick else 4096) * (1 << 20)
+    ceiling_total = (64 if tiny() else 1024 if quick else 4096) * (1 << 20)
     for size in SIZES:
-        count = size.count_quick if quick else size.count_full
+        count = 3 if tiny() else size.count_quick if quick else size.count_full
         t_prep = time.perf_counter()
         objects = make_objects(size.pixels, count)
         total_bytes = sum(len(o.payload) for o in objects)

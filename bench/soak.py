@@ -29,6 +29,7 @@ from bench.common import (
     say,
     simulated_options,
     table,
+    tiny,
 )
 
 RSS_LIMIT_BYTES = 2 * MB
@@ -37,7 +38,7 @@ ROUNDS = 4
 
 
 def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
-    objects = 2_000 if quick else 10_000
+    objects = 40 if tiny() else 2_000 if quick else 10_000
     per_round = objects // ROUNDS
     listener_port = free_port()
     orthanc = ws.orthanc("orthanc-soak", agent_listener_port=listener_port)
