@@ -8,6 +8,7 @@ same dataset, a copy of the pixels (memory bandwidth), and sha256 of the bytes.
 from __future__ import annotations
 
 import hashlib
+import struct
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -36,6 +37,77 @@ def _time(fn: Callable[[], Any], iterations: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def bmp_8bit(pixels: Any) -> bytes:
+    """An 8-bit grayscale BMP (palette, rows bottom-up, padded to 4 bytes): what DCMTK img2dcm
+    reads, so it can convert the same frame."""
+    import numpy as np
+
+    rows, columns = pixels.shape
+    stride = (columns + 3) & ~3
+    body = np.zeros((rows, stride), dtype=np.uint8)
+    body[:, :columns] = pixels[::-1]
+    palette = bytes(b for v in range(256) for b in (v, v, v, 0))
+    offset = 14 + 40 + len(palette)
+    header = b"BM" + struct.pack("<IHHI", offset + body.nbytes, 0, 0, offset)
+    info = struct.pack("<IiiHHIIiiII", 40, columns, rows, 1, 8, 0, body.nbytes, 2835, 2835,
+                       256, 256)
+    return header + info + palette + body.tobytes()
+
+
+def _eight_bit_rows(ws: Workspace, iterations: int, order: Any, device: Any, series: Any,
+                    uids: Any, json_rows: list[dict[str, Any]],
+                    table_rows: list[list[Any]]) -> None:
+    """Where DCMTK img2dcm applies (an 8-bit frame) it runs beside the agent on the same frame
+    (its time includes starting the process); and a 100-frame 1024x1024 8-bit multi-frame
+    object, which img2dcm does not make."""
+    import subprocess
+
+    from agent.iod import build_image, encode_part10, validate_image
+    from drivers.frame import Frame
+    from drivers.simulated import phantom
+
+    size = 64 if tiny() else 1024
+    frames = [Frame(pixels=phantom(size, size, 8, i), bits_stored=8,
+                    photometric_interpretation="MONOCHROME2", t_mono=i / 30.0,
+                    t_wall=time.time(), sequence_number=i) for i in range(3 if tiny() else 100)]
+    bmp = ws.root / "frame.bmp"
+    bmp.write_bytes(bmp_8bit(frames[0].pixels))
+    out = ws.root / "img2dcm.dcm"
+
+    def ours_single() -> bytes:
+        ds = build_image("secondary-capture", frames[:1], order=order, device=device,
+                         series=series, instance_number=1, sop_instance_uid=uids.new_uid())
+        validate_image(ds)
+        return encode_part10(ds)
+
+    def ours_multi() -> bytes:
+        ds = build_image("multiframe-grayscale-byte-sc", frames, order=order, device=device,
+                         series=series, instance_number=1, sop_instance_uid=uids.new_uid())
+        validate_image(ds)
+        return encode_part10(ds)
+
+    def img2dcm() -> None:
+        subprocess.run(["/usr/bin/img2dcm", "-i", "BMP", str(bmp), str(out)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    cases: list[tuple[str, str, Callable[[], Any], int]] = [
+        (f"{size}x{size} 8-bit", "agent build+validate+encode", ours_single,
+         len(ours_single())),
+        (f"{size}x{size} 8-bit", "ref: DCMTK img2dcm (BMP, whole process)", img2dcm,
+         size * size),
+        (f"{len(frames)}x{size}x{size} 8-bit", "agent multi-frame build+validate+encode",
+         ours_multi, len(ours_multi())),
+    ]
+    for label, name, fn, nbytes in cases:
+        stats = summary(_time(fn, iterations))
+        json_rows.append({"pixels": label, "bytes": nbytes, "step": name,
+                          "min_ms": stats["min"] * 1000, "median_ms": stats["median"] * 1000,
+                          "mb_s": nbytes / MB / stats["median"]})
+        table_rows.append([label, name, nbytes / MB, stats["min"] * 1000,
+                           stats["median"] * 1000, nbytes / MB / stats["median"]])
+    say("build: 8-bit and multi-frame done")
 
 
 def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
@@ -119,6 +191,7 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
             table_rows.append([f"{size}x{size}", name, len(payload) / MB, stats["min"] * 1000,
                                stats["median"] * 1000, len(payload) / MB / stats["median"]])
         say(f"build: {size}x{size} done")
+    _eight_bit_rows(ws, iterations, order, device, series, uids, json_rows, table_rows)
     text = table(
         f"build ({'quick, ' if quick else ''}{iterations} iterations per step; per object)",
         ["pixels", "step", "object MB", "min ms", "median ms", "MB/s"],
