@@ -123,7 +123,8 @@ class Daemon:
             workers += [
                 DestinationWorker(d, ae_title=config.agent.ae_title, queue=self.queue,
                                   queue_config=config.queue, uids=self.uids,
-                                  report_handler=self.report_handler, on_change=self._notify,
+                                  report_handler=self.report_handler.handle_report,
+                                  on_change=self._notify,
                                   index=i, health=health)
                 # one association per worker: associations are not thread-safe
                 for i in range(d.max_associations)

@@ -1,9 +1,11 @@
-"""The forwarder: sends queued objects to each destination by C-STORE over one association per
-batch, then asks for Storage Commitment on the same association.
+"""The forwarder: sends queued objects to each destination by C-STORE over an association kept
+open while the queue has work, and asks for Storage Commitment on it after each batch.
 
-One worker thread per destination (associations are not thread-safe, pynetdicom #137). Spooled
-files are streamed as they are (`STORE_SEND_CHUNKED_DATASET`): same bytes, same UID on every
-resend, and no decode on the hot path.
+`max_associations` worker threads per destination, each driving one association held by its
+own sending process (agent.net.store_process): pynetdicom is CPU-bound and threads share one
+GIL with the capture thread. The workers keep everything durable here — claims, outcomes,
+transactions — and the process only talks DICOM. Spooled files are streamed as they are: same
+bytes, same UID on every resend, and no decode on the hot path.
 """
 
 from __future__ import annotations
@@ -14,27 +16,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset, dcmread
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import _config as pynetdicom_config
-from pynetdicom import evt
-from pynetdicom.association import Association
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import (
-    StorageCommitmentPushModel,
-    StorageCommitmentPushModelInstance,
-)
+from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from agent import crashpoints
 from agent.config import DestinationSection, QueueSection
 from agent.errors import AgentError
 from agent.iod.uids import UIDSource
-from agent.net.ae import AgentAE, associate
-from agent.net.commitment import build_commitment_request
 from agent.net.status import StoreVerdict, classify_store_status
+from agent.net.store_process import (
+    AssociationRequest,
+    ReportHandler,
+    StoreOutcome,
+    StoreProcess,
+)
+from agent.net.transcode import uncompressed_copy
 from agent.queue import QueueStore
 from agent.records import Delivery
 
@@ -50,8 +48,8 @@ MAX_CONTEXTS = 126
 #: how often an idle worker looks for due work and expired commitment transactions
 IDLE_POLL_S = 1.0
 
-# stream spooled files as they are instead of decoding them (pynetdicom #629)
-pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+__all__ = ["DestinationHealth", "DestinationWorker", "Forwarder", "backoff_s",
+           "uncompressed_copy"]
 
 
 def backoff_s(failures: int, *, initial_s: float, max_s: float,
@@ -62,16 +60,6 @@ def backoff_s(failures: int, *, initial_s: float, max_s: float,
         return 0.0
     delay = min(max_s, initial_s * (2 ** min(failures - 1, 30)))
     return delay * (0.5 + 0.5 * rng())
-
-
-def uncompressed_copy(path: Path) -> Dataset:
-    """The spooled object, decompressed if need be, under the SAME SOP Instance UID (pydicom's
-    decompress() makes a new one by default: DICOM-NOTES.md §6). Lossless only, so the pixels
-    the archive gets are the same."""
-    ds = dcmread(path)
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress(generate_instance_uid=False)
-    return ds
 
 
 @dataclass
@@ -114,7 +102,7 @@ class DestinationWorker:
         queue: QueueStore,
         queue_config: QueueSection,
         uids: UIDSource,
-        report_handler: Callable[[evt.Event], Any],
+        report_handler: ReportHandler,
         on_change: Callable[[], None] = lambda: None,
         index: int = 0,
         health: DestinationHealth | None = None,
@@ -127,15 +115,17 @@ class DestinationWorker:
         self._queue = queue
         self._queue_config = queue_config
         self._uids = uids
-        self._report_handler = report_handler
         self._on_change = on_change
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._report_seen = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sender = StoreProcess(f"forwarder {destination.name} #{index}",
+                                    report_handler=report_handler)
 
     # -- thread ------------------------------------------------------------------------------
     def start(self) -> None:
+        # the process imports pynetdicom while the rest of the daemon starts
+        self._sender.launch()
         self._thread = threading.Thread(
             target=self._run, name=f"forwarder-{self.destination.name}-{self.index}",
             daemon=True
@@ -148,6 +138,11 @@ class DestinationWorker:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        self._sender.close()
+
+    def wait_ready(self) -> None:
+        """Block until the sending process is up (the bench starts its clock after this)."""
+        self._sender.wait_ready()
 
     def wake(self) -> None:
         self._wake.set()
@@ -204,39 +199,33 @@ class DestinationWorker:
         self._on_change()
         return True
 
-    def _contexts(self, batch: Sequence[Delivery]) -> list[Any]:
-        contexts = []
+    def _contexts(self, batch: Sequence[Delivery]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        contexts: list[tuple[str, tuple[str, ...]]] = []
         pairs = sorted({(d.sop_class_uid, d.transfer_syntax_uid) for d in batch})
         classes = sorted({sop_class for sop_class, _ in pairs})
         for sop_class, syntax in pairs[: MAX_CONTEXTS - len(classes) - 1]:
             # the spooled syntax alone, so the file can be streamed unchanged...
-            contexts.append(build_context(sop_class, [syntax]))
+            contexts.append((sop_class, (syntax,)))
         for sop_class in classes[: MAX_CONTEXTS - len(contexts) - 1]:
             # ...and Implicit VR LE, which every SCP must accept (PS3.5 §10.1): pynetdicom
             # converts an uncompressed file to it when the archive refuses the spooled one
             if (sop_class, ImplicitVRLittleEndian) not in pairs:
-                contexts.append(build_context(sop_class, [ImplicitVRLittleEndian]))
+                contexts.append((sop_class, (ImplicitVRLittleEndian,)))
         if self.destination.storage_commitment:
-            contexts.append(build_context(StorageCommitmentPushModel))
-        return contexts
+            contexts.append((StorageCommitmentPushModel, (ImplicitVRLittleEndian,)))
+        return tuple(contexts)
 
-    def _associate(self, batch: Sequence[Delivery]) -> tuple[Association | None, float]:
-        """An association, or None and the delay before the next attempt."""
+    def _associate(self, batch: Sequence[Delivery]) -> float | None:
+        """None when the association is up, else the delay before the next attempt."""
         dest = self.destination
-        ae = AgentAE(self._ae_title)
-        # the site's "no answer for this long" applies to every wait on this archive
-        ae.acse_timeout = dest.dimse_timeout_s
-        ae.dimse_timeout = dest.dimse_timeout_s
-        ae.network_timeout = dest.dimse_timeout_s
-        assoc, failure = associate(
-            ae, dest.host, dest.port, dest.called_ae,
-            contexts=self._contexts(batch),
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_same_association_report)],
-        )
-        if assoc.is_established:
+        ok, failure = self._sender.associate(AssociationRequest(
+            ae_title=self._ae_title, host=dest.host, port=dest.port, called_ae=dest.called_ae,
+            contexts=self._contexts(batch), timeout_s=dest.dimse_timeout_s,
+        ))
+        if ok:
             with self.health.lock:
-                self.health.negotiated_max_pdu = assoc.acceptor.maximum_length
-            return assoc, 0.0
+                self.health.negotiated_max_pdu = self._sender.max_pdu
+            return None
         reason = f"{dest.name}: {failure}"
         delay = self._next_backoff(reason)
         with self.health.lock:
@@ -244,12 +233,12 @@ class DestinationWorker:
                 self.health.unreachable_since = time.time()
             self.health.reachable = False
         logger.warning("%s; retrying in %.1f s", reason, delay)
-        return None, delay
+        return delay
 
     def _send(self, batch: list[Delivery], awaiting: list[Delivery]) -> None:
         dest = self.destination
-        assoc, delay = self._associate(batch + awaiting)
-        if assoc is None:
+        delay = self._associate(batch + awaiting)
+        if delay is not None:
             self._queue.mark_retry([d.delivery_id for d in batch], self.health.last_error,
                                    time.time() + delay)
             self._queue.postpone([d.delivery_id for d in awaiting], time.time() + delay)
@@ -259,29 +248,20 @@ class DestinationWorker:
         stored_any = False
         try:
             while True:
-                stored: list[Delivery] = []
-                for index, delivery in enumerate(batch):
-                    if not assoc.is_established:
-                        rest = [d.delivery_id for d in batch[index:]]
-                        self._queue.mark_retry(rest, f"{dest.name} dropped the association",
-                                               time.time() + self._next_backoff("association lost"))
-                        break
-                    if self._store_one(assoc, delivery):
-                        stored.append(delivery)
-                if dest.storage_commitment and assoc.is_established:
-                    self._request_commitment(assoc, stored + awaiting)
+                stored = self._store_batch(batch)
+                if dest.storage_commitment and self._sender.is_established:
+                    self._request_commitment(stored + awaiting)
                 stored_any = stored_any or bool(stored) or not batch
                 awaiting = []
                 if proposed is None:
                     break             # rows needing other contexts are waiting for a new one
-                batch, fits_all = self._next_batch_on(assoc, proposed)
+                batch, fits_all = self._next_batch_on(proposed)
                 if not fits_all:
                     proposed = None
                 if not batch:
                     break
         finally:
-            if assoc.is_established:
-                assoc.release()
+            self._sender.release()
         if stored_any:
             with self.health.lock:
                 self.health.reachable = True
@@ -289,12 +269,29 @@ class DestinationWorker:
                 self.health.consecutive_failures = 0
                 self.health.last_success_at = time.time()
 
-    def _next_batch_on(self, assoc: Association,
-                       proposed: set[tuple[str, str]]) -> tuple[list[Delivery], bool]:
+    def _store_batch(self, batch: list[Delivery]) -> list[Delivery]:
+        """Send the batch; each outcome is recorded as it arrives, while the sending process
+        already sends the next object. Returns what the archive stored."""
+        by_id = {d.delivery_id: d for d in batch}
+        stored: list[Delivery] = []
+        lost: list[int] = []
+        items = [(d.delivery_id, self._queue.object_path(d.queue_id)) for d in batch]
+        for outcome in self._sender.store(items):
+            delivery = by_id[outcome.key]
+            if outcome.not_sent:
+                lost.append(delivery.delivery_id)
+            elif self._record(delivery, outcome):
+                stored.append(delivery)
+        if lost:
+            self._queue.mark_retry(lost, f"{self.destination.name} dropped the association",
+                                   time.time() + self._next_backoff("association lost"))
+        return stored
+
+    def _next_batch_on(self, proposed: set[tuple[str, str]]) -> tuple[list[Delivery], bool]:
         """More due rows to send on this open association (keeping it open while the queue has
         work saves a connection, negotiation and release per batch). Rows whose SOP class or
         transfer syntax was not proposed here go back to pending for a fresh association."""
-        if self._stop.is_set() or not assoc.is_established:
+        if self._stop.is_set() or not self._sender.is_established:
             return [], True
         batch = self._queue.claim_batch(self.destination.name, limit=BATCH_SIZE)
         self._claimed = [d.delivery_id for d in batch]
@@ -306,59 +303,49 @@ class DestinationWorker:
             batch = [d for d in batch if d.delivery_id not in set(misfits)]
         return batch, not misfits
 
-    def _on_same_association_report(self, event: evt.Event) -> Any:
-        try:
-            return self._report_handler(event)
-        finally:
-            self._report_seen.set()
-
-    def _store_one(self, assoc: Association, delivery: Delivery) -> bool:
-        path = self._queue.object_path(delivery.queue_id)
-        try:
-            try:
-                status = assoc.send_c_store(path)
-            except ValueError:
-                # no accepted context in the file's own syntax: send a decoded copy that
-                # pynetdicom can convert to what was accepted (Implicit VR LE)
-                status = assoc.send_c_store(uncompressed_copy(path))
-        except ValueError as err:
+    def _record(self, delivery: Delivery, outcome: StoreOutcome) -> bool:
+        """Record one object's outcome; True if the archive holds it."""
+        dest = self.destination
+        if outcome.error == "no-context":
             # nothing the archive accepted fits this object (e.g. a compressed syntax it
             # refused): not a network fault, so no hot retry
             self._queue.mark_failed(delivery.delivery_id,
-                                    f"{self.destination.name} accepted no presentation context "
+                                    f"{dest.name} accepted no presentation context "
                                     f"for {delivery.sop_class_uid} in "
-                                    f"{delivery.transfer_syntax_uid}: {err}")
+                                    f"{delivery.transfer_syntax_uid}: {outcome.detail}")
             logger.error("queue item %d: no accepted presentation context at %s",
-                         delivery.queue_id, self.destination.name)
+                         delivery.queue_id, dest.name)
             return False
-        except OSError as err:
-            self._queue.mark_failed(delivery.delivery_id, f"spool file unreadable: {err}")
-            logger.error("queue item %d: spool file unreadable: %s", delivery.queue_id, err)
+        if outcome.error:
+            self._queue.mark_failed(delivery.delivery_id,
+                                    f"spool file unreadable: {outcome.detail}")
+            logger.error("queue item %d: spool file unreadable: %s", delivery.queue_id,
+                         outcome.detail)
             return False
         crashpoints.reached("after_store_response")
-        result = classify_store_status(status)
+        result = classify_store_status(outcome.status_dataset())
         if result.verdict is StoreVerdict.STORED:
             self._queue.mark_sent(delivery.delivery_id,
                                   "" if result.status == 0 else result.text)
             crashpoints.reached("after_store_recorded")
             logger.info("queue item %d: stored at %s (%s) as %s", delivery.queue_id,
-                        self.destination.name, result.text, delivery.sop_instance_uid)
+                        dest.name, result.text, delivery.sop_instance_uid)
             return True
         if result.verdict is StoreVerdict.FAILED:
             self._queue.mark_failed(delivery.delivery_id,
-                                    f"{self.destination.name} refused C-STORE: {result.text}")
+                                    f"{dest.name} refused C-STORE: {result.text}")
             logger.error("queue item %d: %s refused C-STORE (%s); kept, not retried",
-                         delivery.queue_id, self.destination.name, result.text)
+                         delivery.queue_id, dest.name, result.text)
             return False
         # RETRY or UNKNOWN: the same bytes go again later under the same UID
         delay = self._next_backoff(f"C-STORE {result.text}")
         self._queue.mark_retry([delivery.delivery_id],
-                               f"{self.destination.name}: {result.text}", time.time() + delay)
+                               f"{dest.name}: {result.text}", time.time() + delay)
         logger.warning("queue item %d: %s answered %s; retrying in %.1f s",
-                       delivery.queue_id, self.destination.name, result.text, delay)
+                       delivery.queue_id, dest.name, result.text, delay)
         return False
 
-    def _request_commitment(self, assoc: Association, deliveries: Sequence[Delivery]) -> None:
+    def _request_commitment(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         dest = self.destination
@@ -367,22 +354,14 @@ class DestinationWorker:
             dest.name, [d.delivery_id for d in deliveries], transaction_uid,
             deadline=time.time() + dest.commitment_timeout_s,
         )
-        request = build_commitment_request(
-            transaction_uid, [(d.sop_class_uid, d.sop_instance_uid) for d in deliveries]
-        )
-        self._report_seen.clear()
-        status, _reply = assoc.send_n_action(
-            request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+        code = self._sender.n_action(
+            transaction_uid, [(d.sop_class_uid, d.sop_instance_uid) for d in deliveries],
+            wait_s=dest.commitment_report_wait_s,
         )
         crashpoints.reached("after_n_action")
-        code = int(status.Status) if status is not None and "Status" in status else None
         if code == 0x0000:
             logger.info("commitment requested from %s: transaction %s, %d instances",
                         dest.name, transaction_uid, len(deliveries))
-            if dest.commitment_report_wait_s > 0:
-                # once release() has begun pynetdicom drops an incoming N-EVENT-REPORT
-                # (DICOM-NOTES.md §4): give an archive that answers here the time to do so
-                self._report_seen.wait(dest.commitment_report_wait_s)
             return
         if code is None:
             # Orthanc answers an N-ACTION from an AE it does not know with an A-ABORT

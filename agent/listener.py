@@ -26,7 +26,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from agent import crashpoints
 from agent.config import DestinationSection
 from agent.net.ae import AgentAE, AllowListServer, BoundedRequestHandler, resolve_hosts
-from agent.net.commitment import CommitmentReportError, parse_commitment_report
+from agent.net.commitment import (
+    CommitmentReport,
+    CommitmentReportError,
+    parse_commitment_report,
+)
 from agent.queue import QueueStore
 
 logger = logging.getLogger(__name__)
@@ -63,30 +67,38 @@ class CommitmentReportHandler:
         self._on_change = on_change
 
     def __call__(self, event: evt.Event) -> tuple[int, Dataset | None]:
-        assoc = event.assoc
-        # on our own association the archive is the acceptor; on the listener, the requestor
-        peer_ae = (assoc.acceptor if assoc.is_requestor else assoc.requestor).ae_title
-        request = event.request
-        if request.AffectedSOPClassUID != StorageCommitmentPushModel:
-            logger.warning("N-EVENT-REPORT for SOP class %s from %s ignored",
-                           request.AffectedSOPClassUID, peer_ae)
-            return STATUS_NO_SUCH_SOP_CLASS, None
+        """pynetdicom's EVT_N_EVENT_REPORT handler (the listener)."""
         try:
-            result = parse_commitment_report(request.EventTypeID, event.event_information)
+            report = CommitmentReport.from_event(event)
+        except (AttributeError, TypeError, ValueError) as err:
+            logger.warning("unreadable N-EVENT-REPORT: %s", err)
+            return STATUS_INVALID_ARGUMENT, None
+        return self.handle_report(report), None
+
+    def handle_report(self, report: CommitmentReport) -> int:
+        """Validate and record a report; the status to answer with (0x0000 only once the
+        report is durable)."""
+        peer_ae = report.peer_ae
+        if report.sop_class_uid != StorageCommitmentPushModel:
+            logger.warning("N-EVENT-REPORT for SOP class %s from %s ignored",
+                           report.sop_class_uid, peer_ae)
+            return STATUS_NO_SUCH_SOP_CLASS
+        try:
+            result = parse_commitment_report(report.event_type_id, report.event_information)
         except CommitmentReportError as err:
             logger.warning("invalid Storage Commitment report from %s: %s", peer_ae, err)
-            return STATUS_INVALID_ARGUMENT, None
+            return STATUS_INVALID_ARGUMENT
         destination = self._queue.transaction_destination(result.transaction_uid)
         if destination is None:
             logger.warning("Storage Commitment report from %s for unknown transaction %s "
                            "ignored", peer_ae, result.transaction_uid)
-            return STATUS_UNRECOGNISED_OPERATION, None
+            return STATUS_UNRECOGNISED_OPERATION
         expected_ae = self._ae_by_destination.get(destination)
         if expected_ae is not None and expected_ae != peer_ae:
             logger.warning("Storage Commitment report for transaction %s came from AE %s, "
                            "but the transaction was sent to %s (%s): ignored",
                            result.transaction_uid, peer_ae, destination, expected_ae)
-            return STATUS_PROCESSING_FAILURE, None
+            return STATUS_PROCESSING_FAILURE
         crashpoints.reached("before_report_recorded")
         outcome = self._queue.apply_commitment_report(
             result, retry_commit_at=time.time() + self._retry_commit_s
@@ -101,7 +113,7 @@ class CommitmentReportHandler:
             logger.warning("commitment report %s names instance %s that the transaction did "
                            "not reference: ignored", result.transaction_uid, uid)
         self._on_change()
-        return STATUS_SUCCESS, None
+        return STATUS_SUCCESS
 
 
 class Listener:

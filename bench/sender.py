@@ -129,8 +129,13 @@ def send_agent(spool: Path, destination: str, host: str, port: int, called_ae: s
             extra: dict[str, Any] = {"index": index, "health": health} if several else {}
             workers.append(DestinationWorker(
                 section, ae_title="MODALITY1", queue=store, queue_config=QueueSection(),
-                uids=UIDSource(), report_handler=lambda event: (0x0000, None),
+                uids=UIDSource(), report_handler=lambda report: 0x0000,
                 on_change=on_change, **extra))
+        for worker in workers:
+            # the daemon starts its sending processes at start-up, before there is work
+            # (the restart scenario times that); here the clock starts once they are up
+            if hasattr(worker, "wait_ready"):
+                worker.wait_ready()
         t0 = time.perf_counter()
         for worker in workers:
             worker.start()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -23,6 +25,30 @@ MAX_REFERENCES = 10_000
 
 class CommitmentReportError(NetworkError, ValueError):
     """An N-EVENT-REPORT that is not a valid Storage Commitment result."""
+
+
+@dataclass(frozen=True)
+class CommitmentReport:
+    """An N-EVENT-REPORT as received, before validation: on the listener, or on one of our
+    own associations (then passed from the sending process to the daemon)."""
+
+    peer_ae: str
+    sop_class_uid: str
+    event_type_id: int | None
+    event_information: Dataset | None
+
+    @classmethod
+    def from_event(cls, event: Any) -> CommitmentReport:
+        """From pynetdicom's evt.Event; on our own association the archive is the acceptor,
+        on the listener the requestor."""
+        assoc = event.assoc
+        peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+        request = event.request
+        event_type = request.EventTypeID
+        return cls(peer_ae=str(peer.ae_title),
+                   sop_class_uid=str(request.AffectedSOPClassUID),
+                   event_type_id=None if event_type is None else int(event_type),
+                   event_information=event.event_information)
 
 
 def is_valid_uid(value: object) -> bool:

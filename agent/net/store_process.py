@@ -1,0 +1,438 @@
+"""C-STORE and Storage Commitment requests over an association held by a child process.
+
+Why a process: pynetdicom is CPU-bound when the archive is fast (~180 MB/s per core here), and
+threads share one GIL — with the capture thread too, which then drops frames. Measured on the
+2-core reference machine (shared/design/PEERS.md): two associations in two processes reach
+90-136 % of DCMTK storescu into Orthanc, in two threads of one process 73-84 %.
+
+The parent keeps everything durable (the queue, the transactions, the crash points); the child
+only talks DICOM. One child holds at most one association. Messages are pickled tuples over a
+socketpair (both ends are ours):
+
+    parent → child   ("associate", AssociationRequest) | ("store", [(key, path), ...])
+                     | ("n_action", transaction_uid, [(class, instance), ...], wait_s)
+                     | ("release",) | ("report_status", status) | ("exit",)
+    child → parent   ("ready",) | ("associated", ok, failure, max_pdu)
+                     | ("outcome", StoreOutcome) ... ("stored", established)
+                     | ("n_action", status, established) | ("released",)
+                     | ("report", CommitmentReport)      answered by "report_status"
+
+A Storage Commitment report that the archive sends on this association is passed to the parent,
+which records it and returns the status the child answers with: recorded before answered.
+
+The child ends as soon as its end of the socket reads EOF, i.e. when the parent exits, also by
+kill -9 or a crash point: an orphan must not go on sending after a new daemon took the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+
+from agent.errors import AgentError
+from agent.net.commitment import CommitmentReport
+
+logger = logging.getLogger(__name__)
+
+#: how long the parent waits for the child to import pynetdicom and say it is ready
+START_TIMEOUT_S = 30.0
+#: slack on top of the association's own timeouts before the parent gives a child up as hung
+HANG_SLACK_S = 30.0
+#: how long the child holds an archive's report unanswered while the parent records it
+REPORT_ANSWER_TIMEOUT_S = 30.0
+#: Processing Failure: the report was not recorded, the archive should send it again
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+class StoreProcessError(AgentError):
+    """The sending process died, hung or could not be started. The objects it was sending
+    are in the queue still; the caller sends them again."""
+
+
+@dataclass(frozen=True)
+class AssociationRequest:
+    ae_title: str
+    host: str
+    port: int
+    called_ae: str
+    #: (SOP class UID, (transfer syntax UID, ...)) per presentation context, in order
+    contexts: tuple[tuple[str, tuple[str, ...]], ...]
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What became of one object: a response status (code None = no response, outcome
+    unknown), or an error before anything was sent."""
+
+    key: int
+    status: int | None = None
+    comment: str = ""
+    #: "" | "no-context" (nothing accepted fits the object) | "unreadable" (spool file)
+    error: str = ""
+    detail: str = ""
+    #: the association was gone before this object was sent
+    not_sent: bool = False
+
+    def status_dataset(self) -> Dataset | None:
+        """The status as pynetdicom would have returned it (empty: no response)."""
+        ds = Dataset()
+        if self.status is not None:
+            ds.Status = self.status
+            if self.comment:
+                ds.ErrorComment = self.comment
+        return ds
+
+
+#: records a report received on our association; returns the status to answer with
+ReportHandler = Callable[[CommitmentReport], int]
+
+
+# -- parent side ---------------------------------------------------------------------------------
+
+class StoreProcess:
+    """The parent's handle on one sending child. Not thread-safe: one worker thread uses it."""
+
+    def __init__(self, name: str, *, report_handler: ReportHandler,
+                 log_level: str | int | None = None,
+                 hang_slack_s: float = HANG_SLACK_S) -> None:
+        self.name = name
+        self._hang_slack_s = hang_slack_s
+        self._report_handler = report_handler
+        self._log_level = log_level
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._ready = False
+        self._timeout_s = 60.0
+        self.is_established = False
+        self.max_pdu: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def launch(self) -> None:
+        """Start the child without waiting for it (it imports pynetdicom meanwhile)."""
+        if self._proc is not None:
+            return
+        ours, theirs = socket.socketpair()
+        level = self._log_level
+        if level is None:
+            level = logging.getLogger().getEffectiveLevel()
+        env = dict(os.environ)
+        env["AGENT_STORE_PROCESS_LOG_LEVEL"] = logging.getLevelName(level) \
+            if isinstance(level, int) else str(level)
+        try:
+            self._proc = subprocess.Popen(
+                # -c, not -m: the classes pickled back must be agent.net.store_process's,
+                # not __main__'s
+                [sys.executable, "-c", "import sys; from agent.net.store_process import "
+                 "child_main; sys.exit(child_main(int(sys.argv[1])))", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+                close_fds=True,
+            )
+        except OSError as err:
+            ours.close()
+            raise StoreProcessError(f"{self.name}: cannot start the sending process: "
+                                    f"{err}") from err
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        self._ready = False
+        self.is_established = False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Release the association if one is open and end the child."""
+        proc, conn = self._proc, self._conn
+        self._proc, self._conn, self._ready = None, None, False
+        self.is_established = False
+        if proc is None:
+            return
+        try:
+            if conn is not None:
+                conn.send(("exit",))
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _kill(self, reason: str) -> StoreProcessError:
+        proc, conn = self._proc, self._conn
+        self._proc, self._conn, self._ready = None, None, False
+        self.is_established = False
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        if conn is not None:
+            conn.close()
+        return StoreProcessError(f"{self.name}: sending process {reason}")
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        self._ensure_ready()
+        assert self._conn is not None
+        try:
+            self._conn.send(message)
+        except OSError as err:
+            raise self._kill(f"is gone ({err})") from err
+
+    def _recv(self, timeout_s: float) -> tuple[Any, ...]:
+        """The next message from the child that is not a commitment report (reports are
+        recorded and answered here, whenever they come)."""
+        conn = self._conn
+        if conn is None:
+            raise StoreProcessError(f"{self.name}: sending process not running")
+        while True:
+            try:
+                if not conn.poll(timeout_s):
+                    raise self._kill(f"gave no answer for {timeout_s:.0f} s: stopped")
+                message: tuple[Any, ...] = conn.recv()
+            except (EOFError, OSError) as err:
+                code = self._proc.poll() if self._proc is not None else None
+                raise self._kill(f"ended unexpectedly (exit status {code})") from err
+            if message[0] != "report":
+                return message
+            try:
+                status = self._report_handler(message[1])
+            except Exception:
+                logger.exception("%s: recording a commitment report failed", self.name)
+                status = STATUS_PROCESSING_FAILURE
+            conn.send(("report_status", status))
+
+    def wait_ready(self) -> None:
+        """Start the child if need be and wait until it can take work."""
+        self._ensure_ready()
+
+    def _ensure_ready(self) -> None:
+        if self._proc is None:
+            self.launch()
+        if not self._ready:
+            message = self._recv(START_TIMEOUT_S)
+            if message[0] != "ready":
+                raise self._kill(f"said {message[0]!r} instead of ready")
+            self._ready = True
+
+    # -- operations ------------------------------------------------------------------------------
+    def associate(self, request: AssociationRequest) -> tuple[bool, str]:
+        """(established, why not in words a service engineer can act on)."""
+        self._timeout_s = request.timeout_s
+        self._send(("associate", request))
+        # connection, ACSE: each bounded by the request's timeout
+        _, ok, failure, max_pdu = self._recv(3 * request.timeout_s + self._hang_slack_s)
+        self.is_established = bool(ok)
+        self.max_pdu = max_pdu
+        return self.is_established, str(failure)
+
+    def store(self, items: Sequence[tuple[int, Path]]) -> Iterator[StoreOutcome]:
+        """Send the files in order; yields each outcome as soon as the archive answered, so
+        the caller records one while the next is on the wire. Every item gets an outcome."""
+        self._send(("store", [(key, str(path)) for key, path in items]))
+        while True:
+            message = self._recv(self._timeout_s + self._hang_slack_s)
+            if message[0] == "stored":
+                self.is_established = bool(message[1])
+                return
+            yield message[1]
+
+    def n_action(self, transaction_uid: str, references: Sequence[tuple[str, str]],
+                 wait_s: float) -> int | None:
+        """Request Storage Commitment; the status (None: no answer), after waiting up to
+        `wait_s` for a report on this association."""
+        self._send(("n_action", transaction_uid, list(references), wait_s))
+        _, status, established = self._recv(self._timeout_s + wait_s + self._hang_slack_s)
+        self.is_established = bool(established)
+        return None if status is None else int(status)
+
+    def release(self) -> None:
+        if self._proc is None or not self.is_established:
+            return
+        self._send(("release",))
+        self._recv(self._timeout_s + self._hang_slack_s)
+        self.is_established = False
+
+
+# -- child side ----------------------------------------------------------------------------------
+
+class _Child:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.ops: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.report_answers: queue.Queue[int] = queue.Queue()
+        self.report_seen = threading.Event()
+        self.assoc: Any = None
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def read_forever(self) -> None:
+        """The only reader of the socket: ops to the main thread, answers to reports to the
+        handler waiting for them; EOF (the parent is gone) ends the process at once."""
+        try:
+            while True:
+                message = self.conn.recv()
+                if message[0] == "report_status":
+                    self.report_answers.put(int(message[1]))
+                else:
+                    self.ops.put(message)
+        except (EOFError, OSError):
+            os._exit(0)
+
+    def on_report(self, event: Any) -> tuple[int, None]:
+        try:
+            report = CommitmentReport.from_event(event)
+        except (AttributeError, TypeError, ValueError) as err:
+            # undecodable event information: the parent never sees it
+            logger.warning("unreadable N-EVENT-REPORT on our association: %s", err)
+            return STATUS_PROCESSING_FAILURE, None
+        try:
+            self.send(("report", report))
+            try:
+                return self.report_answers.get(timeout=REPORT_ANSWER_TIMEOUT_S), None
+            except queue.Empty:
+                return STATUS_PROCESSING_FAILURE, None
+        finally:
+            self.report_seen.set()
+
+    def run(self) -> None:
+        self.send(("ready",))
+        while True:
+            op = self.ops.get()
+            kind = op[0]
+            if kind == "associate":
+                self.associate(op[1])
+            elif kind == "store":
+                self.store(op[1])
+            elif kind == "n_action":
+                self.n_action(op[1], op[2], op[3])
+            elif kind == "release":
+                self.release()
+                self.send(("released",))
+            elif kind == "exit":
+                self.release()
+                return
+
+    def established(self) -> bool:
+        return self.assoc is not None and bool(self.assoc.is_established)
+
+    def release(self) -> None:
+        if self.established():
+            self.assoc.release()
+        self.assoc = None
+
+    def associate(self, request: AssociationRequest) -> None:
+        from pynetdicom import evt
+        from pynetdicom.presentation import build_context
+
+        from agent.net.ae import AgentAE, associate
+
+        self.release()
+        ae = AgentAE(request.ae_title)
+        # the site's "no answer for this long" applies to every wait on this archive
+        ae.acse_timeout = request.timeout_s
+        ae.dimse_timeout = request.timeout_s
+        ae.network_timeout = request.timeout_s
+        contexts = [build_context(sop_class, list(syntaxes))
+                    for sop_class, syntaxes in request.contexts]
+        assoc, failure = associate(
+            ae, request.host, request.port, request.called_ae, contexts=contexts,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.on_report)],
+        )
+        if assoc.is_established:
+            self.assoc = assoc
+            self.send(("associated", True, "", assoc.acceptor.maximum_length))
+        else:
+            self.send(("associated", False, failure, None))
+
+    def store(self, items: list[tuple[int, str]]) -> None:
+        for key, path in items:
+            if not self.established():
+                self.send(("outcome", StoreOutcome(key, not_sent=True)))
+                continue
+            self.send(("outcome", self.store_one(key, path)))
+        self.send(("stored", self.established()))
+
+    def store_one(self, key: int, path: str) -> StoreOutcome:
+        from agent.net.transcode import uncompressed_copy
+
+        try:
+            try:
+                status = self.assoc.send_c_store(path)
+            except ValueError:
+                # no accepted context in the file's own syntax: send a decoded copy that
+                # pynetdicom can convert to what was accepted (Implicit VR LE)
+                copy = uncompressed_copy(Path(path))
+                status = self.assoc.send_c_store(copy)
+        except OSError as err:
+            return StoreOutcome(key, error="unreadable", detail=str(err))
+        except ValueError as err:
+            return StoreOutcome(key, error="no-context", detail=str(err))
+        except Exception as err:  # noqa: BLE001 - a spooled file that cannot be decoded
+            # (pixel codecs raise what they like) must fail this object, not the process
+            return StoreOutcome(key, error="no-context",
+                                detail=f"cannot decompress for the accepted syntax: "
+                                       f"{type(err).__name__}: {err}")
+        if status is None or "Status" not in status:
+            return StoreOutcome(key)
+        return StoreOutcome(key, status=int(status.Status),
+                            comment=str(status.get("ErrorComment", "") or ""))
+
+    def n_action(self, transaction_uid: str, references: list[tuple[str, str]],
+                 wait_s: float) -> None:
+        from pynetdicom.sop_class import (
+            StorageCommitmentPushModel,
+            StorageCommitmentPushModelInstance,
+        )
+
+        from agent.net.commitment import build_commitment_request
+
+        if not self.established():
+            self.send(("n_action", None, False))
+            return
+        self.report_seen.clear()
+        status, _reply = self.assoc.send_n_action(
+            build_commitment_request(transaction_uid, references), 1,
+            StorageCommitmentPushModel, StorageCommitmentPushModelInstance,
+        )
+        code = int(status.Status) if status is not None and "Status" in status else None
+        if code == 0x0000 and wait_s > 0:
+            # once release() has begun pynetdicom drops an incoming N-EVENT-REPORT
+            # (DICOM-NOTES.md §4): give an archive that answers here the time to do so
+            self.report_seen.wait(wait_s)
+        self.send(("n_action", code, self.established()))
+
+
+def child_main(fd: int) -> int:
+    from pynetdicom import _config as pynetdicom_config
+
+    from agent.logsetup import setup_logging
+
+    setup_logging(os.environ.get("AGENT_STORE_PROCESS_LOG_LEVEL", "INFO"))
+    # stream spooled files as they are instead of decoding them (pynetdicom #629)
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    child = _Child(Connection(fd))
+    threading.Thread(target=child.read_forever, name="parent-reader", daemon=True).start()
+    try:
+        child.run()
+    except (OSError, EOFError):
+        pass           # the parent is gone
+    return 0
