@@ -183,8 +183,8 @@ class Daemon:
         """
         self.queue.open()
         try:
+            self.forwarder.launch()
             self.listener.start()
-            self.forwarder.start()
             self.acquisition.open()
             if self.worklist is not None:
                 self.worklist.start()
@@ -192,6 +192,7 @@ class Daemon:
                 self.mpps.start()
             if self.watch_folder is not None:
                 self.watch_folder.start()
+            self.forwarder.start()
             self.api.start()
         except BaseException:
             self.stop()

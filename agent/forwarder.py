@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 #: across batches while the queue has work, so a batch costs one commitment request, not a
 #: new association
 BATCH_SIZE = 16
+#: ...and at most this many bytes, so that large objects spread over the associations too (a
+#: batch of 16 objects of 8 MB kept the second association idle)
+BATCH_BYTES = 32 * 2**20
 #: pynetdicom allows at most 128 presentation contexts per association (PS3.8 §9.3.2.2)
 MAX_CONTEXTS = 126
 #: how often an idle worker looks for due work and expired commitment transactions
@@ -123,8 +126,12 @@ class DestinationWorker:
                                     report_handler=report_handler)
 
     # -- thread ------------------------------------------------------------------------------
+    def launch(self) -> None:
+        """Start the sending process without waiting: it imports pynetdicom while the rest of
+        the daemon starts."""
+        self._sender.launch()
+
     def start(self) -> None:
-        # the process imports pynetdicom while the rest of the daemon starts
         self._sender.launch()
         self._thread = threading.Thread(
             target=self._run, name=f"forwarder-{self.destination.name}-{self.index}",
@@ -141,7 +148,14 @@ class DestinationWorker:
         self._sender.close()
 
     def wait_ready(self) -> None:
-        """Block until the sending process is up (the bench starts its clock after this)."""
+        """Block until the sending process is up. Call before start(): the handle is the
+        worker thread's once it runs.
+
+        Raises
+        ------
+        StoreProcessError
+            If the process did not start (the worker starts another when it has work).
+        """
         self._sender.wait_ready()
 
     def wake(self) -> None:
@@ -190,7 +204,7 @@ class DestinationWorker:
             self._queue.expire_transactions(dest.name)
             awaiting = [d for d in self._queue.sent_awaiting_commitment(dest.name)
                         if d.next_attempt_at <= now]
-        batch = self._queue.claim_batch(dest.name, limit=BATCH_SIZE)
+        batch = self._queue.claim_batch(dest.name, limit=BATCH_SIZE, max_bytes=BATCH_BYTES)
         self._claimed = [d.delivery_id for d in batch]
         if not batch and not awaiting:
             return False
@@ -293,7 +307,8 @@ class DestinationWorker:
         transfer syntax was not proposed here go back to pending for a fresh association."""
         if self._stop.is_set() or not self._sender.is_established:
             return [], True
-        batch = self._queue.claim_batch(self.destination.name, limit=BATCH_SIZE)
+        batch = self._queue.claim_batch(self.destination.name, limit=BATCH_SIZE,
+                                        max_bytes=BATCH_BYTES)
         self._claimed = [d.delivery_id for d in batch]
         misfits = [d.delivery_id for d in batch
                    if (d.sop_class_uid, d.transfer_syntax_uid) not in proposed]
@@ -382,7 +397,20 @@ class Forwarder:
     def __init__(self, workers: Sequence[DestinationWorker]) -> None:
         self.workers = list(workers)
 
+    def launch(self) -> None:
+        """Start every sending process; they get ready while the daemon does other things."""
+        for worker in self.workers:
+            worker.launch()
+
     def start(self) -> None:
+        """Wait for the sending processes (so that the first image after start-up does not
+        wait for one), then start the workers. A process that fails to start is logged; its
+        worker tries again when it has work, with backoff."""
+        for worker in self.workers:
+            try:
+                worker.wait_ready()
+            except AgentError as err:
+                logger.error("%s", err)
         for worker in self.workers:
             worker.start()
 

@@ -27,6 +27,7 @@ from bench.common import (
     DestinationSpec,
     Orthanc,
     Workspace,
+    child_pids,
     cpu_seconds,
     frame_time,
     free_port,
@@ -82,8 +83,15 @@ class CpuSampler:
 
     def percent(self) -> dict[str, float]:
         elapsed = time.monotonic() - self._t0
-        return {name: round(100 * (cpu_seconds(pid) - self._start[name]) / elapsed, 1)
-                for name, pid in self.pids.items()}
+        used: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            try:
+                used[name] = round(100 * (cpu_seconds(pid) - self._start[name]) / elapsed, 1)
+            except OSError:
+                used[name] = float("nan")      # ended (a sending process replaced)
+        senders = [v for k, v in used.items() if k.startswith("sender")]
+        used["senders"] = round(sum(senders), 1) if senders else 0.0
+        return used
 
 
 def _capture_once(ws: Workspace, name: str, *, frames: int, duration: int,
@@ -109,7 +117,9 @@ def _capture_once(ws: Workspace, name: str, *, frames: int, duration: int,
                     pass
 
         sampler = threading.Thread(target=sample_backlog, daemon=True)
-        cpu = CpuSampler({"agent": daemon.pid, "orthanc": orthanc.pid})
+        cpu = CpuSampler({"agent": daemon.pid, "orthanc": orthanc.pid,
+                          **{f"sender{i}": pid
+                             for i, pid in enumerate(child_pids(daemon.pid))}})
         sampler.start()
         t0 = time.time()
         try:
@@ -226,6 +236,8 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
           "-"],
          ["CPU % of one core: agent", forwarding["cpu_percent"]["agent"],
           alone["cpu_percent"]["agent"]],
+         ["CPU % of one core: its sending processes", forwarding["cpu_percent"]["senders"],
+          alone["cpu_percent"]["senders"]],
          ["CPU % of one core: Orthanc", forwarding["cpu_percent"]["orthanc"], "-"]],
         left=1,
         notes=["the simulated device draws its frames in the agent's own process "

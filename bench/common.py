@@ -155,6 +155,28 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (the daemon's sending processes), from /proc."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+            children += [int(c) for c in text.split()]
+    except OSError:
+        pass
+    return sorted(set(children))
+
+
+def children_rss_bytes(pid: int) -> int:
+    total = 0
+    for child in child_pids(pid):
+        try:
+            total += rss_bytes(child)
+        except OSError:
+            pass            # ended between listing and reading
+    return total
+
+
 # -- statistics and formatting -------------------------------------------------------------
 
 def summary(values: Sequence[float]) -> dict[str, float]:
@@ -260,11 +282,14 @@ class Workspace:
 
     # -- receivers ---------------------------------------------------------------------
     def storescp(self, out_dir: Path, ae_title: str = "STORESCP") -> tuple[int, int]:
-        """DCMTK storescp writing into `out_dir`, TCP_NODELAY=1; returns (pid, port)."""
+        """DCMTK storescp writing into `out_dir`, TCP_NODELAY=1, a process per association
+        (`--fork`: without it storescp serves one association at a time, and a second one
+        waits for the first to be released — the receiver, not the sender, would be what is
+        measured); returns (pid, port)."""
         port = free_port()
         process = self.popen(
             [str(STORESCP), "--aetitle", ae_title, "--output-directory", str(out_dir),
-             "--prefer-little", str(port)],
+             "--prefer-little", "--fork", str(port)],
             log=self.root / f"storescp-{port}.log", env=nodelay_env(),
         )
         wait_until(lambda: process.poll() is not None or accepts_tcp(LOCALHOST, port), 10,

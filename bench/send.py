@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config import DestinationSection
 from bench.common import (
     LOCALHOST,
     MB,
@@ -39,9 +40,16 @@ from bench.common import (
     tiny,
 )
 
-TOOLS = ("agent", "storescu", "pynetdicom-one", "pynetdicom-per-object")
+DEFAULT_ASSOCIATIONS: int = DestinationSection.__dataclass_fields__["max_associations"].default
+#: "agent" is the forwarder as configured by default; "agent-N" the same with N associations,
+#: to show where the default comes from
+TOOLS = ("agent", "agent-1", "agent-2", "agent-4", "storescu", "pynetdicom-one",
+         "pynetdicom-per-object")
 TOOL_LABELS = {
-    "agent": "agent forwarder",
+    "agent": f"agent forwarder ({DEFAULT_ASSOCIATIONS} assoc)",
+    "agent-1": "agent forwarder, 1 assoc",
+    "agent-2": "agent forwarder, 2 assoc",
+    "agent-4": "agent forwarder, 4 assoc",
     "storescu": "DCMTK storescu, 1 assoc",
     "pynetdicom-one": "pynetdicom, 1 assoc",
     "pynetdicom-per-object": "pynetdicom, assoc/object",
@@ -142,10 +150,13 @@ def _run_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, files: 
     result_path = ws.root / "sender-result.json"
     result_path.unlink(missing_ok=True)
     args = [*profile_prefix(f"send-{tool}-{receiver.name}-{len(files)}"), sys.executable,
-            "-m", "bench.sender", tool, "--port", str(receiver.port), "--called-ae",
+            "-m", "bench.sender", tool.split("-")[0] if tool.startswith("agent") else tool,
+            "--port", str(receiver.port), "--called-ae",
             receiver.ae_title, "--result", str(result_path)]
-    if tool == "agent":
+    if tool.startswith("agent"):
         args += ["--spool", str(spool), "--destination", receiver.name]
+        if tool != "agent":
+            args += ["--max-associations", tool.split("-")[1]]
     else:
         args += ["--files", str(file_list)]
     with log.open("ab") as err:

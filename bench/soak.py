@@ -23,6 +23,7 @@ from bench.common import (
     AgentDaemon,
     DestinationSpec,
     Workspace,
+    children_rss_bytes,
     free_port,
     open_fds,
     rss_bytes,
@@ -55,6 +56,8 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     def sample(acquiring: bool) -> dict[str, Any]:
         queue = daemon.api("GET", "/api/status", timeout_s=30)["queue"]
         point = {"t": time.monotonic() - t0, "rss": rss_bytes(daemon.pid),
+                 # the sending processes, one per association (agent.net.store_process)
+                 "rss_senders": children_rss_bytes(daemon.pid),
                  "fds": open_fds(daemon.pid), "captured": sum(queue.values()),
                  "committed": queue["committed"], "failed": queue["failed"],
                  "acquiring": acquiring}
@@ -101,8 +104,10 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     first = checkpoints[1]
     last = checkpoints[-1]
     rss_growth = last["rss"] - first["rss"]
+    senders_growth = last["rss_senders"] - first["rss_senders"]
     fds_delta = last["fds"] - checkpoints[0]["fds"]
-    flat = rss_growth < RSS_LIMIT_BYTES and abs(fds_delta) <= 2 and \
+    flat = rss_growth < RSS_LIMIT_BYTES and senders_growth < RSS_LIMIT_BYTES and \
+        abs(fds_delta) <= 2 and \
         max(c["fds"] for c in checkpoints) - checkpoints[0]["fds"] <= 2
     result = {
         "objects": objects, "rounds": ROUNDS, "dropped": dropped, "seconds": elapsed,
@@ -112,21 +117,28 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         "rss_mb_max": max(s["rss"] for s in samples) / MB,
         "fds_max": max(s["fds"] for s in samples),
         "rss_growth_mb": rss_growth / MB, "fds_delta": fds_delta, "flat": flat,
+        "senders_rss_mb_checkpoints": [round(c["rss_senders"] / MB, 2) for c in checkpoints],
+        "senders_rss_growth_mb": senders_growth / MB,
         "series": [[round(s["t"], 1), s["committed"], round(s["rss"] / MB, 1), s["fds"]]
                    for s in samples],
     }
     rows = [[("before" if i == 0 else f"after round {i}"), c["captured"], c["committed"],
-             round(c["rss"] / MB, 1), c["fds"]] for i, c in enumerate(checkpoints)]
+             round(c["rss"] / MB, 1), c["fds"], round(c["rss_senders"] / MB, 1)]
+            for i, c in enumerate(checkpoints)]
     rows.append(["max while running", "", "", round(result["rss_mb_max"], 1),
-                 result["fds_max"]])
+                 result["fds_max"], round(max(s["rss_senders"] for s in samples) / MB, 1)])
     text = table(
         f"soak ({objects} frames of 64x64 16-bit at {RATE:g}/s in {ROUNDS} acquisitions, "
         f"committed by Orthanc; idle checkpoints)",
-        ["checkpoint", "captured", "committed", "RSS MB", "open fds"],
+        ["checkpoint", "captured", "committed", "RSS MB", "open fds",
+         "sending processes RSS MB"],
         rows,
         notes=[f"{elapsed:.0f} s, {len(samples)} samples, {dropped} frames dropped, "
                f"{last['committed'] / elapsed:.0f} objects/s committed; verdict: "
                f"{'FLAT' if flat else 'NOT FLAT'} (RSS after round {ROUNDS} - after round 1: "
-               f"{rss_growth / MB:+.1f} MB; fds {fds_delta:+d} since before)"],
+               f"{rss_growth / MB:+.1f} MB, sending processes {senders_growth / MB:+.1f} MB; "
+               f"fds {fds_delta:+d} since before)",
+               "RSS and fds are the daemon's; its sending processes (one per association) "
+               "are summed in the last column"],
     )
     return result, [text]

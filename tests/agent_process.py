@@ -136,15 +136,25 @@ class AgentProcess:
         finally:
             conn.close()
 
-    def kill9(self) -> None:
+    def children(self) -> list[int]:
+        """The daemon's child processes (its sending processes), from /proc."""
         assert self.process is not None
+        return child_pids(self.process.pid)
+
+    def kill9(self) -> None:
+        """SIGKILL, as a power cut would; its sending processes must end by themselves."""
+        assert self.process is not None
+        children = self.children()
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self.process = None
+        wait_until(lambda: not any(map(is_running, children)), 10,
+                   f"the killed daemon's sending processes {children} to end")
 
     def stop(self) -> None:
         if self.process is None:
             return
+        children = self.children() if self.process.poll() is None else []
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -153,6 +163,28 @@ class AgentProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        wait_until(lambda: not any(map(is_running, children)), 10,
+                   f"the stopped daemon's sending processes {children} to end")
+
+
+def child_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            children += [int(c) for c in
+                         Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass
+    return children
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whatever reaps at PID 1)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def make_agent(tmp_path: Path, destinations: Sequence[Destination], *,

@@ -472,16 +472,26 @@ class QueueStore:
         return row[0] if row else None
 
     # -- sending -----------------------------------------------------------------------------
-    def claim_batch(self, destination: str, *, limit: int = 64) -> list[Delivery]:
-        """Move up to `limit` due `pending` rows of `destination` to `sending`, oldest first."""
+    def claim_batch(self, destination: str, *, limit: int = 64,
+                    max_bytes: int | None = None) -> list[Delivery]:
+        """Move up to `limit` due `pending` rows of `destination` to `sending`, oldest first,
+        and no more than `max_bytes` of objects (but always one, however large)."""
         now = self._now()
         with self._tx() as conn:
             rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN objects o USING (queue_id) "  # noqa: S608
+                f"SELECT {_DELIVERY_COLUMNS}, o.size_bytes AS size_bytes "  # noqa: S608
+                "FROM deliveries d JOIN objects o USING (queue_id) "
                 "WHERE d.destination=? AND d.state=? AND d.next_attempt_at<=? "
                 "ORDER BY d.next_attempt_at, d.delivery_id LIMIT ?",
                 (destination, S.PENDING, now, limit),
             ).fetchall()
+            if max_bytes is not None:
+                total = 0
+                for count, row in enumerate(rows):
+                    total += row["size_bytes"]
+                    if total > max_bytes and count > 0:
+                        rows = rows[:count]
+                        break
             ids = [r["delivery_id"] for r in rows]
             conn.executemany(
                 "UPDATE deliveries SET state=?, attempts=attempts+1, updated_at=? "

@@ -493,7 +493,7 @@ def test_several_destinations_keep_their_order_and_defaults(tmp_path: Path) -> N
     assert [d.name for d in config.destinations] == ["pacs", "backup"]
     assert config.destinations[0].storage_commitment is True
     assert config.destinations[1].storage_commitment is False
-    assert config.destinations[1].max_associations == 2
+    assert config.destinations[1].max_associations == 3
 
 
 @pytest.mark.parametrize("section", ["worklist", "mpps"])

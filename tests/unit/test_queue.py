@@ -64,6 +64,20 @@ def test_enqueue_is_durable_and_private(store: QueueStore) -> None:
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_claim_is_capped_by_bytes_but_always_takes_one(store: QueueStore) -> None:
+    for i, size in enumerate([40, 40, 40, 100, 10]):
+        store.enqueue(bytes(size), sop_instance_uid=f"2.25.{2000 + i}", sop_class_uid=SC,
+                      transfer_syntax_uid=EXPLICIT)
+    assert [d.sop_instance_uid for d in store.claim_batch("pacs", max_bytes=100)] == \
+        ["2.25.2000", "2.25.2001"]                  # 80 bytes; a third would make 120
+    assert [d.sop_instance_uid for d in store.claim_batch("pacs", max_bytes=50)] == \
+        ["2.25.2002"]
+    # larger than the cap on its own: claimed alone rather than never
+    assert [d.sop_instance_uid for d in store.claim_batch("pacs", max_bytes=50)] == \
+        ["2.25.2003"]
+    assert states(store) == ["sending"] * 4 + ["pending"]
+
+
 def test_same_uid_twice_is_refused(store: QueueStore) -> None:
     put(store)
     with pytest.raises(QueueError, match="already queued"):
