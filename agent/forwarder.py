@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 16
 #: ...and at most this many bytes, so that large objects spread over the associations too (a
 #: batch of 16 objects of 8 MB kept the second association idle)
-BATCH_BYTES = 32 * 2**20
+BATCH_BYTES = 16 * 2**20
 #: pynetdicom allows at most 128 presentation contexts per association (PS3.8 §9.3.2.2)
 MAX_CONTEXTS = 126
 #: how often an idle worker looks for due work and expired commitment transactions

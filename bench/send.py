@@ -42,9 +42,10 @@ from bench.common import (
 
 DEFAULT_ASSOCIATIONS: int = DestinationSection.__dataclass_fields__["max_associations"].default
 #: "agent" is the forwarder as configured by default; "agent-N" the same with N associations,
-#: to show where the default comes from
+#: to show where the default comes from (full runs only: --quick must stay under 4 minutes)
 TOOLS = ("agent", "agent-1", "agent-2", "agent-4", "storescu", "pynetdicom-one",
          "pynetdicom-per-object")
+QUICK_TOOLS = ("agent", "storescu", "pynetdicom-one", "pynetdicom-per-object")
 TOOL_LABELS = {
     "agent": f"agent forwarder ({DEFAULT_ASSOCIATIONS} assoc)",
     "agent-1": "agent forwarder, 1 assoc",
@@ -147,9 +148,32 @@ def _run_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, files: 
                                     timeout=600)
             seconds = time.perf_counter() - t0
         return seconds, "" if result.returncode == 0 else f"exit {result.returncode}", None
+    start = log.stat().st_size if log.exists() else 0
+    try:
+        return _run_python_tool(ws, tool, receiver, spool, len(files), file_list, log)
+    finally:
+        _say_problems(log, start, tool, receiver.name)
+
+
+def _say_problems(log: Path, start: int, tool: str, receiver: str) -> None:
+    """The warnings and errors a sender logged in this run, on the progress stream: an
+    outlier in the table should come with its cause (the workspace is removed afterwards)."""
+    if not log.exists():
+        return
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    problems = [line for line in lines
+                if " WARNING " in line or " ERROR " in line or "Traceback" in line]
+    for line in problems[:10]:
+        say(f"send: {tool} → {receiver}: {line[:300]}")
+
+
+def _run_python_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, count: int,
+                     file_list: Path, log: Path) -> tuple[float, str, int | None]:
     result_path = ws.root / "sender-result.json"
     result_path.unlink(missing_ok=True)
-    args = [*profile_prefix(f"send-{tool}-{receiver.name}-{len(files)}"), sys.executable,
+    args = [*profile_prefix(f"send-{tool}-{receiver.name}-{count}"), sys.executable,
             "-m", "bench.sender", tool.split("-")[0] if tool.startswith("agent") else tool,
             "--port", str(receiver.port), "--called-ae",
             receiver.ae_title, "--result", str(result_path)]
@@ -182,6 +206,7 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         Receiver("storescp", f"storescp ({scp_kind})", scp_port, "STORESCP",
                  lambda: count_files(scp_dir), lambda: clear_folder(scp_dir)),
     ]
+    tools = QUICK_TOOLS if quick else TOOLS
     rows: list[Row] = []
     ceiling_total = (64 if tiny() else 1024 if quick else 4096) * (1 << 20)
     for size in SIZES:
@@ -197,9 +222,9 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         say(f"send: {count} objects of {total_bytes / count / MB:.2f} MB spooled in "
             f"{time.perf_counter() - t_prep:.1f} s")
         by_key = {(r.name, t): Row(size.label, r.label, t, count, total_bytes)
-                  for r in receivers for t in TOOLS}
+                  for r in receivers for t in tools}
         for repeat in range(repeats):
-            order = TOOLS[repeat % len(TOOLS):] + TOOLS[:repeat % len(TOOLS)]
+            order = tools[repeat % len(tools):] + tools[:repeat % len(tools)]
             for receiver in receivers:
                 for tool in order:
                     receiver.clear()
