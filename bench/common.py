@@ -299,9 +299,9 @@ class Workspace:
         return process.pid, port
 
     def orthanc(self, name: str, *, agent_listener_port: int | None = None) -> Orthanc:
-        """Orthanc (fsync per instance, TCP_NODELAY=1, agent.orthanc's config), with the
+        """Orthanc (fsync per instance, TCP_NODELAY=1, agent.demo.orthanc's config), with the
         agent registered for Storage Commitment when its listener port is given."""
-        from agent.orthanc import RegisteredModality, start_orthanc
+        from agent.demo.orthanc import RegisteredModality, start_orthanc
 
         http_port = free_port()
         dicom_port = free_port(exclude=[http_port])

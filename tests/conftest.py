@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import LOCALHOST, Peer, free_port, start_storescp, stop_process, wait_until
+from support.peers import LOCALHOST, Peer, free_port, start_storescp, stop_process, wait_until
 
-from agent.orthanc import OrthancNotInstalled, OrthancServer, start_orthanc
+from agent.demo.orthanc import OrthancNotInstalled, OrthancServer, start_orthanc
 
 # Grace period for threads a test started to finish after it returns, e.g. pynetdicom's
 # DUL thread (non-daemon) after a release. Polled, not slept.

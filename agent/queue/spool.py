@@ -14,6 +14,10 @@ logger = logging.getLogger(__name__)
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+#: a file in the spool's top folder that says "this folder is a modality-agent spool": the agent
+#: refuses to take over (chmod, clean tmp/, create a database in) an existing non-empty folder
+#: without it, so `spool_dir = "/etc"` cannot make it touch files it does not own (issue 13)
+SPOOL_MARKER = ".modality-agent-spool"
 
 
 def fsync_dir(path: Path) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AGENT_AE, AgentProcess, Destination, make_agent
-from peers import LOCALHOST, free_port, wait_until
-from worklist_data import numbered, running_wlmscpfs, write_wl
+from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from support.peers import LOCALHOST, free_port, wait_until
+from support.worklist_data import numbered, running_wlmscpfs, write_wl
 
-from agent.orthanc import OrthancServer, RegisteredModality
+from agent.demo.orthanc import OrthancServer, RegisteredModality
 
 pytestmark = pytest.mark.integration
 

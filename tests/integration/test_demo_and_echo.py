@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_process import AgentProcess, Destination, write_config
-from peers import Peer, free_port
+from support.agent_process import AgentProcess, Destination, write_config
+from support.peers import Peer, free_port
 
-from agent.orthanc import OrthancServer
+from agent.demo.orthanc import OrthancServer
 
 pytestmark = pytest.mark.integration
 

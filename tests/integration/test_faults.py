@@ -12,16 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_process import AGENT_AE, AgentProcess, Destination, make_agent
-from faultproxy import FaultProxy
-from peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
+from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from support.faultproxy import FaultProxy
+from support.peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
 from pydicom import Dataset, config, dcmread
 from pydicom.sequence import Sequence
 from pynetdicom import AE
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
 from agent.crashpoints import POINTS
-from agent.orthanc import OrthancServer, RegisteredModality, start_orthanc
+from agent.demo.orthanc import OrthancServer, RegisteredModality, start_orthanc
 
 pytestmark = pytest.mark.integration
 
@@ -437,7 +437,7 @@ def test_listener_survives_huge_pdus_and_idle_connections(
 
 
 def test_report_on_the_same_association(tmp_path: Path, agents: list[AgentProcess]) -> None:
-    from commitment_peer import SameAssociationArchive
+    from support.commitment_peer import SameAssociationArchive
 
     archive = SameAssociationArchive()
     port = free_port()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_process import AGENT_AE, AgentProcess, Destination, make_agent
-from peers import free_port, wait_until
+from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from support.peers import free_port, wait_until
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
@@ -22,7 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from agent.orthanc import OrthancServer, RegisteredModality
+from agent.demo.orthanc import OrthancServer, RegisteredModality
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def test_import_refuses_inconsistent_files(tmp_path: Path, running: AgentProcess
 def test_watch_folder_in_the_daemon(tmp_path: Path, orthanc: OrthancServer) -> None:
     """A file dropped into [watch_folder] reaches the archive once; an image without a
     procedure in progress is refused with the reason, never given a guessed patient."""
-    from agent.orthanc import RegisteredModality as Modality
+    from agent.demo.orthanc import RegisteredModality as Modality
 
     listener_port = free_port()
     orthanc.register_modality(Modality("agent", AGENT_AE, "127.0.0.1", listener_port))

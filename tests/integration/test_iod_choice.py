@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_process import AGENT_AE, Destination, make_agent
-from peers import Peer, free_port, run_dciodvfy
+from support.agent_process import AGENT_AE, Destination, make_agent
+from support.peers import Peer, free_port, run_dciodvfy
 from pydicom import dcmread
 from pydicom.uid import RLELossless
 
-from agent.orthanc import OrthancServer, RegisteredModality
+from agent.demo.orthanc import OrthancServer, RegisteredModality
 from drivers.simulated import phantom
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 import numpy as np
 import pytest
-from peers import LOCALHOST
+from support.peers import LOCALHOST
 from pynetdicom import AE
 
 from agent.iod import (
@@ -27,7 +27,7 @@ from agent.iod import (
     encoder_status,
     new_series_context,
 )
-from agent.orthanc import OrthancServer
+from agent.demo.orthanc import OrthancServer
 from agent.records import Code, DeviceInfo, Order
 from drivers.frame import Frame
 from drivers.simulated import phantom

@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from mpps_peer import COMPLETED, IN_PROGRESS, MppsPeer
-from peers import LOCALHOST, free_port
+from support.mpps_peer import COMPLETED, IN_PROGRESS, MppsPeer
+from support.peers import LOCALHOST, free_port
 from pydicom import Dataset
 from pynetdicom.association import Association
 

@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from mpps_peer import COMPLETED, DISCONTINUED, IN_PROGRESS, Fault, MppsPeer
-from peers import LOCALHOST, free_port, wait_until
+from support.mpps_peer import COMPLETED, DISCONTINUED, IN_PROGRESS, Fault, MppsPeer
+from support.peers import LOCALHOST, free_port, wait_until
 
 from agent.config import MppsSection
 from agent.iod.uids import UIDSource

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from peers import (
+from support.peers import (
     DCMTK,
     LOCALHOST,
     Peer,
@@ -32,7 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from agent.orthanc import OrthancError, OrthancServer, RegisteredModality, start_orthanc
+from agent.demo.orthanc import OrthancError, OrthancServer, RegisteredModality, start_orthanc
 
 pytestmark = pytest.mark.integration
 

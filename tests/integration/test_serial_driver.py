@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import wait_until
+from support.peers import wait_until
 
 from drivers.errors import (
     DeviceDisconnectedError,

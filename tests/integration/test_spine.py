@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_process import AGENT_AE, AgentProcess, Destination, make_agent
-from peers import Peer, free_port, run_dciodvfy, wait_until
+from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from support.peers import Peer, free_port, run_dciodvfy, wait_until
 from pydicom import dcmread
 
-from agent.orthanc import OrthancServer, RegisteredModality, start_orthanc
+from agent.demo.orthanc import OrthancServer, RegisteredModality, start_orthanc
 from drivers.simulated import phantom
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
+from support.peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate

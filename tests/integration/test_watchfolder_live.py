@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import wait_until
+from support.peers import wait_until
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid

@@ -22,14 +22,14 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from peers import free_port, wait_until
+from support.peers import free_port, wait_until
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import decode
-from worklist_data import (
+from support.worklist_data import (
     MODALITY,
     PHI_ID,
     PHI_NAME,

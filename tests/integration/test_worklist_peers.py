@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from peers import free_port, run_dciodvfy
-from worklist_data import (
+from support.peers import free_port, run_dciodvfy
+from support.worklist_data import (
     MODALITY,
     PHI_ID,
     PHI_NAME,
@@ -30,7 +30,7 @@ from worklist_data import (
 from agent.config import WorklistSection
 from agent.iod import UIDSource, build_secondary_capture, encode_part10, new_series_context
 from agent.logsetup import quiet_pynetdicom
-from agent.orthanc import OrthancNotInstalled, OrthancServer, RegisteredModality, start_orthanc
+from agent.demo.orthanc import OrthancNotInstalled, OrthancServer, RegisteredModality, start_orthanc
 from agent.records import DeviceInfo
 from agent.worklist import (
     BroadQuery,

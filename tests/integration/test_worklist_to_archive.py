@@ -11,12 +11,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from agent_process import AGENT_AE, AgentProcess, Destination, make_agent
-from peers import free_port, run_dciodvfy, stop_process
+from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from support.peers import free_port, run_dciodvfy, stop_process
 from pydicom import dcmread
-from worklist_data import Entry, numbered, running_wlmscpfs, write_wl
+from support.worklist_data import Entry, numbered, running_wlmscpfs, write_wl
 
-from agent.orthanc import OrthancServer, RegisteredModality
+from agent.demo.orthanc import OrthancServer, RegisteredModality
 
 pytestmark = pytest.mark.integration
 

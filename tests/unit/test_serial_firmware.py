@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from peers import wait_until
+from support.peers import wait_until
 
 from firmware_stubs import serial_protocol as wire
 from firmware_stubs.faults import FAULT_KINDS, Fault, parse_fault

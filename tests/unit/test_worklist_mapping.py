@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peers import run_dciodvfy
+from support.peers import run_dciodvfy
 from pydicom.dataset import Dataset
 
 from agent.iod import UIDSource, build_secondary_capture, encode_part10, new_series_context

@@ -12,7 +12,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pynetdicom.dsutils import decode
-from worklist_data import (
+from support.worklist_data import (
     PHI_ID,
     PHI_NAME,
     STUDY_COMPONENT_CLASS,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peers import LOCALHOST, free_port, wait_until
+from support.peers import LOCALHOST, free_port, wait_until
 
 AGENT_AE = "MODALITY1"
 

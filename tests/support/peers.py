@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # one implementation, shared with the demo's Orthanc launcher
-from agent.orthanc import accepts_tcp, process_listens_on
+from agent.demo.orthanc import accepts_tcp, process_listens_on
 
 DCMTK = Path("/usr/bin")
 DCIODVFY = Path("/usr/bin/dciodvfy")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
-from agent.orthanc import OrthancNotInstalled, RegisteredModality, start_orthanc
+from agent.demo.orthanc import OrthancNotInstalled, RegisteredModality, start_orthanc
 
 DEMO_AE = "DEMO_MODALITY"
 ARCHIVE_AE = "ORTHANC"

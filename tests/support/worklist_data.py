@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
-from peers import free_port, nodelay_env, process_listens_on, stop_process, wait_until
+from support.peers import free_port, nodelay_env, process_listens_on, stop_process, wait_until
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
