@@ -26,7 +26,7 @@ from agent.api import (
     create_app,
     parse_acquire_request,
 )
-from agent.console.thumbnail import downscale, encode_png, thumbnail_png, to_8bit
+from agent.api.console.thumbnail import downscale, encode_png, thumbnail_png, to_8bit
 from agent.errors import AcquisitionError, UnknownQueueItemError
 from agent.procedures import ProcedureError
 from agent.records import Order

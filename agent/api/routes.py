@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent.console.thumbnail import DEFAULT_MAX_SIDE, thumbnail_png
+from agent.api.console.thumbnail import DEFAULT_MAX_SIDE, thumbnail_png
 from agent.errors import AcquisitionError, AgentError, UnknownQueueItemError
 from agent.mpps import DISCONTINUATION_REASONS
 from agent.procedures import EndStatus, ProcedureError
