@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from agent.api import (
+from agent.api.routes import (
     MAX_BODY_BYTES,
     ApiServer,
     BadRequest,
