@@ -50,6 +50,12 @@ BATCH_BYTES = 16 * 2**20
 MAX_CONTEXTS = 126
 #: how often an idle worker looks for due work and expired commitment transactions
 IDLE_POLL_S = 1.0
+#: sends of one object in a row that end with no answer (the archive aborts the association,
+#: or it times out) before that object is failed (issue 13, finding 9c). An archive that
+#: crashes or aborts on one malformed object would otherwise get it again forever, with
+#: backoff, and everything queued behind it waits; 5 rides out a few network faults (each
+#: attempt after a backoff) and a failed object keeps its bytes for `queue retry` by hand
+MAX_UNKNOWN_OUTCOMES = 5
 
 __all__ = ["DestinationHealth", "DestinationWorker", "Forwarder", "backoff_s",
            "uncompressed_copy"]
@@ -354,8 +360,18 @@ class DestinationWorker:
             return False
         # RETRY or UNKNOWN: the same bytes go again later under the same UID
         delay = self._next_backoff(f"C-STORE {result.text}")
-        self._queue.mark_retry([delivery.delivery_id],
-                               f"{dest.name}: {result.text}", time.time() + delay)
+        if result.verdict is StoreVerdict.RETRY:
+            self._queue.mark_retry([delivery.delivery_id], f"{dest.name}: {result.text}",
+                                   time.time() + delay, answered=True)
+        elif self._queue.mark_outcome_unknown(
+                delivery.delivery_id, f"{dest.name}: {result.text}", time.time() + delay,
+                max_unknown=MAX_UNKNOWN_OUTCOMES,
+                failed_reason=f"archive aborted the association {MAX_UNKNOWN_OUTCOMES} times "
+                              "while receiving this object"):
+            logger.error("queue item %d: %s gave no answer %d times in a row for %s; "
+                         "failed, kept for `queue retry`", delivery.queue_id, dest.name,
+                         MAX_UNKNOWN_OUTCOMES, delivery.sop_instance_uid)
+            return False
         logger.warning("queue item %d: %s answered %s; retrying in %.1f s",
                        delivery.queue_id, dest.name, result.text, delay)
         return False

@@ -69,13 +69,18 @@ class Spool:
         self._lock_fd: int | None = None
 
     def create(self) -> None:
-        """Create the folders with owner-only permissions.
+        """Create the folders with owner-only permissions and mark the top folder as a spool.
+
+        An existing non-empty folder is taken over only if it carries `SPOOL_MARKER` or a
+        `queue.db` (a spool of a version from before the marker: adopted, the marker
+        written); anything else is refused before a single chmod or file is made there.
 
         Raises
         ------
         QueueError
-            If the spool cannot be created or written.
+            If the spool cannot be created or written, or the folder is not a spool.
         """
+        self._check_is_ours()
         old_umask = os.umask(0o077)
         try:
             for folder in (self.root, self.objects_dir, self.tmp_dir, self.quarantine_dir):
@@ -87,6 +92,37 @@ class Spool:
             os.umask(old_umask)
         if not os.access(self.root, os.W_OK):
             raise QueueError(f"spool {self.root}: not writable by this user")
+        self._write_marker()
+
+    def _check_is_ours(self) -> None:
+        """Refuse an existing non-empty folder that is not a spool (`spool_dir = "/etc"`):
+        chmod 0700, cleaning tmp/ and quarantining files would touch what others own."""
+        try:
+            with os.scandir(self.root) as entries:
+                names = {entry.name for entry in entries}
+        except FileNotFoundError:
+            return                       # a new spool
+        except NotADirectoryError as err:
+            raise QueueError(f"spool {self.root}: not a folder") from err
+        except OSError as err:
+            raise QueueError(f"spool {self.root}: cannot list ({err.strerror})") from err
+        if names and SPOOL_MARKER not in names and self.db_path.name not in names:
+            raise QueueError(
+                f"spool {self.root}: an existing folder that is not a modality-agent spool "
+                f"(no {SPOOL_MARKER} file, no {self.db_path.name}); refusing to take it "
+                f"over: set [agent] spool_dir to a new or empty folder")
+
+    def _write_marker(self) -> None:
+        marker = self.root / SPOOL_MARKER
+        if marker.exists():
+            return
+        tmp = self.root / (SPOOL_MARKER + ".tmp")
+        try:
+            tmp.unlink(missing_ok=True)          # left by a crash
+            write_durably(tmp, marker, b"modality-agent spool: do not put other files here\n")
+        except OSError as err:
+            raise QueueError(f"spool {self.root}: cannot write {SPOOL_MARKER} "
+                             f"({err.strerror})") from err
 
     def lock(self) -> None:
         """Take the single-instance lock: two senders on one spool would double-send.

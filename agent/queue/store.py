@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  REAL NOT NULL,
     last_error       TEXT NOT NULL DEFAULT '',
+    -- consecutive sends with no answer (abort, timeout): bounded, see mark_outcome_unknown
+    unknown_outcomes INTEGER NOT NULL DEFAULT 0,
     transaction_uid  TEXT,
     updated_at       REAL NOT NULL,
     stored_at        REAL,
@@ -146,6 +148,24 @@ def connect(db_path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _make_private(db_path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives the -wal and -shm
+    files the database file's mode, and they hold the same patient data (issue 13)."""
+    fd = os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Columns added after a spool was created (CREATE TABLE IF NOT EXISTS leaves it as is)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+    if "unknown_outcomes" not in columns:
+        conn.execute("ALTER TABLE deliveries ADD COLUMN unknown_outcomes INTEGER NOT NULL "
+                     "DEFAULT 0")
+
+
 class QueueStore:
     """The durable queue. Thread-safe: one connection, one lock; SQLite serialises writes anyway.
 
@@ -191,13 +211,22 @@ class QueueStore:
         self.spool.create()
         self.spool.lock()
         try:
+            _make_private(self.spool.db_path)
             self._conn = connect(self.spool.db_path)
             self._conn.executescript(_SCHEMA)
-            os.chmod(self.spool.db_path, 0o600)
+            _migrate(self._conn)
+            for suffix in ("", "-wal", "-shm"):
+                # those of an older version were made 0644
+                path = self.spool.db_path.with_name(self.spool.db_path.name + suffix)
+                if path.exists():
+                    os.chmod(path, 0o600)
             self.recover()
         except sqlite3.DatabaseError as err:
             self.spool.unlock()
             raise QueueError(f"{self.spool.db_path}: {err}") from err
+        except OSError as err:
+            self.spool.unlock()
+            raise QueueError(f"{self.spool.db_path}: {err.strerror}") from err
 
     def close(self) -> None:
         with self._lock:
@@ -519,21 +548,61 @@ class QueueStore:
         now = self._now()
         with self._tx() as conn:
             conn.execute(
-                "UPDATE deliveries SET state=?, stored_at=?, updated_at=?, last_error=? "
-                "WHERE delivery_id=? AND state=?",
+                "UPDATE deliveries SET state=?, stored_at=?, updated_at=?, last_error=?, "
+                "unknown_outcomes=0 WHERE delivery_id=? AND state=?",
                 (S.SENT, now, now, note, delivery_id, S.SENDING),
             )
 
-    def mark_retry(self, delivery_ids: Sequence[int], reason: str, next_attempt_at: float) -> None:
-        """Back to `pending`, not before `next_attempt_at`, the reason kept for `status`."""
+    def mark_retry(self, delivery_ids: Sequence[int], reason: str, next_attempt_at: float,
+                   *, answered: bool = False) -> None:
+        """Back to `pending`, not before `next_attempt_at`, the reason kept for `status`.
+
+        `answered`: the archive gave these objects a status (e.g. 0xA700): their count of
+        unanswered sends starts again from zero.
+        """
         now = self._now()
+        reset = "unknown_outcomes=0, " if answered else ""
         with self._tx() as conn:
             conn.executemany(
-                "UPDATE deliveries SET state=?, next_attempt_at=?, last_error=?, updated_at=? "
-                "WHERE delivery_id=? AND state IN (?, ?, ?)",
+                "UPDATE deliveries SET state=?, next_attempt_at=?, last_error=?, "  # noqa: S608
+                f"{reset}updated_at=? WHERE delivery_id=? AND state IN (?, ?, ?)",
                 [(S.PENDING, next_attempt_at, reason, now, i, S.SENDING, S.SENT,
                   S.COMMIT_REQUESTED) for i in delivery_ids],
             )
+
+    def mark_outcome_unknown(self, delivery_id: int, reason: str, next_attempt_at: float, *,
+                             max_unknown: int, failed_reason: str) -> bool:
+        """A send of this object got no answer (abort, timeout): back to `pending` like
+        `mark_retry`, unless this makes `max_unknown` in a row, when it fails with
+        `failed_reason` (an object the archive always aborts on would be resent forever).
+
+        Returns
+        -------
+        bool
+            True if the row is now `failed`.
+        """
+        now = self._now()
+        with self._tx() as conn:
+            row = conn.execute(
+                "UPDATE deliveries SET unknown_outcomes=unknown_outcomes+1 "
+                "WHERE delivery_id=? AND state=? RETURNING unknown_outcomes",
+                (delivery_id, S.SENDING),
+            ).fetchone()
+            if row is None:
+                return False              # not ours any more (e.g. already recovered)
+            if row[0] >= max_unknown:
+                conn.execute(
+                    "UPDATE deliveries SET state=?, last_error=?, updated_at=? "
+                    "WHERE delivery_id=?",
+                    (S.FAILED, failed_reason, now, delivery_id),
+                )
+                return True
+            conn.execute(
+                "UPDATE deliveries SET state=?, next_attempt_at=?, last_error=?, updated_at=? "
+                "WHERE delivery_id=?",
+                (S.PENDING, next_attempt_at, reason, now, delivery_id),
+            )
+        return False
 
     def postpone(self, delivery_ids: Sequence[int], next_attempt_at: float) -> None:
         """Leave the state as it is; look at these rows again from `next_attempt_at`."""
@@ -563,7 +632,7 @@ class QueueStore:
                     raise UnknownQueueItemError(f"no queue item {queue_id}")
                 count += conn.execute(
                     "UPDATE deliveries SET state=?, next_attempt_at=?, attempts=0, "
-                    "updated_at=? WHERE queue_id=? AND state=?",
+                    "unknown_outcomes=0, updated_at=? WHERE queue_id=? AND state=?",
                     (S.PENDING, now, now, queue_id, S.FAILED),
                 ).rowcount
         return count

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.config import DestinationSection, QueueSection
 from agent.errors import QueueError, SpoolFullError, SpoolLockedError, UnknownQueueItemError
+from agent.forwarder import MAX_UNKNOWN_OUTCOMES, DestinationWorker
+from agent.iod import UIDSource
+from agent.net.store_process import StoreOutcome
 from agent.queue import QueueStore
+from agent.queue.spool import SPOOL_MARKER
 from agent.records import CommitmentResult, DeliveryState
 
 S = DeliveryState
@@ -292,3 +299,167 @@ def test_a_full_database_is_a_clear_error_and_leaves_nothing_half_done(
     # the round that could not record its outcome left a row in 'sending'; it is recovered
     assert store.requeue([d.delivery_id]) == 1
     assert states(store).count("sending") == 0
+
+
+# -- issue 13: the spool's files are private, and a folder that is not a spool is not taken ----
+def test_wal_and_shm_files_are_private(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)          # a service's usual umask: new files 0644
+    try:
+        q = QueueStore(tmp_path / "spool", ["pacs"])
+        q.open()
+        try:
+            put(q)
+            root = q.spool.root
+            for name in ("queue.db", "queue.db-wal", "queue.db-shm"):
+                assert (root / name).exists(), name
+                assert stat.S_IMODE((root / name).stat().st_mode) == 0o600, name
+        finally:
+            q.close()
+    finally:
+        os.umask(old_umask)
+
+
+def test_a_new_spool_gets_the_marker(tmp_path: Path) -> None:
+    q = QueueStore(tmp_path / "spool", ["pacs"])
+    q.open()
+    q.close()
+    assert (tmp_path / "spool" / SPOOL_MARKER).is_file()
+
+
+def test_a_folder_that_is_not_a_spool_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    (folder / "passwd").write_text("root:x:0:0\n")
+    (folder / "tmp").mkdir()
+    (folder / "tmp" / "keep.tmp").write_text("mine")
+    before = sorted(p.name for p in folder.rglob("*"))
+    q = QueueStore(folder, ["pacs"])
+    with pytest.raises(QueueError) as caught:
+        q.open()
+    assert str(folder) in str(caught.value) and SPOOL_MARKER in str(caught.value)
+    assert sorted(p.name for p in folder.rglob("*")) == before
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert (folder / "tmp" / "keep.tmp").read_text() == "mine"
+
+
+def test_a_spool_of_an_older_version_is_adopted(tmp_path: Path) -> None:
+    q = QueueStore(tmp_path / "spool", ["pacs"])
+    q.open()
+    [queue_id] = put(q)
+    q.close()
+    (tmp_path / "spool" / SPOOL_MARKER).unlink()      # as an older version left it
+    q = QueueStore(tmp_path / "spool", ["pacs"])
+    q.open()
+    try:
+        assert q.object_path(queue_id).read_bytes() == b"object 0"
+        assert (tmp_path / "spool" / SPOOL_MARKER).is_file()
+    finally:
+        q.close()
+
+
+def test_an_empty_existing_folder_becomes_a_spool(tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
+    q = QueueStore(tmp_path / "spool", ["pacs"])
+    q.open()
+    q.close()
+    assert (tmp_path / "spool" / SPOOL_MARKER).is_file()
+
+
+# -- issue 13 finding 9 (c): an object the archive keeps aborting on ends failed -------------
+def test_repeated_unknown_outcomes_fail_that_object_only(store: QueueStore,
+                                                         clock: FakeClock) -> None:
+    put(store, 2)
+    reason = "archive aborted the association 3 times while receiving this object"
+    for attempt in range(1, 4):
+        batch = store.claim_batch("pacs")
+        assert len(batch) == 2
+        poison, other = batch
+        failed = store.mark_outcome_unknown(poison.delivery_id, "pacs: no response",
+                                            clock.t, max_unknown=3, failed_reason=reason)
+        assert failed is (attempt == 3)
+        store.mark_sent(other.delivery_id) if attempt == 3 else store.mark_retry(
+            [other.delivery_id], "pacs dropped the association", clock.t)
+    rows = store.deliveries(destination="pacs")
+    assert [r.state for r in rows] == [S.FAILED, S.SENT]
+    assert rows[0].last_error == reason
+
+
+def test_an_answer_in_between_restarts_the_count(store: QueueStore, clock: FakeClock) -> None:
+    put(store)
+    for _ in range(2):
+        [d] = store.claim_batch("pacs")
+        assert not store.mark_outcome_unknown(d.delivery_id, "no response", clock.t,
+                                              max_unknown=3, failed_reason="aborted")
+    [d] = store.claim_batch("pacs")
+    store.mark_retry([d.delivery_id], "pacs: 0xA700 out of resources", clock.t,
+                     answered=True)
+    for _ in range(2):
+        [d] = store.claim_batch("pacs")
+        assert not store.mark_outcome_unknown(d.delivery_id, "no response", clock.t,
+                                              max_unknown=3, failed_reason="aborted")
+    assert states(store) == ["pending"]
+    # `queue retry` by hand starts from zero as well
+    [d] = store.claim_batch("pacs")
+    assert store.mark_outcome_unknown(d.delivery_id, "no response", clock.t, max_unknown=3,
+                                      failed_reason="aborted")
+    assert store.retry([d.queue_id]) == 1
+    [d] = store.claim_batch("pacs")
+    assert not store.mark_outcome_unknown(d.delivery_id, "no response", clock.t,
+                                          max_unknown=3, failed_reason="aborted")
+
+
+class AbortingArchive:
+    """Stands for the sending process: the archive aborts the association whenever it
+    receives `poison`; what comes before it is stored, what comes after is never sent."""
+
+    def __init__(self, poison: int) -> None:
+        self.poison = poison
+        self.is_established = False
+        self.max_pdu = 16384
+
+    def associate(self, request: object) -> tuple[bool, str]:
+        return True, ""
+
+    def store(self, items: list[tuple[int, Path]]) -> Iterator[StoreOutcome]:
+        aborted = False
+        for key, _path in items:
+            if aborted:
+                yield StoreOutcome(key, not_sent=True)
+            elif key == self.poison:
+                aborted = True
+                yield StoreOutcome(key)          # no status: outcome unknown
+            else:
+                yield StoreOutcome(key, status=0x0000)
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_object_the_archive_always_aborts_on_fails_and_the_others_go(
+        tmp_path: Path, clock: FakeClock) -> None:
+    clock.t = time.time() + 10**6           # every retry is due at once: no waiting here
+    q = QueueStore(tmp_path / "spool", ["pacs"], clock=clock)
+    q.open()
+    try:
+        put(q, 3)
+        [_first, poison, _third] = q.deliveries(destination="pacs")
+        worker = DestinationWorker(
+            DestinationSection("pacs", "127.0.0.1", 1, "PACS", storage_commitment=False),
+            ae_title="AGENT", queue=q, queue_config=QueueSection(), uids=UIDSource(),
+            report_handler=lambda _report: 0)
+        worker._sender = AbortingArchive(poison.delivery_id)  # type: ignore[assignment]
+        rounds = 0
+        while worker.run_once():
+            rounds += 1
+            assert rounds <= 2 * MAX_UNKNOWN_OUTCOMES, "resent forever"
+        rows = q.deliveries(destination="pacs")
+        assert [r.state for r in rows] == [S.SENT, S.FAILED, S.SENT]
+        assert rows[1].last_error == (f"archive aborted the association {MAX_UNKNOWN_OUTCOMES} "
+                                      "times while receiving this object")
+        assert rows[1].attempts == MAX_UNKNOWN_OUTCOMES
+    finally:
+        q.close()
