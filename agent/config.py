@@ -41,6 +41,17 @@ class ListenerSection:
 class ApiSection:
     host: str = "127.0.0.1"
     port: int = 8470
+    # the bearer token the CLI sends; load_config makes it absolute, absent = <spool_dir>/api-token
+    token_file: Path = Path("api-token")
+    max_frames: int = 100                     # frames one acquire request may ask for
+    # folders `import` through the API may read from; () = the API refuses `import`
+    import_folders: tuple[Path, ...] = ()
+    max_import_files: int = 1000              # files one import request may queue
+    max_connections: int = 32                 # HTTP connections held open at once
+    idle_timeout_s: float = 10.0              # an HTTP connection idle this long is closed
+    # Host header names answered besides the localhost forms and `host` (lower case): a page on
+    # another name reaching us through DNS rebinding is refused
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class WorklistSection:
     max_results: int = 500                    # more: C-CANCEL, shown as "more than N"
     days_before: int = 0                      # SPS Start Date range around today
     days_after: int = 0
-    timeout_s: float = 20.0                   # for one query
+    timeout_s: float = 20.0                   # total deadline for one worklist refresh
     # used to decode a response without (0008,0005); () refuses non-ASCII text instead
     fallback_charsets: tuple[str, ...] = ("ISO_IR 192", "ISO_IR 100")
 
@@ -108,6 +119,9 @@ class WatchFolderSection:
     after_import: str = "move"          # move (to done/) | delete
     use_close_events: bool = True       # also take a file when its writer closes it
     rescan_s: float = 5.0               # look again (a full spool, missed events)
+    # done/ and rejected/ hold patient data: kept this long; load_config: absent = [queue]'s
+    retention_s: float = 86400.0
+    max_file_mb: int = 2048             # a larger dropped file is rejected without being read
 
 
 @dataclass(frozen=True)
@@ -318,12 +332,9 @@ def _integer(low: int, high: int) -> _Check:
     return _Check(f"an integer {low}..{high}", convert)
 
 
-def _number(*, above: float | None = None, at_least: float | None = None) -> _Check:
-    bound = ""
-    if above is not None:
-        bound = f" > {above:g}"
-    elif at_least is not None:
-        bound = f" >= {at_least:g}"
+def _number(low: float, high: float) -> _Check:
+    """A number within [low, high]: both ends finite, so no key takes 1e-6 s (a loop that burns a
+    core) or 1e300 s (an overflow in `now + delay`) (issue 13, finding 11)."""
 
     def convert(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -332,15 +343,17 @@ def _number(*, above: float | None = None, at_least: float | None = None) -> _Ch
             number = float(value)
         except OverflowError as err:
             raise _Invalid("too large") from err
-        if not math.isfinite(number):
-            raise _Invalid()
-        if (above is not None and not number > above) or (
-            at_least is not None and not number >= at_least
-        ):
+        # NaN compares false both ways, so the range test also refuses it; inf is out of range.
+        if not low <= number <= high:
             raise _Invalid()
         return number
 
-    return _Check(f"a finite number{bound}", convert)
+    return _Check(f"a number {_plain(low)}..{_plain(high)}", convert)
+
+
+def _plain(number: float) -> str:
+    """A range end as a service engineer writes it: 31536000, not 3.1536e+07."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
 
 
 def _convert_bool(value: Any) -> bool:
@@ -474,6 +487,49 @@ _PATH = _Check(
 )
 
 
+def _convert_path_list(value: Any) -> tuple[Path, ...]:
+    if not isinstance(value, list):
+        raise _Invalid()
+    paths = []
+    for number, item in enumerate(value, start=1):
+        try:
+            paths.append(_convert_path(item))
+        except _Invalid as err:
+            # the array is shown by its length; say which item is wrong, and why if known
+            note = f"#{number}: {err.note}" if err.note else f"#{number} is not a path"
+            raise _Invalid(note) from None
+    return tuple(paths)
+
+
+_PATH_LIST = _Check(
+    "a list of paths, absolute or relative to the config file's folder (non-empty strings)",
+    _convert_path_list,
+)
+
+
+def _convert_host_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid()
+    hosts = []
+    for number, item in enumerate(value, start=1):
+        try:
+            host = _convert_host(item)
+        except _Invalid:
+            raise _Invalid(f"#{number} is not a host name") from None
+        if "/" in host:
+            # a Host header never holds "/"; a URL pasted here would never match
+            raise _Invalid(f"#{number} is not a host name")
+        # host names are case-insensitive (RFC 3986 3.2.2); the API compares lower case
+        hosts.append(host.lower())
+    return tuple(hosts)
+
+
+_HOST_LIST = _Check(
+    'a list of host names (non-empty, no whitespace, no "/"), e.g. ["modality1.ward.example"]',
+    _convert_host_list,
+)
+
+
 def _convert_options(value: Any) -> MappingProxyType[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid()
@@ -584,7 +640,8 @@ def _check_document(
     listener = _check_endpoint(
         _section_table(document, "listener", problems), "listener", ListenerSection, problems
     )
-    api = _check_endpoint(_section_table(document, "api", problems), "api", ApiSection, problems)
+    spool_dir = agent.spool_dir if agent is not None else config_dir / AgentSection.spool_dir
+    api = _check_api(_section_table(document, "api", problems), problems, config_dir, spool_dir)
     device = _check_device(_section_table(document, "device", problems), problems)
     modality = _check_modality(_section_table(document, "modality", problems), problems)
     worklist = None
@@ -597,8 +654,9 @@ def _check_document(
     queue = _check_queue(_section_table(document, "queue", problems), problems)
     watch_folder = None
     if "watch_folder" in document:
+        retention_s = queue.retention_s if queue is not None else QueueSection.retention_s
         watch_folder = _check_watch_folder(
-            _section_table(document, "watch_folder", problems), problems, config_dir)
+            _section_table(document, "watch_folder", problems), problems, config_dir, retention_s)
 
     # Each section is None only if it had a problem; the explicit checks are for the type checker.
     if (
@@ -644,17 +702,41 @@ def _check_agent(
     return section.build()
 
 
-_EndpointT = TypeVar("_EndpointT", ListenerSection, ApiSection)
-
-
 def _check_endpoint(
-    table: dict[str, Any] | None, name: str, cls: type[_EndpointT], problems: _Problems
-) -> _EndpointT | None:
+    table: dict[str, Any] | None, name: str, cls: type[ListenerSection], problems: _Problems
+) -> ListenerSection | None:
     if table is None:
         return None
     section = _Table(problems, f"[{name}]", table, cls)
     section.take("host", _HOST)
     section.take("port", _PORT)
+    return section.build()
+
+
+def _check_api(
+    table: dict[str, Any] | None, problems: _Problems, config_dir: Path, spool_dir: Path
+) -> ApiSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[api]", table, ApiSection)
+    section.take("host", _HOST)
+    section.take("port", _PORT)
+    token_file = section.take("token_file", _PATH)
+    if "token_file" not in table:
+        # beside the queue: the one folder the service user owns and nobody else may read
+        section.values["token_file"] = spool_dir / "api-token"
+    elif token_file is not _INVALID:
+        section.values["token_file"] = config_dir / token_file
+    # 10,000 frames of 512x512x2 bytes are 5 GB of spool for one unauthenticated click
+    section.take("max_frames", _integer(1, 10_000))
+    folders = section.take("import_folders", _PATH_LIST)
+    if folders is not _INVALID:
+        section.values["import_folders"] = tuple(config_dir / folder for folder in folders)
+    section.take("max_import_files", _integer(1, 100_000))
+    # at least 4: the console polls while the CLI waits and another acquires
+    section.take("max_connections", _integer(4, 1024))
+    section.take("idle_timeout_s", _number(1, 300))
+    section.take("allowed_hosts", _HOST_LIST)
     return section.build()
 
 
@@ -705,11 +787,13 @@ def _check_worklist(table: dict[str, Any] | None, problems: _Problems) -> Workli
     section.take("host", _HOST)
     section.take("port", _PORT)
     section.take("called_ae", _AE_TITLE)
-    section.take("refresh_s", _number(above=0))
+    section.take("refresh_s", _number(1, 86_400))
     section.take("max_results", _integer(1, 100_000))
     section.take("days_before", _integer(0, 31))
     section.take("days_after", _integer(0, 31))
-    section.take("timeout_s", _number(above=0))
+    # a total deadline for one refresh (association, every C-FIND response, release), not per
+    # message: a RIS trickling one response every 19 s cannot hold the worklist for hours
+    section.take("timeout_s", _number(1, 600))
     section.take("fallback_charsets", _CHARSET_LIST)
     return section.build()
 
@@ -728,7 +812,7 @@ _CHARSET_LIST = _Check('a list of character set names such as ["ISO_IR 192", "IS
 
 
 def _check_watch_folder(
-    table: dict[str, Any] | None, problems: _Problems, config_dir: Path
+    table: dict[str, Any] | None, problems: _Problems, config_dir: Path, queue_retention_s: float
 ) -> WatchFolderSection | None:
     if table is None:
         return None
@@ -736,10 +820,15 @@ def _check_watch_folder(
     path = section.take("path", _PATH)
     if path is not _INVALID:
         section.values["path"] = config_dir / path
-    section.take("settle_s", _number(at_least=0))
+    section.take("settle_s", _number(0, 3600))
     section.take("after_import", _one_of(("move", "delete")))
     section.take("use_close_events", _BOOL)
-    section.take("rescan_s", _number(above=0))
+    section.take("rescan_s", _number(0.5, 3600))
+    section.take("retention_s", _RETENTION_S)
+    if "retention_s" not in table:
+        # done/ and rejected/ hold patient data like the spool: kept as long, unless told apart
+        section.values["retention_s"] = queue_retention_s
+    section.take("max_file_mb", _integer(1, 65_536))
     return section.build()
 
 
@@ -794,10 +883,11 @@ def _check_destinations(
         section.take("port", _PORT)
         section.take("called_ae", _AE_TITLE)
         section.take("storage_commitment", _BOOL)
-        section.take("commitment_timeout_s", _number(above=0))
+        # below 10 s an archive that commits in batches would be asked again and again
+        section.take("commitment_timeout_s", _number(10, 604_800))
         section.take("max_associations", _integer(1, 16))
-        section.take("dimse_timeout_s", _number(above=0))
-        section.take("commitment_report_wait_s", _number(at_least=0))
+        section.take("dimse_timeout_s", _number(1, 3600))
+        section.take("commitment_report_wait_s", _number(0, 600))
         built = section.build()
         if built is not None:
             destinations.append(built)
@@ -808,14 +898,19 @@ def _check_queue(table: dict[str, Any] | None, problems: _Problems) -> QueueSect
     if table is None:
         return None
     section = _Table(problems, "[queue]", table, QueueSection)
-    initial = section.take("retry_initial_s", _number(above=0))
-    maximum = section.take("retry_max_s", _number(above=0))
+    initial = section.take("retry_initial_s", _number(0.1, 3600))
+    maximum = section.take("retry_max_s", _number(0.1, 86_400))
     if initial is not _INVALID and maximum is not _INVALID and maximum < initial:
         if "retry_max_s" in table:
             got = _show(table["retry_max_s"])
         else:
             got = f"{maximum:g} (the default)"
         section.report("retry_max_s", f"a number >= retry_initial_s ({initial:g})", got)
-    section.take("retention_s", _number(at_least=0))
-    section.take("min_free_mb", _number(at_least=0))
+    section.take("retention_s", _RETENTION_S)
+    # 100 TB: larger than any acquisition computer's disk, far from float trouble
+    section.take("min_free_mb", _number(0, 100_000_000))
     return section.build()
+
+
+#: a year: long enough for any site's policy, short enough that patient data does not stay forever
+_RETENTION_S = _number(0, 365 * 86_400)

@@ -92,6 +92,7 @@ def test_example_config_sets_every_key(tmp_path: Path) -> None:
         "destinations": config.destinations[0],
         "mpps": config.mpps,
         "queue": config.queue,
+        "watch_folder": config.watch_folder,
     }
     for name, section in sections.items():
         table = re.search(rf"(?ms)^\[+{name}\]+[^\n]*\n(.*?)(?=^\[|\Z)", uncommented)
@@ -248,11 +249,44 @@ BAD_VALUES = [
     ),
     ('[modality]\nmodel_name = "A\\\\B"', "[modality] model_name", "no backslash", "backslash"),
     ("[modality]\ninstitution_name = 1", "[modality] institution_name", "a string", "1"),
-    ("[queue]\nretry_initial_s = 0", "[queue] retry_initial_s", "a finite number > 0", "0"),
-    ("[queue]\nretry_initial_s = nan", "[queue] retry_initial_s", "a finite number", "nan"),
-    ("[queue]\nretention_s = -1", "[queue] retention_s", "a finite number >= 0", "-1"),
-    ("[queue]\nretention_s = inf", "[queue] retention_s", "a finite number >= 0", "inf"),
-    ('[queue]\nretention_s = "1d"', "[queue] retention_s", "a finite number >= 0", '"1d"'),
+    ("[queue]\nretry_initial_s = 0", "[queue] retry_initial_s", "a number 0.1..3600", "0"),
+    ("[queue]\nretry_initial_s = nan", "[queue] retry_initial_s", "a number 0.1..3600", "nan"),
+    # finding 11: a retry every microsecond made the forwarder loop burn 70 % of a core
+    ("[queue]\nretry_initial_s = 1e-6", "[queue] retry_initial_s", "a number 0.1..3600",
+     "1e-06"),
+    ("[queue]\nretention_s = -1", "[queue] retention_s", "a number 0..31536000", "-1"),
+    ("[queue]\nretention_s = inf", "[queue] retention_s", "a number 0..31536000", "inf"),
+    ("[queue]\nretention_s = 1e300", "[queue] retention_s", "a number 0..31536000", "1e+300"),
+    ('[queue]\nretention_s = "1d"', "[queue] retention_s", "a number 0..31536000", '"1d"'),
+    ("[api]\nmax_frames = 10001", "[api] max_frames", "an integer 1..10000", "10001"),
+    ("[api]\nmax_frames = 0", "[api] max_frames", "an integer 1..10000", "0"),
+    ("[api]\nmax_import_files = 100001", "[api] max_import_files", "an integer 1..100000",
+     "100001"),
+    ("[api]\nmax_connections = 3", "[api] max_connections", "an integer 4..1024", "3"),
+    ("[api]\nidle_timeout_s = 0.5", "[api] idle_timeout_s", "a number 1..300", "0.5"),
+    ("[api]\nidle_timeout_s = 301", "[api] idle_timeout_s", "a number 1..300", "301"),
+    ('[api]\ntoken_file = ""', "[api] token_file", "a path", '""'),
+    ('[api]\nimport_folders = "/data"', "[api] import_folders", "a list of paths", '"/data"'),
+    ('[api]\nimport_folders = ["/data", ""]', "[api] import_folders", "a list of paths",
+     "an array of 2 items (#2 is not a path)"),
+    ('[api]\nimport_folders = ["~/in"]', "[api] import_folders", "a list of paths",
+     "(#1: ~ is not expanded)"),
+    ('[api]\nallowed_hosts = "console"', "[api] allowed_hosts", "a list of host names",
+     '"console"'),
+    ('[api]\nallowed_hosts = ["a b"]', "[api] allowed_hosts", "no whitespace",
+     "an array of 1 items (#1 is not a host name)"),
+    ('[api]\nallowed_hosts = ["evil.example/x"]', "[api] allowed_hosts", 'no "/"',
+     "(#1 is not a host name)"),
+    ('[api]\nallowed_hosts = [""]', "[api] allowed_hosts", "a list of host names",
+     "(#1 is not a host name)"),
+    ('[watch_folder]\npath = "in"\nmax_file_mb = 0', "[watch_folder] max_file_mb",
+     "an integer 1..65536", "0"),
+    ('[watch_folder]\npath = "in"\nmax_file_mb = 65537', "[watch_folder] max_file_mb",
+     "an integer 1..65536", "65537"),
+    ('[watch_folder]\npath = "in"\nretention_s = -5', "[watch_folder] retention_s",
+     "a number 0..31536000", "-5"),
+    ('[watch_folder]\npath = "in"\nrescan_s = 0.000001', "[watch_folder] rescan_s",
+     "a number 0.5..3600", "1e-06"),
     (
         "[queue]\nretry_initial_s = 10\nretry_max_s = 5",
         "[queue] retry_max_s",
@@ -268,7 +302,7 @@ BAD_VALUES = [
     (
         "[queue]\nretention_s = 1979-05-27",
         "[queue] retention_s",
-        "a finite number",
+        "a number 0..31536000",
         "the date 1979-05-27",
     ),
 ]
@@ -295,8 +329,9 @@ BAD_DESTINATION_VALUES = [
     ('called_ae = "PACS\\\\2"', "called_ae", "an AE title", "(contains a backslash)"),
     ('storage_commitment = "yes"', "storage_commitment", "true or false", '"yes"'),
     ("storage_commitment = 1", "storage_commitment", "true or false", "1"),
-    ("commitment_timeout_s = 0", "commitment_timeout_s", "a finite number > 0", "0"),
-    ("commitment_timeout_s = -0.5", "commitment_timeout_s", "a finite number > 0", "-0.5"),
+    ("commitment_timeout_s = 0", "commitment_timeout_s", "a number 10..604800", "0"),
+    ("commitment_timeout_s = -0.5", "commitment_timeout_s", "a number 10..604800", "-0.5"),
+    ("dimse_timeout_s = 1e300", "dimse_timeout_s", "a number 1..3600", "1e+300"),
     ("max_associations = 17", "max_associations", "an integer 1..16", "17"),
     ("max_associations = 0", "max_associations", "an integer 1..16", "0"),
 ]
@@ -337,7 +372,7 @@ def test_bad_destination_value_names_the_destination_by_position(
 )
 def test_bool_is_not_accepted_as_a_number(tmp_path: Path, toml: str) -> None:
     problem = only_problem(tmp_path, toml + "\n" + DESTINATION)
-    assert re.search(r"expected an? (integer|finite number).*, got (true|false)$", problem)
+    assert re.search(r"expected an? (integer|number) .*, got (true|false)$", problem)
 
 
 def test_bool_is_not_accepted_as_max_associations(tmp_path: Path) -> None:
@@ -706,6 +741,14 @@ _FUZZED_KEYS = [
     ("destinations", "max_associations"),
     ("destinations", "storage_commitment"),
     ("destinations", "name"),
+    ("destinations", "dimse_timeout_s"),
+    ("api", "token_file"),
+    ("api", "import_folders"),
+    ("api", "allowed_hosts"),
+    ("api", "idle_timeout_s"),
+    ("api", "max_frames"),
+    ("watch_folder", "retention_s"),
+    ("watch_folder", "max_file_mb"),
     ("nosuchsection", "key"),
 ]
 
@@ -719,7 +762,10 @@ _FUZZED_KEYS = [
 def test_arbitrary_values_raise_only_config_error(
     tmp_path: Path, assignments: list[tuple[tuple[str, str], Any]]
 ) -> None:
-    tables: dict[str, dict[str, Any]] = {"worklist": {"host": "ris", "port": 104, "called_ae": "R"}}
+    tables: dict[str, dict[str, Any]] = {
+        "worklist": {"host": "ris", "port": 104, "called_ae": "R"},
+        "watch_folder": {"path": "in"},
+    }
     destination: dict[str, Any] = {"name": "pacs", "host": "h", "port": 104, "called_ae": "PACS"}
     for (section, key), value in assignments:
         if section == "destinations":
@@ -773,3 +819,174 @@ def test_config_knows_exactly_the_iods_and_syntaxes_the_builder_makes() -> None:
 
     assert set(config_module.KNOWN_IODS) == set(iod.KNOWN_IODS)
     assert set(config_module.KNOWN_TRANSFER_SYNTAXES) == set(iod.KNOWN_TRANSFER_SYNTAXES)
+
+
+# --- issue 13: the [api] and [watch_folder] keys that bound what a request or a file may cost -
+
+
+def test_new_api_and_watch_folder_keys_have_safe_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[watch_folder]\npath = "in"\n' + DESTINATION))
+
+    api = config.api
+    assert api.token_file == tmp_path / "spool" / "api-token"
+    assert (api.max_frames, api.max_import_files) == (100, 1000)
+    assert (api.max_connections, api.idle_timeout_s) == (32, 10.0)
+    assert api.import_folders == ()            # no folder: `import` through the API is refused
+    assert api.allowed_hosts == ()
+    assert config.watch_folder is not None
+    assert config.watch_folder.retention_s == config.queue.retention_s == 86400.0
+    assert config.watch_folder.max_file_mb == 2048
+
+
+def test_token_file_default_follows_the_spool(tmp_path: Path) -> None:
+    spool = tmp_path / "var" / "spool"
+    config = load_config(write(tmp_path, f'[agent]\nspool_dir = "{spool}"\n' + DESTINATION))
+    assert config.api.token_file == spool / "api-token"
+
+
+def test_api_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = (
+        '[api]\ntoken_file = "secrets/token"\n'
+        f'import_folders = ["usb", "{tmp_path / "abs"}"]\n' + DESTINATION
+    )
+    config = load_config(write(tmp_path, text))
+
+    assert config.api.token_file == tmp_path / "secrets" / "token"
+    assert config.api.import_folders == (tmp_path / "usb", tmp_path / "abs")
+    assert not (tmp_path / "secrets").exists(), "load_config must not create anything"
+
+
+def test_allowed_hosts_are_kept_lower_case(tmp_path: Path) -> None:
+    # Host names are case-insensitive (RFC 3986 3.2.2): the API compares lower-case names.
+    text = '[api]\nallowed_hosts = ["Modality-1.Ward.example", "10.0.0.5", "[::1]"]\n'
+    config = load_config(write(tmp_path, text + DESTINATION))
+    assert config.api.allowed_hosts == ("modality-1.ward.example", "10.0.0.5", "[::1]")
+
+
+def test_watch_folder_retention_defaults_to_the_queue_s_and_may_differ(tmp_path: Path) -> None:
+    text = '[queue]\nretention_s = 600\n[watch_folder]\npath = "in"\n' + DESTINATION
+    section = load_config(write(tmp_path, text)).watch_folder
+    assert section is not None and section.retention_s == 600.0
+
+    text = text.replace('path = "in"', 'path = "in"\nretention_s = 0\nmax_file_mb = 10')
+    section = load_config(write(tmp_path, text)).watch_folder
+    assert section is not None and (section.retention_s, section.max_file_mb) == (0.0, 10)
+
+
+# --- finding 11: every numeric key has a finite range --------------------------------------
+
+#: (section, key) -> (lowest, highest) accepted; docs/configuration.md lists the same
+BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
+    ("listener", "port"): (1, 65535),
+    ("api", "port"): (1, 65535),
+    ("api", "max_frames"): (1, 10_000),
+    ("api", "max_import_files"): (1, 100_000),
+    ("api", "max_connections"): (4, 1024),
+    ("api", "idle_timeout_s"): (1, 300),
+    ("worklist", "port"): (1, 65535),
+    ("worklist", "refresh_s"): (1, 86_400),
+    ("worklist", "max_results"): (1, 100_000),
+    ("worklist", "days_before"): (0, 31),
+    ("worklist", "days_after"): (0, 31),
+    ("worklist", "timeout_s"): (1, 600),
+    ("destinations", "port"): (1, 65535),
+    ("destinations", "commitment_timeout_s"): (10, 604_800),
+    ("destinations", "max_associations"): (1, 16),
+    ("destinations", "dimse_timeout_s"): (1, 3600),
+    ("destinations", "commitment_report_wait_s"): (0, 600),
+    ("mpps", "port"): (1, 65535),
+    ("watch_folder", "settle_s"): (0, 3600),
+    ("watch_folder", "rescan_s"): (0.5, 3600),
+    ("watch_folder", "retention_s"): (0, 31_536_000),
+    ("watch_folder", "max_file_mb"): (1, 65536),
+    ("queue", "retry_initial_s"): (0.1, 3600),
+    ("queue", "retry_max_s"): (0.1, 86_400),
+    ("queue", "retention_s"): (0, 31_536_000),
+    ("queue", "min_free_mb"): (0, 100_000_000),
+}
+
+
+def _numeric_keys() -> set[tuple[str, str]]:
+    """Every int or float field of every section (annotations are strings here)."""
+    from agent import config as config_module
+
+    sections = {
+        "listener": config_module.ListenerSection, "api": config_module.ApiSection,
+        "agent": config_module.AgentSection, "device": config_module.DeviceSection,
+        "modality": config_module.ModalitySection, "worklist": config_module.WorklistSection,
+        "destinations": config_module.DestinationSection, "mpps": config_module.MppsSection,
+        "watch_folder": config_module.WatchFolderSection, "queue": config_module.QueueSection,
+    }
+    return {
+        (name, item.name)
+        for name, cls in sections.items()
+        for item in dataclasses.fields(cls)
+        if item.type in ("int", "float")
+    }
+
+
+def _plain(number: float) -> str:
+    """As the range is written in messages and docs: 31536000, not 3.1536e+07."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
+def test_every_numeric_key_has_a_documented_range() -> None:
+    # a new numeric key without a range fails here, before it can take 1e-6 or 1e300
+    assert _numeric_keys() == set(BOUNDS)
+    doc = (CONFIG_DIR.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for (section, key), (low, high) in BOUNDS.items():
+        heading = "[[destinations]]" if section == "destinations" else f"[{section}]"
+        part = re.search(rf"(?ms)^## `{re.escape(heading)}`.*?(?=^## |\Z)", doc)
+        assert part is not None, heading
+        rows = [row for row in part.group(0).splitlines()
+                if row.startswith("| ") and f"`{key}`" in row.split(" | ")[0]]
+        assert len(rows) == 1, (section, key)
+        assert f"{_plain(low)}..{_plain(high)}" in rows[0], (section, key, rows[0])
+
+
+def _with(section: str, key: str, value: str) -> str:
+    assignment = f"{key} = {value}\n"
+    if section == "destinations":
+        return re.sub(rf"(?m)^{key} = .*\n", "", DESTINATION) + assignment
+    header = {
+        "worklist": '[worklist]\nhost = "ris"\nport = 104\ncalled_ae = "RIS"\n',
+        "mpps": '[mpps]\nhost = "ris"\nport = 104\ncalled_ae = "RIS"\n',
+        "watch_folder": '[watch_folder]\npath = "in"\n',
+        # retry_max_s may not be below retry_initial_s: both at the ends of their ranges
+        "queue": "[queue]\nretry_initial_s = 0.1\nretry_max_s = 86400\n",
+    }.get(section, f"[{section}]\n")
+    header = re.sub(rf"(?m)^{key} = .*\n", "", header)
+    return header + assignment + DESTINATION
+
+
+def _value_of(config: AgentConfig, section: str, key: str) -> Any:
+    holder = config.destinations[0] if section == "destinations" else getattr(config, section)
+    return getattr(holder, key)
+
+
+@pytest.mark.parametrize(("section", "key"), sorted(BOUNDS))
+def test_numeric_key_accepts_its_bounds(tmp_path: Path, section: str, key: str) -> None:
+    for bound in BOUNDS[section, key]:
+        config = load_config(write(tmp_path, _with(section, key, _plain(bound))))
+        assert _value_of(config, section, key) == bound
+
+
+@pytest.mark.parametrize(("section", "key"), sorted(BOUNDS))
+def test_numeric_key_refuses_absurd_values(tmp_path: Path, section: str, key: str) -> None:
+    low, high = BOUNDS[section, key]
+    is_int = isinstance(low, int) and isinstance(high, int) and key in {
+        "port", "max_frames", "max_import_files", "max_connections", "max_results",
+        "days_before", "days_after", "max_associations", "max_file_mb"}
+    outside = [str(high + 1), "1" + "0" * 30, str(low - 1)] if is_int else [
+        f"{low - 0.05 if low else -1e-06!r}", f"{high * 1.01!r}", "1e300", "-1e300", "nan",
+        "inf", "-inf", "1" + "0" * 400]
+    label = "[[destinations]] #1" if section == "destinations" else f"[{section}]"
+    kind = "an integer" if is_int else "a number"
+    for value in outside:
+        problems = problems_of(tmp_path, _with(section, key, value))
+        assert any(
+            problem.startswith(
+                f"agent.toml: {label} {key}: expected {kind} {_plain(low)}..{_plain(high)}, got "
+            )
+            for problem in problems
+        ), (value, problems)
