@@ -3,7 +3,8 @@
 #   ./install.sh          the agent only
 #   ./install.sh --demo   also Orthanc, the local archive `modality-agent demo` starts (root: apt)
 #   ./install.sh --dev    also the test tools and the real peers the tests use:
-#                         Debian packages dcmtk orthanc dicom3tools (root: apt)
+#                         Debian packages dcmtk orthanc dicom3tools, and chromium, the real
+#                         browser the hostile-page tests load pages in (root: apt)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,7 +28,7 @@ trap fail ERR
 
 apt_packages=()
 [ "$want_demo" = 1 ] && apt_packages+=(orthanc)
-[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools)
+[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools chromium)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   missing=()
