@@ -25,7 +25,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from agent import crashpoints
 from agent.config import DestinationSection
-from agent.net.ae import AgentAE, AllowListServer, BoundedRequestHandler, resolve_hosts
+from agent.net.ae import (
+    MAX_ASSOCIATION_PDATA_BYTES,
+    PDU_READ_TIMEOUT_S,
+    AgentAE,
+    AllowListServer,
+    BoundedRequestHandler,
+    resolve_hosts,
+)
 from agent.net.commitment import (
     CommitmentReport,
     CommitmentReportError,
@@ -41,7 +48,7 @@ STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_NO_SUCH_SOP_CLASS = 0x0118
 STATUS_INVALID_ARGUMENT = 0x0115
 STATUS_UNRECOGNISED_OPERATION = 0x0211
-#: a report bigger than this many bytes of P-DATA is not read into memory
+#: the maximum PDU we announce; a longer PDU is refused before its body is read
 MAX_PDU_BYTES = 1 << 20
 LISTENER_ACSE_TIMEOUT_S = 5.0
 
@@ -127,8 +134,12 @@ class Listener:
         port: int,
         destinations: Sequence[DestinationSection],
         report_handler: CommitmentReportHandler,
+        pdu_read_timeout_s: float = PDU_READ_TIMEOUT_S,
+        max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES,
     ) -> None:
         self.ae_title = ae_title
+        self.pdu_read_timeout_s = pdu_read_timeout_s
+        self.max_association_pdata_bytes = max_association_pdata_bytes
         self.host = host
         self.port = port
         self._destinations = destinations
@@ -166,6 +177,10 @@ class Listener:
         )
         # AE titles are self-asserted: the source address must be an archive's too
         server.allowed_addresses = resolve_hosts(d.host for d in self._destinations)
+        # a peer that stalls mid-PDU or streams fragments is cut off (issue 13, finding 7)
+        server.pdu_read_timeout_s = self.pdu_read_timeout_s
+        server.max_pdu_bytes = MAX_PDU_BYTES
+        server.max_association_pdata_bytes = self.max_association_pdata_bytes
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,6 +71,106 @@ class NoDelayAssociationSocket(AssociationSocket):
         return data
 
 
+#: PS3.8 9.3.1: the PDU types there are; any other type is aborted by the DUL without a body read
+KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+P_DATA_TF = 0x04
+#: A-ABORT PDU, source 2 (service provider), reason 0 (not specified): PS3.8 9.3.8
+A_ABORT_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])
+#: accepted connections: a PDU must arrive whole within this many seconds of its first byte
+PDU_READ_TIMEOUT_S = 5.0
+#: accepted associations: P-DATA bytes one association may send us before it is aborted
+MAX_ASSOCIATION_PDATA_BYTES = 4 * 1024 * 1024
+
+
+class PeerLimitExceeded(OSError):
+    """A peer broke one of the listener's limits. An OSError because pynetdicom's DUL turns
+    exactly that into "transport connection closed" (Evt17) and ends the association."""
+
+
+class AcceptorAssociationSocket(NoDelayAssociationSocket):
+    """The socket of an association a peer opened to us, which is untrusted input.
+
+    pynetdicom's DUL reads a PDU as recv(6) for the header, then recv(length) for the body, with
+    only the socket's per-call timeout (network_timeout, 60 s) in between. That lets a peer hold
+    a worker and an association slot by sending part of a PDU and then nothing, or a drop every
+    59 s, and lets it make us buffer P-DATA fragments without end (RELIABILITY.md 1.4 b, c).
+    Here each PDU must arrive whole within `pdu_read_timeout_s` of its first byte, may not be
+    longer than the maximum PDU we announced, and an association's P-DATA is capped in total.
+    The limits are set by `BoundedRequestHandler` from the server.
+    """
+
+    pdu_read_timeout_s: float = PDU_READ_TIMEOUT_S
+    max_pdu_bytes: int = MAX_PDU_READ_BYTES
+    max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES
+    #: (body length, deadline) between a header read and its body read
+    _pending_body: tuple[int, float] | None = None
+    _pdata_bytes: int = 0
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        pending, self._pending_body = self._pending_body, None
+        if pending is not None and pending[0] == nr_bytes:
+            return self._recv_by(nr_bytes, pending[1])
+        # the DUL reads a header only once the socket is readable: the clock starts now
+        deadline = time.monotonic() + self.pdu_read_timeout_s
+        data = self._recv_by(nr_bytes, deadline)
+        if nr_bytes == 6 and len(data) == 6:
+            self._check_header(data, deadline)
+        return data
+
+    def _check_header(self, header: bytearray, deadline: float) -> None:
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if pdu_type not in KNOWN_PDU_TYPES:
+            return                      # the DUL aborts (Evt19) without reading a body
+        if length > self.max_pdu_bytes:
+            self._refuse(f"PDU of {length} bytes exceeds the maximum of {self.max_pdu_bytes}")
+        if pdu_type == P_DATA_TF:
+            self._pdata_bytes += length
+            if self._pdata_bytes > self.max_association_pdata_bytes:
+                # pynetdicom keeps every fragment of a message until the last one arrives
+                self._refuse(f"P-DATA of more than {self.max_association_pdata_bytes} bytes "
+                             "on one association")
+        self._pending_body = (length, deadline)
+
+    def _recv_by(self, nr_bytes: int, deadline: float) -> bytearray:
+        """pynetdicom's recv loop, with a deadline for the whole read instead of per call."""
+        sock = self.socket
+        if sock is None:
+            raise OSError("socket closed")
+        per_call_timeout = sock.gettimeout()
+        data = bytearray()
+        try:
+            while len(data) < nr_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._refuse(f"PDU not received within {self.pdu_read_timeout_s:g} s "
+                                 f"({len(data)} of {nr_bytes} bytes)")
+                sock.settimeout(remaining)
+                try:
+                    chunk = sock.recv(min(nr_bytes - len(data), 65536))
+                except TimeoutError:
+                    continue            # the deadline check above decides
+                if not chunk:
+                    break               # closed by the peer: the DUL sees a short PDU
+                data.extend(chunk)
+        finally:
+            sock.settimeout(per_call_timeout)
+        return data
+
+    def _refuse(self, why: str) -> None:
+        """Log, send an A-ABORT (best effort) and raise; the DUL then closes the socket."""
+        peer = self.assoc.requestor.address_info
+        logger.warning("listener: association from %s:%s aborted: %s",
+                       peer.address, peer.port, why)
+        sock = self.socket
+        if sock is not None:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(A_ABORT_PDU)
+            except OSError:
+                pass                    # the peer may be gone; the socket is closed anyway
+        raise PeerLimitExceeded(why)
+
+
 class AgentAE(AE):  # type: ignore[misc]
     """An AE whose outgoing associations use no-delay sockets and bounded timeouts."""
 
@@ -107,12 +209,20 @@ def resolve_hosts(hosts: Iterable[str]) -> frozenset[str]:
 
 
 class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
+    """Gives each accepted association an AcceptorAssociationSocket with the server's limits."""
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         # pynetdicom builds a plain AssociationSocket here and has already queued its
         # connection event; re-creating it would queue a second one, so only the class is
-        # swapped, to get the PDU length bound
-        assoc.dul.socket.__class__ = NoDelayAssociationSocket
+        # swapped, to get the read deadline and the length and byte bounds
+        sock = assoc.dul.socket
+        sock.__class__ = AcceptorAssociationSocket
+        server = self.server
+        sock.pdu_read_timeout_s = getattr(server, "pdu_read_timeout_s", PDU_READ_TIMEOUT_S)
+        sock.max_pdu_bytes = getattr(server, "max_pdu_bytes", MAX_PDU_READ_BYTES)
+        sock.max_association_pdata_bytes = getattr(
+            server, "max_association_pdata_bytes", MAX_ASSOCIATION_PDATA_BYTES)
         return assoc
 
 
@@ -121,6 +231,10 @@ class AllowListServer(ThreadedAssociationServer):  # type: ignore[misc]
     and a bound on PDU length (pass `request_handler=BoundedRequestHandler`)."""
 
     allowed_addresses: frozenset[str] | None = None
+    #: limits for each accepted association (AcceptorAssociationSocket)
+    pdu_read_timeout_s: float = PDU_READ_TIMEOUT_S
+    max_pdu_bytes: int = MAX_PDU_READ_BYTES
+    max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client_socket, address = super().get_request()
