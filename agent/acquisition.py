@@ -144,6 +144,11 @@ class Acquisition:
     def status(self) -> DriverStatus:
         return self._driver.status()
 
+    @property
+    def emits_radiation(self) -> bool:
+        """Whether acquiring fires the device's X-ray generator."""
+        return type(self._driver).emits_radiation
+
     def acquire(self, order: Order, frames: int) -> AcquisitionResult:
         """Capture `frames` frames for `order`, one object each, in one new series.
 

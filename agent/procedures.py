@@ -9,19 +9,22 @@ a new MPPS, the same study.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from agent.errors import AgentError
 from agent.iod import UIDSource
 from agent.mpps import MppsClient, MppsError, discontinuation_reason
-from agent.records import Code, Order, SOPReference
+from agent.queue.spool import write_durably
+from agent.records import Code, MppsImageRefs, Order, OtherPatientID, SOPReference
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,9 @@ EndStatus = Literal["completed", "discontinued"]
 #: and MPPS live on in the queue and the MPPS journal), so a daemon that runs for months does
 #: not grow with every exam (bench soak)
 KEEP_ENDED = 50
+#: scheduled steps remembered as acquired on this station (the duplicate guard), newest kept
+KEEP_ACQUIRED = 5000
+STATE_VERSION = 1
 
 
 class ProcedureError(AgentError, ValueError):
@@ -97,18 +103,131 @@ def check_end(status: str, reason_code: str) -> Code | None:
         raise ProcedureError(str(err)) from err
 
 
+def order_to_json(order: Order) -> dict[str, Any]:
+    return asdict(order)
+
+
+def order_from_json(data: dict[str, Any]) -> Order:
+    """The inverse of `order_to_json`.
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        For a record that is not one `order_to_json` wrote.
+    """
+    fields = dict(data)
+    fields["other_patient_ids"] = tuple(OtherPatientID(**o) for o in fields["other_patient_ids"])
+    fields["referenced_studies"] = tuple(SOPReference(**r) for r in fields["referenced_studies"])
+    fields["requested_procedure_codes"] = tuple(
+        Code(**c) for c in fields["requested_procedure_codes"])
+    fields["scheduled_protocol_codes"] = tuple(
+        Code(**c) for c in fields["scheduled_protocol_codes"])
+    pps = fields["performed_procedure_step"]
+    fields["performed_procedure_step"] = None if pps is None else MppsImageRefs(**pps)
+    return Order(**fields)
+
+
+def _procedure_to_json(procedure: Procedure) -> dict[str, Any]:
+    return {"procedure_id": procedure.procedure_id, "order": order_to_json(procedure.order),
+            "started_at": procedure.started_at, "state": procedure.state,
+            "mpps_uid": procedure.mpps_uid, "ended_at": procedure.ended_at,
+            "end_reason": procedure.end_reason,
+            "series": {uid: [[r.sop_class_uid, r.sop_instance_uid] for r in refs]
+                       for uid, refs in procedure.series.items()}}
+
+
+def _procedure_from_json(data: dict[str, Any]) -> Procedure:
+    return Procedure(
+        procedure_id=str(data["procedure_id"]), order=order_from_json(data["order"]),
+        started_at=float(data["started_at"]), state=str(data["state"]),
+        mpps_uid=data["mpps_uid"], ended_at=data["ended_at"],
+        end_reason=str(data["end_reason"]),
+        series={uid: [SOPReference(c, i) for c, i in refs]
+                for uid, refs in data["series"].items()})
+
+
 class Procedures:
-    """The procedures of this station; thread-safe. Kept in memory: after a restart an open
-    procedure is ended by its MPPS journal's state, and new acquisitions start a new one."""
+    """The procedures of this station; thread-safe.
+
+    With a `state_path` (the daemon's: `<spool>/procedures.json`, 0600, written durably at every
+    change) an open procedure survives a restart: the technologist goes on acquiring into the
+    same study and MPPS, or ends it; and the steps acquired here (the worklist's duplicate guard)
+    are remembered too. Without one (unit tests) they live in memory only.
+    """
 
     def __init__(self, *, uids: UIDSource, mpps: MppsClient | None, modality: str,
-                 protocol_name: str) -> None:
+                 protocol_name: str, state_path: Path | None = None) -> None:
         self._uids = uids
         self._mpps = mpps
         self._modality = modality
         self._protocol_name = protocol_name
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._procedures: dict[str, Procedure] = {}
+        self._acquired: dict[tuple[str, str], float] = {}
+        self._state_path = state_path
+        if state_path is not None:
+            self._load(state_path)
+
+    # -- durable state ---------------------------------------------------------------------
+    def _load(self, path: Path) -> None:
+        """Read the saved state.
+
+        Raises
+        ------
+        ProcedureError
+            For a file that cannot be read or is not ours: refused, never overwritten (it
+            holds the studies and MPPS of open procedures).
+        """
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise ProcedureError(f"{path}: cannot read the saved procedures: {err}") from err
+        try:
+            data = json.loads(raw)
+            if data.get("version") != STATE_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {STATE_VERSION}")
+            procedures = [_procedure_from_json(p) for p in data["procedures"]]
+            acquired = {(str(s), str(p)): float(t) for s, p, t in data["acquired"]}
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ProcedureError(
+                f"{path}: not a procedures file this version can read ({err}); move it aside "
+                f"to start without the open procedures it holds") from err
+        self._procedures = {p.procedure_id: p for p in procedures}
+        self._acquired = acquired
+        open_count = sum(p.state == "in_progress" for p in procedures)
+        if open_count:
+            logger.info("%d procedure(s) in progress resumed from %s", open_count, path.name)
+
+    def _save(self) -> None:
+        """Write the state durably (caller holds the lock)."""
+        if self._state_path is None:
+            return
+        payload = json.dumps({
+            "version": STATE_VERSION,
+            "procedures": [_procedure_to_json(p) for p in self._procedures.values()],
+            "acquired": [[s, p, t] for (s, p), t in self._acquired.items()],
+        }).encode()
+        tmp = self._state_path.with_name(f".{self._state_path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            write_durably(tmp, self._state_path, payload)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise ProcedureError(f"cannot save the procedures: {err}") from err
+
+    def mark_acquired(self, study_instance_uid: str, sps_id: str) -> None:
+        """Remember that this scheduled step was acquired on this station."""
+        with self._lock:
+            self._acquired[(study_instance_uid, sps_id)] = time.time()
+            if len(self._acquired) > KEEP_ACQUIRED:
+                newest = sorted(self._acquired.items(), key=lambda kv: kv[1])[-KEEP_ACQUIRED:]
+                self._acquired = dict(newest)
+            self._save()
+
+    def was_acquired(self, study_instance_uid: str, sps_id: str) -> bool:
+        with self._lock:
+            return (study_instance_uid, sps_id) in self._acquired
 
     def start(self, order: Order) -> Procedure:
         """A new procedure (and MPPS IN PROGRESS) for `order`.
@@ -139,6 +258,7 @@ class Procedures:
         procedure = Procedure(uuid.uuid4().hex[:12], order, now, mpps_uid=mpps_uid)
         with self._lock:
             self._procedures[procedure.procedure_id] = procedure
+            self._save()
         logger.info("procedure %s started (study %s, MPPS %s)", procedure.procedure_id,
                     order.study_instance_uid, mpps_uid or "none")
         return procedure
@@ -165,6 +285,11 @@ class Procedures:
             return
         with self._lock:
             procedure.series.setdefault(series_instance_uid, []).extend(images)
+            try:
+                self._save()
+            except ProcedureError as err:
+                # the images are durably queued; only the MPPS bookkeeping could lag
+                logger.error("procedure %s: %s", procedure.procedure_id, err)
         if self._mpps is not None and procedure.mpps_uid is not None:
             try:
                 self._mpps.add_series(procedure.mpps_uid, series_instance_uid, images,
@@ -193,6 +318,11 @@ class Procedures:
             procedure.state = status
             procedure.ended_at = time.time()
             procedure.end_reason = reason_code
+            try:
+                self._save()
+            except ProcedureError:
+                procedure.state, procedure.ended_at, procedure.end_reason = "in_progress", None, ""
+                raise
         if self._mpps is not None and procedure.mpps_uid is not None:
             try:
                 if status == "completed":
@@ -203,6 +333,8 @@ class Procedures:
                 with self._lock:
                     procedure.state = "in_progress"
                     procedure.ended_at = None
+                    procedure.end_reason = ""
+                    self._save()
                 raise ProcedureError(f"procedure {procedure_id}: {err}") from err
         logger.info("procedure %s %s", procedure_id, status)
         self._forget_old()
@@ -214,6 +346,11 @@ class Procedures:
                            key=lambda p: p.ended_at or 0.0)
             for procedure in ended[:-KEEP_ENDED]:
                 del self._procedures[procedure.procedure_id]
+            if len(ended) > KEEP_ENDED:
+                try:
+                    self._save()
+                except ProcedureError as err:
+                    logger.error("%s", err)
 
     def all(self) -> list[Procedure]:
         with self._lock:

@@ -30,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError
+
 LOCALHOST = "127.0.0.1"
 DCMTK = Path("/usr/bin")
 STORESCP = DCMTK / "storescp"
@@ -447,7 +449,8 @@ def write_agent_config(path: Path, *, spool_dir: Path, listener_port: int, api_p
         "[agent]", f'ae_title = "{AGENT_AE}"', f"spool_dir = {value(str(spool_dir))}",
         f"log_level = {value(log_level)}",
         "[listener]", f'host = "{LOCALHOST}"', f"port = {listener_port}",
-        "[api]", f'host = "{LOCALHOST}"', f"port = {api_port}",
+        # the bench captures up to ~1800 frames in one acquisition (capture scenario)
+        "[api]", f'host = "{LOCALHOST}"', f"port = {api_port}", "max_frames = 10000",
         "[device]", 'driver = "simulated"', "[device.options]",
         *(f"{k} = {value(v)}" for k, v in device_options.items()),
         "[modality]", 'modality = "OT"', 'station_name = "BENCH"',
@@ -522,10 +525,18 @@ class AgentDaemon:
             try:
                 self.api("GET", "/api/status", timeout_s=5)
                 return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError, AgentError):
+                # AgentError: the API token is not written yet
                 return False
 
         wait_until(up, timeout_s, "the agent's API", poll_s=0.02)
+
+    def token(self) -> str:
+        """The daemon's API token (its [api] token_file), as the CLI reads it."""
+        from agent.api.security import read_token
+        from agent.config import load_config
+
+        return read_token(load_config(self.config_path).api.token_file)
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None,
             timeout_s: float = 60) -> Any:
@@ -533,7 +544,8 @@ class AgentDaemon:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         request = urllib.request.Request(f"http://{LOCALHOST}:{self.api_port}{path}",
                                          data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {self.token()}"})
         with opener.open(request, timeout=timeout_s) as response:
             return json.loads(response.read())
 

@@ -49,6 +49,10 @@ class Driver(abc.ABC):
     """
 
     name: ClassVar[str] = "abstract"
+    #: True for a device whose frames are made by ionising radiation (an X-ray generator): the
+    #: agent then acquires only on a deliberately confirmed request from this station's own
+    #: console or CLI (issue 13), never on a request a web page could forge
+    emits_radiation: ClassVar[bool] = False
     #: option name -> (type or tuple of types, default); a default of `REQUIRED` marks it required
     option_types: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {}
 

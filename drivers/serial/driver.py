@@ -114,6 +114,7 @@ class SerialDriver(Driver):
     """
 
     name = "serial"
+    emits_radiation = True          # each frame is an X-ray exposure (drivers/PROTOCOL.md)
     option_types: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
         "port": (str, Driver.REQUIRED),
         "baudrate": (int, 921600),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.iod import UIDSource
@@ -50,3 +52,47 @@ def test_ended_procedures_are_forgotten_beyond_a_bound() -> None:
     still_open = procedures.start(Order(patient_name="Open^One", patient_id="OPEN"))
     kept = procedures.all()
     assert len(kept) == KEEP_ENDED + 1 and still_open in kept
+
+
+# -- open procedures survive a restart (issue 13) ----------------------------------------------
+def saved(path: Path) -> Procedures:
+    return Procedures(uids=UIDSource(), mpps=None, modality="OT", protocol_name="test",
+                      state_path=path)
+
+
+def test_an_open_procedure_and_the_duplicate_guard_survive_a_restart(tmp_path: Path) -> None:
+    import stat
+
+    from agent.records import Code, OtherPatientID
+
+    state = tmp_path / "procedures.json"
+    order = Order(patient_name="Müller^Anna", patient_id="P1", study_instance_uid="1.2.3",
+                  sps_id="S1", scheduled=True, accession_number="A1",
+                  requested_procedure_codes=(Code("X1", "L", "Chest"),),
+                  other_patient_ids=(OtherPatientID("O1"),))
+    first = saved(state)
+    procedure = first.open_for(order)
+    first.record_series(procedure, "2.25.1", [SOPReference(SC, "2.25.2")])
+    first.mark_acquired("1.2.3", "S1")
+    ended = first.start(Order(patient_name="C^D", patient_id="P2"))
+    first.end(ended.procedure_id, "discontinued", "110513")
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+
+    again = saved(state)                                    # the daemon restarted
+    resumed = again.get(procedure.procedure_id)
+    assert resumed.state == "in_progress" and resumed.order == order
+    assert resumed.series == {"2.25.1": [SOPReference(SC, "2.25.2")]}
+    assert again.open_for(order) is resumed                 # acquiring goes on into it
+    assert again.get(ended.procedure_id).state == "discontinued"
+    assert again.was_acquired("1.2.3", "S1") and not again.was_acquired("1.2.3", "S2")
+    again.end(procedure.procedure_id, "completed")
+    assert saved(state).get(procedure.procedure_id).state == "completed"
+
+
+def test_a_procedures_file_that_is_not_ours_is_refused_and_kept(tmp_path: Path) -> None:
+    state = tmp_path / "procedures.json"
+    for content in (b"{not json", b'{"version": 99}', b'{"version": 1, "procedures": [{}]}'):
+        state.write_bytes(content)
+        with pytest.raises(ProcedureError, match="procedures.json: not a procedures file"):
+            saved(state)
+        assert state.read_bytes() == content

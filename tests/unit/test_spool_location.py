@@ -187,11 +187,6 @@ def test_every_problem_is_reported_together(tmp_path: Path) -> None:
 # --- wiring: check-config runs it --------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until agent.daemon.preflight calls check_spool_location (integrator, issue 13); "
-    "remove this mark once it does",
-)
 def test_preflight_reports_the_spool_location_problems(tmp_path: Path) -> None:
     from agent.daemon import preflight
 
