@@ -24,6 +24,12 @@ FORBIDDEN: list[tuple[str, tuple[str, ...]]] = [
     ("agent.worklist", ("agent.queue", "agent.daemon", "agent.api", "agent.cli", "drivers")),
     ("agent.mpps", ("agent.daemon", "agent.api", "agent.cli", "agent.acquisition", "drivers")),
     ("agent.procedures", ("agent.daemon", "agent.api", "agent.cli", "drivers", "pynetdicom")),
+    # the API stands on the station's protocol only: never the daemon or the parts it wires
+    # (issue 13: api.py and daemon.py imported each other)
+    ("agent.api", ("agent.daemon", "agent.cli", "agent.forwarder", "agent.listener",
+                   "agent.queue", "agent.acquisition", "agent.worklist", "drivers", "pynetdicom")),
+    ("agent.station", ("agent.daemon", "agent.api", "agent.cli")),
+    ("agent.daemon", ("agent.cli",)),
 ]
 #: agent/ reaches drivers only through the registry (plus the plain Frame/Driver/error types)
 AGENT_MAY_IMPORT_FROM_DRIVERS = {"drivers.registry", "drivers.base", "drivers.errors",
