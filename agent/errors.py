@@ -55,3 +55,8 @@ class AcquisitionError(AgentError, RuntimeError):
 
 class DaemonUnavailable(AgentError, ConnectionError):
     """The CLI could not reach the running daemon's API."""
+
+
+class ApiTokenError(AgentError, PermissionError):
+    """The API token file is missing, unreadable or unsafe (symlink, shared, garbled); the
+    message names the file and what to do (issue 13)."""
