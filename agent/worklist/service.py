@@ -15,9 +15,11 @@ import logging
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable, Collection, Sequence
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from agent.config import WorklistSection
 from agent.errors import AgentError
@@ -49,6 +51,10 @@ AcquiredLookup = Callable[[str, str], bool]
 #: default spread of the refresh interval: ±10 %
 DEFAULT_JITTER_FRACTION = 0.1
 
+#: first wait after an unexpected error in the refresh loop; doubles per error in a row, up to
+#: the refresh interval
+DEFAULT_ERROR_BACKOFF_S = 1.0
+
 
 class WorklistService:
     """The station's worklist: RIS, cache, refresh loop, duplicate guard.
@@ -76,6 +82,9 @@ class WorklistService:
         Timeout of each network step of a query.
     jitter_fraction
         The refresh interval is `refresh_s` * (1 ± this), drawn anew each time.
+    error_backoff_s
+        After an unexpected error the loop waits this long, doubled for each error in a row,
+        at most `refresh_s` (the RIS's own failures are not errors of the loop).
     rng, today, wall_clock
         Sources of randomness, date and time (tests pass fixed ones).
 
@@ -99,6 +108,7 @@ class WorklistService:
         fallback_charsets: Sequence[str] = DEFAULT_FALLBACK,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         jitter_fraction: float = DEFAULT_JITTER_FRACTION,
+        error_backoff_s: float = DEFAULT_ERROR_BACKOFF_S,
         rng: random.Random | None = None,
         today: Callable[[], date] = date.today,
         wall_clock: Callable[[], float] = time.time,
@@ -108,6 +118,9 @@ class WorklistService:
                                        f"{jitter_fraction!r}")
         if min(days_before, days_after) < 0:
             raise InvalidWorklistQuery("days_before/days_after: expected >= 0")
+        if not error_backoff_s > 0:
+            raise InvalidWorklistQuery(f"error_backoff_s: expected > 0, got "
+                                       f"{error_backoff_s!r}")
         if config.refresh_s <= 0:
             raise InvalidWorklistQuery(f"[worklist] refresh_s: expected > 0, got "
                                        f"{config.refresh_s!r}")
@@ -120,6 +133,7 @@ class WorklistService:
         self.fallback_charsets = tuple(fallback_charsets)
         self.timeout_s = timeout_s
         self.jitter_fraction = jitter_fraction
+        self.error_backoff_s = error_backoff_s
         self.cache = WorklistCache(cache_dir)
         self._acquired_lookup: AcquiredLookup | None
         self._acquired: set[tuple[str, str]] = set()
@@ -145,6 +159,9 @@ class WorklistService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refreshes = 0                         # completed refresh attempts
+        self._loop_error = ""                      # last unexpected error of the loop
+        self._loop_error_at: float | None = None
+        self._loop_errors_in_a_row = 0
         self._logged_problems: set[str] = set()
         self._load_cache()
 
@@ -176,8 +193,50 @@ class WorklistService:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.refresh_now()
-            self._stop.wait(self.next_interval_s())
+            try:
+                self.refresh_now()
+            except Exception as err:  # noqa: BLE001 - the loop must outlive any one bug
+                wait_s = self._record_loop_error(err)
+            else:
+                with self._state_lock:
+                    self._loop_errors_in_a_row = 0
+                wait_s = self.next_interval_s()
+            self._stop.wait(wait_s)
+
+    def _record_loop_error(self, err: Exception) -> float:
+        """Remember and log an unexpected error of one iteration; the wait before the next.
+
+        Only the type and where it was raised are kept: the message of an arbitrary exception
+        (a KeyError, a decoding error) may quote a patient's name or ID. Our own errors are
+        written without patient data, so theirs is kept too.
+        """
+        where = ""
+        frames = traceback.extract_tb(err.__traceback__)
+        if frames:
+            where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}"
+        text = f"{type(err).__name__}{where}"
+        if isinstance(err, AgentError):
+            text += f": {err}"
+        with self._state_lock:
+            self._loop_errors_in_a_row += 1
+            in_a_row = self._loop_errors_in_a_row
+            self._loop_error = text
+            self._loop_error_at = self._wall_clock()
+        wait_s = min(float(self.config.refresh_s), self.error_backoff_s * 2 ** (in_a_row - 1))
+        logger.error("worklist: refresh failed unexpectedly (%s); the worklist keeps its last "
+                     "list, next attempt in %.0f s", text, wait_s)
+        logger.debug("worklist: the refresh error in full", exc_info=err)
+        return wait_s
+
+    def thread_health(self) -> dict[str, Any]:
+        """The refresh thread for `status`: ``alive`` (False before `start` and after `stop`),
+        ``error`` (the last unexpected error of the loop, "" if none; type and place, no
+        patient data), ``error_at`` (its wall-clock time) and ``errors_in_a_row``."""
+        thread = self._thread
+        with self._state_lock:
+            return {"alive": thread is not None and thread.is_alive(),
+                    "error": self._loop_error, "error_at": self._loop_error_at,
+                    "errors_in_a_row": self._loop_errors_in_a_row}
 
     # --- queries -----------------------------------------------------------------------------
 

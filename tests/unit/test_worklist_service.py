@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import random
 import stat
@@ -12,6 +13,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from support.peers import wait_until
 
 from agent.config import WorklistSection
 from agent.errors import AgentError
@@ -324,3 +326,39 @@ def test_cache_file_is_json_a_service_engineer_can_read(tmp_path: Path) -> None:
     document = json.loads(cache.path.read_text(encoding="utf-8"))
     assert document["format"] == 1
     assert document["items"][0]["sps_id"] == "SPS-1"
+
+
+# --- the refresh loop outlives its own errors (issue 13, finding 6) ------------------------------
+
+def test_the_refresh_loop_survives_an_unexpected_error_and_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in one iteration (here the date source; in the field the procedures store behind
+    the duplicate guard) used to end the thread for good, with nothing in `status`."""
+    saved(tmp_path)
+    calls: list[int] = []
+
+    def today() -> date:
+        calls.append(1)
+        if len(calls) == 1:
+            return date(2024, 5, 1)           # the constructor's check of the query
+        raise RuntimeError("cannot read the clock for Doe^John")    # patient data in a message
+
+    svc = service(tmp_path, today=today, error_backoff_s=0.01)
+    assert svc.thread_health()["alive"] is False
+    svc.start()
+    try:
+        # it keeps trying (with backoff) instead of dying on the first error
+        wait_until(lambda: len(calls) >= 4, 10, "three refresh attempts")
+        health = svc.thread_health()
+        assert health["alive"] is True
+        assert health["error"].startswith("RuntimeError at test_worklist_service.py:")
+        assert health["errors_in_a_row"] >= 3 and health["error_at"] == T0 + 90.0
+    finally:
+        svc.stop()
+    assert svc.thread_health()["alive"] is False
+    assert svc.snapshot().items == ITEMS                       # the cached list stays shown
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and "RuntimeError" in errors[0].getMessage()
+    for record in caplog.records:
+        if record.levelno >= logging.INFO:
+            assert "Doe^John" not in record.getMessage()
