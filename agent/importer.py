@@ -55,6 +55,10 @@ class ImportRefused(AgentError, ValueError):
         self.reason = message if reason is None else reason
 
 
+class ImportIncomplete(ImportRefused):
+    """The file ends before its last element does: cut short, or still being written."""
+
+
 class ImportDisabled(AgentError, PermissionError):
     """`import` asked for while no import folder is configured."""
 
@@ -301,7 +305,7 @@ def read_dicom_file(path: Path, *, max_bytes: int = MAX_FILE_BYTES,
     try:
         return parse_dicom_bytes(payload)
     except ImportRefused as err:
-        raise ImportRefused(f"{path}: {err.reason}", reason=err.reason) from err
+        raise type(err)(f"{path}: {err.reason}", reason=err.reason) from err
 
 
 def parse_dicom_bytes(payload: bytes) -> ImportableFile:
@@ -325,6 +329,8 @@ def parse_dicom_bytes(payload: bytes) -> ImportableFile:
             media_instance = str(meta.get("MediaStorageSOPInstanceUID", sop_instance))
             _check_pixel_data_present(ds, UID(sop_class))
             _check_pixel_data_complete(ds)
+    except ImportRefused:
+        raise                                  # ours, a ValueError too: keep its reason
     except InvalidDicomError as err:
         raise ImportRefused("not a DICOM Part 10 file (no 'DICM' preamble)") from err
     except (ValueError, EOFError, OSError, KeyError, TypeError, AttributeError, IndexError,
@@ -351,7 +357,7 @@ def _check_pixel_data_present(ds: Any, sop_class: UID) -> None:
     if any(keyword in ds for keyword in pixel_keywords):
         return
     if sop_class.name.endswith("Image Storage") or "Rows" in ds:
-        raise ImportRefused("an image object without Pixel Data (7FE0,0010): the file is "
+        raise ImportIncomplete("an image object without Pixel Data (7FE0,0010): the file is "
                             "incomplete")
 
 
@@ -368,7 +374,7 @@ def _check_pixel_data_complete(ds: Any) -> None:
         expected = (expected + 7) // 8
     actual = len(ds.PixelData)
     if actual < expected:
-        raise ImportRefused(f"Pixel Data holds {actual} bytes, the image needs {expected}: "
+        raise ImportIncomplete(f"Pixel Data holds {actual} bytes, the image needs {expected}: "
                             "the file is incomplete")
 
 
@@ -421,7 +427,7 @@ def _inflate(data: bytes, max_bytes: int) -> bytes:
     if len(body) > max_bytes:
         raise ImportRefused(f"deflated data set inflates past {max_bytes} bytes")
     if not inflater.eof:
-        raise ImportRefused("deflated data set cut short: the file is incomplete")
+        raise ImportIncomplete("deflated data set cut short: the file is incomplete")
     return body
 
 
@@ -431,8 +437,8 @@ class _Parser:
         self.explicit = explicit
         self.order = "<" if little else ">"
 
-    def _short(self, what: str, position: int) -> ImportRefused:
-        return ImportRefused(f"{what} at byte {position} cut short: the file is incomplete")
+    def _short(self, what: str, position: int) -> ImportIncomplete:
+        return ImportIncomplete(f"{what} at byte {position} cut short: the file is incomplete")
 
     def _tag(self, position: int, end: int) -> int:
         if position + 8 > end:
@@ -476,13 +482,13 @@ class _Parser:
             if tag == 0x00020010:
                 syntax = self.data[start:position].rstrip(b"\x00 ").decode("ascii", "replace")
         if not syntax:
-            raise ImportRefused("(0002,0010) Transfer Syntax UID missing from the file meta "
-                                "information")
+            kind = ImportIncomplete if position >= end else ImportRefused
+            raise kind("(0002,0010) Transfer Syntax UID missing from the file meta information")
         return position, syntax
 
     def _fit(self, tag: int, start: int, length: int, end: int) -> int:
         if start + length > end:
-            raise ImportRefused(f"element {_name(tag)} at byte {start}: length {length} runs "
+            raise ImportIncomplete(f"element {_name(tag)} at byte {start}: length {length} runs "
                                 f"past the end of its container (byte {end}): the file is "
                                 "incomplete")
         return start + length
@@ -516,7 +522,7 @@ class _Parser:
                 raise ImportRefused(f"element {_name(tag)} at byte {position}: undefined "
                                     f"length on VR {vr.decode('ascii', 'replace')}")
         if until_item_end:
-            raise ImportRefused(f"item not closed by byte {end}: the file is incomplete")
+            raise ImportIncomplete(f"item not closed by byte {end}: the file is incomplete")
         return position
 
     def _looks_like_items(self, start: int, length: int) -> bool:
@@ -542,7 +548,7 @@ class _Parser:
                 position = self._fit(tag, start, length, end)
                 inner.elements(start, position, depth=depth)
         if delimited:
-            raise ImportRefused(f"sequence not closed by byte {end}: the file is incomplete")
+            raise ImportIncomplete(f"sequence not closed by byte {end}: the file is incomplete")
         return position
 
     def fragments(self, position: int, end: int) -> int:
@@ -556,7 +562,7 @@ class _Parser:
                 raise ImportRefused(f"byte {position}: a pixel data fragment expected, got "
                                     f"{_name(tag)}")
             position = self._fit(tag, start, length, end)
-        raise ImportRefused("encapsulated Pixel Data not closed: the file is incomplete")
+        raise ImportIncomplete("encapsulated Pixel Data not closed: the file is incomplete")
 
 
 def _name(tag: int) -> str:

@@ -4,7 +4,10 @@ A file is taken only once it has settled (same size, mtime and inode for `settle
 after writing and unchanged since), is queued durably, and only then moved to `done/` (or
 deleted). What cannot be imported goes to `rejected/` with `<name>.reason.txt`. Exactly once
 across crashes rests on a small durable marker in `.state/` written before the enqueue; see
-docs/watchfolder.md. Logs carry file names and queue ids only, never patient data.
+docs/watchfolder.md. Log lines at INFO and above carry queue ids, UIDs and reasons, never a
+file name (names are chosen by whoever drops the file, and often hold the patient's name);
+names appear at DEBUG only, escaped (issue 13, finding 10). `done/` and `rejected/` are
+owner-only and pruned after `retention_s` (finding 12).
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from agent.errors import AlreadyQueuedError, IODError, QueueError, SpoolFullError
-from agent.importer import ImportRefused, read_dicom_file
+from agent.importer import (
+    ImportIncomplete,
+    ImportRefused,
+    parse_dicom_bytes,
+    printable_name,
+)
 from agent.iod import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -68,8 +76,19 @@ NO_PROCEDURE = "no procedure selected: images need a patient"
 #: images are screen captures or exports from another application, not the device's own
 #: digital interface (PS3.3 C.8.6.1.1): "WSD", and DERIVED (made from another image)
 IMAGE_CONVERSION_TYPE = ConversionType.WORKSTATION
-#: refused rather than read into memory (a dropped file is read whole to hash it)
+#: default for `max_file_bytes`: larger files are refused by their size, never read
 MAX_FILE_BYTES = 2 * 1024**3
+#: default for `retention_s`: what was imported or rejected is deleted after a week (it holds
+#: patient data, and the queue and the archive have the imported copies)
+RETENTION_S = 7 * 86400.0
+#: default for `incomplete_wait_s`: a DICOM file that ends before its last element is left in
+#: place this long, unchanged, before it is rejected (a writer may only have paused)
+INCOMPLETE_WAIT_S = 60.0
+#: the longest time between two prunings of done/ and rejected/
+PRUNE_EVERY_MAX_S = 600.0
+#: bytes read to tell DICOM (DICM at 128), PNG and JPEG apart
+_SNIFF_BYTES = 132
+_PRIVATE_DIR_MODE = 0o700
 _REASON_MAX_CHARS = 300
 
 AfterImport = Literal["move", "delete"]
@@ -151,6 +170,17 @@ class WatchFolder:
         Monotonic seconds; tests pass their own.
     tz
         Zone of "local time" in the objects made from images; None means this machine's.
+    max_file_bytes
+        Larger files are rejected by their size (stat), never read.
+    retention_s
+        Files in `done/` and `rejected/` (reason files too) are deleted this long after they
+        were moved there; None keeps them for ever.
+    incomplete_wait_s
+        A DICOM file that ends before its last element does waits, unchanged, this long
+        before it is rejected as incomplete.
+    wall_clock
+        Seconds since the epoch, to age the files in `done/` and `rejected/`; tests pass
+        their own.
     """
 
     def __init__(
@@ -169,11 +199,19 @@ class WatchFolder:
         on_image_queued: Callable[[Order, str, SOPReference], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         tz: tzinfo | None = None,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        retention_s: float | None = RETENTION_S,
+        incomplete_wait_s: float = INCOMPLETE_WAIT_S,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if after_import not in ("move", "delete"):
             raise ValueError(f"after_import: expected 'move' or 'delete', got {after_import!r}")
         if settle_s < 0 or rescan_s <= 0:
             raise ValueError("settle_s must be >= 0 and rescan_s > 0")
+        if max_file_bytes <= 0 or incomplete_wait_s < 0:
+            raise ValueError("max_file_bytes must be > 0 and incomplete_wait_s >= 0")
+        if retention_s is not None and retention_s < 0:
+            raise ValueError("retention_s must be >= 0 or None")
         self.folder = folder
         self.done_dir = folder / DONE_DIR
         self.rejected_dir = folder / REJECTED_DIR
@@ -190,6 +228,11 @@ class WatchFolder:
         self.on_image_queued = on_image_queued
         self._now = clock
         self._tz = tz
+        self.max_file_bytes = max_file_bytes
+        self.retention_s = retention_s
+        self.incomplete_wait_s = incomplete_wait_s
+        self._wall = wall_clock
+        self._next_prune_at: float | None = None
         self._settling: dict[str, _Settling] = {}
         self._lock = threading.Lock()          # _settling is touched by the event thread too
         self._wake = threading.Event()
@@ -214,7 +257,9 @@ class WatchFolder:
             if folder.is_symlink():
                 raise NotADirectoryError(f"watch folder {folder}: a symbolic link; a real "
                                          "folder is needed (never followed out of the folder)")
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(mode=_PRIVATE_DIR_MODE, exist_ok=True)
+            # they keep patient files: owner only, also where an older version made them 0755
+            os.chmod(folder, _PRIVATE_DIR_MODE)
 
     def start(self) -> None:
         """Prepare the folder, start watching, and take what was dropped while we were down.
@@ -304,6 +349,7 @@ class WatchFolder:
         """
         now = self._now()
         results: list[Result] = []
+        self._prune_if_due(now)
         try:
             entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
         except FileNotFoundError:
@@ -339,7 +385,7 @@ class WatchFolder:
                 ready = entry_state.closed or now - entry_state.since >= self.settle_s
                 if not ready or now < entry_state.retry_at:
                     continue
-            result = self._take(name, signature)
+            result = self._take(name, signature, waited_s=now - entry_state.since)
             results.append(result)
             with self._lock:
                 current = self._settling.get(name)   # gone if the file changed while read
@@ -352,10 +398,12 @@ class WatchFolder:
                 del self._settling[gone]
         return results
 
-    def _take(self, name: str, signature: tuple[int, int, int]) -> Result:
+    def _take(self, name: str, signature: tuple[int, int, int], *,
+              waited_s: float = 0.0) -> Result:
+        """Import one settled file; `waited_s`: how long it has kept this signature."""
         path = self.folder / name
         try:
-            payload = _read_unchanged(path, signature)
+            kind, payload = _read_candidate(path, signature, self.max_file_bytes)
         except _Changed:
             with self._lock:
                 self._settling.pop(name, None)
@@ -367,49 +415,54 @@ class WatchFolder:
         try:
             if marker is not None and marker.get("queue_id") is not None:
                 # queued, and known to be, before a crash stopped the move
-                logger.info("watch folder: %s was queued as queue item %d before a restart; "
-                            "moving it aside", name, marker["queue_id"])
+                logger.info("watch folder: queue item %d was queued before a restart; moving "
+                            "its file aside", marker["queue_id"])
+                logger.debug("watch folder: %s is queue item %d", printable_name(name),
+                             marker["queue_id"])
                 result = Result(name, Outcome.ALREADY_QUEUED, int(marker["queue_id"]))
-            elif payload[128:132] == b"DICM":
-                result = self._take_dicom(name, path, signature, sha256, marker)
-            elif payload.startswith(b"\x89PNG") or payload.startswith(b"\xff\xd8\xff"):
-                result = self._take_image(name, payload, signature, sha256, marker)
+            elif kind == "dicom":
+                result = self._take_dicom(name, payload, signature, sha256, marker,
+                                          waited_s=waited_s)
             else:
-                raise _Refused("neither DICOM Part 10 (no 'DICM' at byte 128), PNG nor JPEG")
+                result = self._take_image(name, payload, signature, sha256, marker)
         except _Refused as err:
             self._drop_marker(name)
             return self._reject(name, str(err))
-        except _Changed:
-            with self._lock:
-                self._settling.pop(name, None)
-            return Result(name, Outcome.RETRY, reason="changed while read")
         except SpoolFullError as err:
-            logger.warning("watch folder: %s left in place, spool full: %s", name, err)
+            logger.warning("watch folder: a file is left in place, spool full: %s", err)
+            logger.debug("watch folder: %s left in place (spool full)", printable_name(name))
             return Result(name, Outcome.RETRY, reason="spool full")
         except QueueError as err:
-            logger.error("watch folder: %s left in place, queue error: %s", name, err)
+            logger.error("watch folder: a file is left in place, queue error: %s", err)
+            logger.debug("watch folder: %s left in place (queue error)", printable_name(name))
             return Result(name, Outcome.RETRY, reason=str(err))
         except _Wait as err:
-            logger.warning("watch folder: %s left in place: %s", name, err)
+            logger.info("watch folder: a file is left in place: %s", err)
+            logger.debug("watch folder: %s left in place: %s", printable_name(name), err)
             return Result(name, Outcome.RETRY, reason=str(err))
         try:
             self._set_aside(name)
         except OSError as err:
             # queued, and the marker says so: the next pass moves it without queueing again
-            logger.error("watch folder: %s queued but not moved aside: %s", name, err.strerror)
+            logger.error("watch folder: queue item %s queued but its file not moved aside: %s",
+                         result.queue_id, err.strerror)
             return Result(name, Outcome.RETRY, result.queue_id, reason="not moved aside")
         self._drop_marker(name)
         return result
 
-    def _take_dicom(self, name: str, path: Path, signature: tuple[int, int, int], sha256: str,
-                    marker: dict[str, Any] | None) -> Result:
+    def _take_dicom(self, name: str, payload: bytes, signature: tuple[int, int, int],
+                    sha256: str, marker: dict[str, Any] | None, *,
+                    waited_s: float) -> Result:
         try:
-            item = read_dicom_file(path)
+            item = parse_dicom_bytes(payload)
+        except ImportIncomplete as err:
+            # a writer that paused longer than the settle time, or a file cut short: wait
+            # for it to change; reject it only once it has kept still for a long while
+            if waited_s < self.incomplete_wait_s:
+                raise _Wait(_one_line(err.reason)) from err
+            raise _Refused(_one_line(f"{err.reason} (unchanged for {waited_s:.0f} s)")) from err
         except ImportRefused as err:
-            raise _Refused(_one_line(str(err).removeprefix(f"{path}: "))) from err
-        # read_dicom_file opens the path again: the bytes and the file must still be ours
-        if hashlib.sha256(item.payload).hexdigest() != sha256 or _signature(path) != signature:
-            raise _Changed
+            raise _Refused(_one_line(err.reason)) from err
         if marker is None:
             self._write_marker(name, signature, sha256, item.sop_instance_uid)
         try:
@@ -423,7 +476,8 @@ class WatchFolder:
                 # queued before, by another route or an earlier drop: not ours to queue again
                 raise _Refused("SOP Instance UID already queued (a copy of an object that "
                                "is already in the queue)") from err
-            logger.info("watch folder: %s was queued before a restart; moving it aside", name)
+            logger.info("watch folder: %s was queued before a restart; moving its file aside",
+                        item.sop_instance_uid)
             return Result(name, Outcome.ALREADY_QUEUED)
         return self._queued(name, signature, sha256, queued)
 
@@ -450,7 +504,8 @@ class WatchFolder:
         except QueueError as err:
             if marker is None or not _already_queued(err):
                 raise
-            logger.info("watch folder: %s was queued before a restart; moving it aside", name)
+            logger.info("watch folder: %s was queued before a restart; moving its file aside",
+                        sop_instance_uid)
             return Result(name, Outcome.ALREADY_QUEUED)
         result = self._queued(name, signature, sha256, queued)
         if self.on_image_queued is not None:
@@ -464,7 +519,10 @@ class WatchFolder:
         then finds the file known as queued, with no need to rebuild or re-read it."""
         self._write_marker(name, signature, sha256, queued.sop_instance_uid,
                            queue_id=queued.queue_id)
-        logger.info("watch folder: %s queued as queue item %d", name, queued.queue_id)
+        logger.info("watch folder: queue item %d queued (%s)", queued.queue_id,
+                    queued.sop_instance_uid)
+        logger.debug("watch folder: %s queued as queue item %d", printable_name(name),
+                     queued.queue_id)
         if self.on_queued is not None:
             self.on_queued(queued.queue_id)
         return Result(name, Outcome.QUEUED, queued.queue_id)
@@ -532,7 +590,8 @@ class WatchFolder:
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            logger.warning("watch folder: unreadable marker for %s ignored", name)
+            logger.warning("watch folder: an unreadable marker in %s/ ignored", STATE_DIR)
+            logger.debug("watch folder: the marker of %s is unreadable", printable_name(name))
             return None
         size, mtime_ns, _ = signature
         if (marker.get("name"), marker.get("size"), marker.get("mtime_ns"),
@@ -552,7 +611,8 @@ class WatchFolder:
         try:
             write_durably(tmp, final, json.dumps(body).encode())
         except OSError as err:
-            raise QueueError(f"watch folder marker for {name}: {err.strerror}") from err
+            # the marker's own name, not the file's: this message may reach an INFO+ line
+            raise QueueError(f"watch folder marker {final.name}: {err.strerror}") from err
 
     def _drop_marker(self, name: str) -> None:
         self._marker_path(name).unlink(missing_ok=True)
@@ -581,12 +641,63 @@ class WatchFolder:
             fsync_dir(self.rejected_dir)
             fsync_dir(self.folder)
         except OSError as err:
-            logger.error("watch folder: cannot move %s to %s/: %s", name, REJECTED_DIR,
+            logger.error("watch folder: cannot move a rejected file to %s/: %s", REJECTED_DIR,
                          err.strerror)
+            logger.debug("watch folder: %s not moved to %s/", printable_name(name),
+                         REJECTED_DIR)
             return Result(name, Outcome.RETRY, reason=reason)
         self._drop_marker(name)
-        logger.warning("watch folder: %s rejected: %s", name, reason)
+        logger.warning("watch folder: a file was rejected (reason beside it in %s/): %s",
+                       REJECTED_DIR, reason)
+        logger.debug("watch folder: %s rejected as %s", printable_name(name),
+                     printable_name(target.name))
         return Result(name, Outcome.REJECTED, reason=reason)
+
+    # -- retention of done/ and rejected/ -----------------------------------------------------
+    def _prune_if_due(self, now: float) -> None:
+        if self.retention_s is None:
+            return
+        if self._next_prune_at is not None and now < self._next_prune_at:
+            return
+        self._next_prune_at = now + min(PRUNE_EVERY_MAX_S, max(self.retention_s / 4, 1.0))
+        self.prune()
+
+    def prune(self) -> int:
+        """Delete the files of `done/` and `rejected/` older than `retention_s` (the age is
+        counted from the move there: the later of mtime and ctime, as a rename sets ctime).
+
+        Returns
+        -------
+        int
+            How many files were deleted.
+        """
+        if self.retention_s is None:
+            return 0
+        cutoff = self._wall() - self.retention_s
+        removed = 0
+        for folder in (self.done_dir, self.rejected_dir):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as err:
+                logger.error("watch folder: cannot list %s/ to prune it: %s", folder.name,
+                             err.strerror)
+                continue
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(info.st_mode) or max(info.st_mtime, info.st_ctime) > cutoff:
+                        continue
+                    os.unlink(entry.path)          # a symlink goes as a link
+                    removed += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    logger.error("watch folder: cannot prune a file in %s/: %s", folder.name,
+                                 err.strerror)
+        if removed:
+            logger.info("watch folder: %d file(s) older than %.0f s removed from %s/ and %s/",
+                        removed, self.retention_s, DONE_DIR, REJECTED_DIR)
+        return removed
 
 
 class _Events(FileSystemEventHandler):
@@ -633,13 +744,27 @@ def _already_queued(err: QueueError) -> bool:
     return isinstance(err, AlreadyQueuedError)
 
 
-def _read_unchanged(path: Path, signature: tuple[int, int, int]) -> bytes:
-    """The file's bytes, read without following a symlink, if it still has `signature`."""
+def _sniff(head: bytes) -> str | None:
+    """"dicom", "image" (PNG or JPEG) or None, from a file's first bytes."""
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff")):
+        return "image"
+    return None
+
+
+def _read_candidate(path: Path, signature: tuple[int, int, int],
+                    max_file_bytes: int) -> tuple[str, bytes]:
+    """The kind and bytes of a file that may be imported, read without following a symlink
+    and only if it still has `signature`. The size is checked from stat and the kind from
+    the first bytes before anything else is read: a large file of another kind is never
+    read into memory."""
     size = signature[0]
-    if size > MAX_FILE_BYTES:
-        raise _Refused(f"{size} bytes, more than {MAX_FILE_BYTES}")
+    if size > max_file_bytes:
+        raise _Refused(f"{size} bytes, more than {max_file_bytes} bytes "
+                       "([watch_folder] max_file_mb)")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as err:
         raise _Changed from err
     except OSError as err:
@@ -648,8 +773,15 @@ def _read_unchanged(path: Path, signature: tuple[int, int, int]) -> bytes:
         info = os.fstat(fd)
         if (info.st_size, info.st_mtime_ns, info.st_ino) != signature:
             raise _Changed
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            payload = handle.read()
+        kind = _sniff(os.pread(fd, _SNIFF_BYTES, 0))
+        if kind is None:
+            raise _Refused("neither DICOM Part 10 (no 'DICM' at byte 128), PNG nor JPEG")
+        chunks: list[bytes] = []
+        remaining = size + 1                      # one more: a file that grew is seen
+        while remaining > 0 and (chunk := os.read(fd, min(remaining, 1 << 20))):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        payload = b"".join(chunks)
         info = os.fstat(fd)
         if len(payload) != size or (info.st_size, info.st_mtime_ns) != signature[:2]:
             raise _Changed
@@ -657,7 +789,7 @@ def _read_unchanged(path: Path, signature: tuple[int, int, int]) -> bytes:
         raise _Refused(f"cannot read ({err.strerror})") from err
     finally:
         os.close(fd)
-    return payload
+    return kind, payload
 
 
 def _free_name(folder: Path, name: str) -> Path:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import stat
 import struct
 import subprocess
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +26,9 @@ from agent.iod import UIDSource
 from agent.queue import QueueStore
 from agent.records import DeviceInfo, Order, SOPReference
 from agent.watchfolder import (
+    INCOMPLETE_WAIT_S,
     NO_PROCEDURE,
+    PRUNE_EVERY_MAX_S,
     JpegError,
     Outcome,
     Result,
@@ -272,7 +277,12 @@ def test_unreadable_files_are_rejected_with_a_one_line_reason_and_no_patient_dat
     (wf.folder / "cut.dcm").write_bytes(truncated[:140])
     caplog.set_level("INFO")
     results = settle(wf, clock)
-    assert sorted(r.outcome for r in results) == [Outcome.REJECTED] * 3
+    # a DICOM file cut short may still be being written: it waits before it is rejected
+    assert sorted(r.outcome for r in results) == [Outcome.REJECTED] * 2 + [Outcome.RETRY]
+    clock.advance(INCOMPLETE_WAIT_S)
+    results += wf.poll()
+    assert sorted(r.outcome for r in results if r.outcome is Outcome.REJECTED) == [
+        Outcome.REJECTED] * 3
     assert objects(store) == []
     for name in ("notes.txt", "broken.png", "cut.dcm"):
         reason = (wf.rejected_dir / f"{name}.reason.txt").read_text()
@@ -554,3 +564,134 @@ def test_progressive_jpeg_is_rejected(tmp_path: Path) -> None:
 def test_a_truncated_jpeg_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(JpegError, match="truncated"):
         parse_jpeg_baseline(jpeg_bitstream(tmp_path, True)[:-40])
+
+
+# -- issue 13, finding 9: files cut short, files too large ------------------------------------
+def test_a_dicom_file_cut_short_waits_then_is_rejected_never_queued(
+        tmp_path: Path, store: QueueStore, clock: FakeClock, procedure: Procedure) -> None:
+    wf = make(tmp_path, store, clock, procedure, incomplete_wait_s=30.0)
+    payload = dicom_bytes()
+    cut_at_boundary = payload[:payload.index(b"\xe0\x7f\x10\x00")]   # before Pixel Data
+    (wf.folder / "boundary.dcm").write_bytes(cut_at_boundary)
+    (wf.folder / "middle.dcm").write_bytes(payload[:-7])
+    results = settle(wf, clock)
+    # a writer that paused longer than the settle time is not cut off: the files wait
+    assert {r.name: r.outcome for r in results} == {"boundary.dcm": Outcome.RETRY,
+                                                    "middle.dcm": Outcome.RETRY}
+    assert all("incomplete" in r.reason for r in results)
+    assert objects(store) == [] and (wf.folder / "middle.dcm").exists()
+    clock.advance(30.0)
+    results = wf.poll()
+    assert {r.name: r.outcome for r in results} == {"boundary.dcm": Outcome.REJECTED,
+                                                    "middle.dcm": Outcome.REJECTED}
+    assert objects(store) == []
+    reason = (wf.rejected_dir / "middle.dcm.reason.txt").read_text()
+    assert "(7FE0,0010)" in reason and "incomplete" in reason
+
+
+def test_a_writer_that_finishes_after_a_pause_gets_its_file_queued(
+        tmp_path: Path, store: QueueStore, clock: FakeClock, procedure: Procedure) -> None:
+    wf = make(tmp_path, store, clock, procedure, incomplete_wait_s=30.0)
+    payload = dicom_bytes()
+    path = wf.folder / "slow.dcm"
+    path.write_bytes(payload[:300])
+    assert [r.outcome for r in settle(wf, clock)] == [Outcome.RETRY]
+    clock.advance(10.0)
+    path.write_bytes(payload)
+    [result] = settle(wf, clock)
+    assert result.outcome is Outcome.QUEUED
+    assert queued_bytes(store, result.queue_id) == payload
+
+
+def test_a_file_larger_than_the_limit_is_rejected_by_its_size_alone(
+        tmp_path: Path, store: QueueStore, clock: FakeClock, procedure: Procedure,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    wf = make(tmp_path, store, clock, procedure, max_file_bytes=4096)
+    (wf.folder / "huge.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 8192)
+    (wf.folder / "notes.bin").write_bytes(b"x" * 4000)
+    read_sizes: list[int] = []
+    real_read, real_pread = os.read, os.pread
+
+    def counting_read(fd: int, size: int) -> bytes:
+        data = real_read(fd, size)
+        read_sizes.append(len(data))
+        return data
+
+    def counting_pread(fd: int, size: int, offset: int) -> bytes:
+        data = real_pread(fd, size, offset)
+        read_sizes.append(len(data))
+        return data
+
+    # the os module is shared: these count every read made during the passes below
+    monkeypatch.setattr(os, "read", counting_read)
+    monkeypatch.setattr(os, "pread", counting_pread)
+    results = {r.name: r for r in settle(wf, clock)}
+    assert results["huge.dcm"].outcome is Outcome.REJECTED
+    assert "more than 4096 bytes" in results["huge.dcm"].reason
+    assert results["notes.bin"].outcome is Outcome.REJECTED
+    # neither was read whole: the size came from stat, the type from the first bytes
+    assert sum(read_sizes) <= 2 * 132, read_sizes
+
+
+# -- issue 13, finding 10: file names never reach INFO+ log lines, and are escaped -----------
+def test_file_names_are_logged_escaped_and_at_debug_only(
+        wf: WatchFolder, store: QueueStore, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    (wf.folder / "PHI^SENTINEL\nFORGED ERROR line.dcm").write_bytes(dicom_bytes())
+    (wf.folder / "PHI^SENTINEL notes.txt").write_text("hello\n")
+    (wf.folder / "PHI^SENTINEL\u202e.png").write_bytes(gray_png())
+    caplog.set_level("DEBUG", logger="agent.watchfolder")
+    results = settle(wf, clock)
+    assert sorted(r.outcome for r in results) == sorted(
+        [Outcome.QUEUED, Outcome.QUEUED, Outcome.REJECTED])
+    ours = [r for r in caplog.records if r.name == "agent.watchfolder"]
+    assert any(r.levelno >= logging.INFO for r in ours)
+    for record in ours:
+        message = record.getMessage()
+        assert "\n" not in message and "\u202e" not in message, message
+        if record.levelno >= logging.INFO:
+            assert "PHI" not in message, message
+    debug = " ".join(r.getMessage() for r in ours if r.levelno == logging.DEBUG)
+    assert "PHI^SENTINEL\\nFORGED" in debug and "\\u202e" in debug
+
+
+# -- issue 13, finding 12: done/ and rejected/ are private and pruned ---------------------------
+def test_done_and_rejected_are_private(tmp_path: Path, store: QueueStore, clock: FakeClock,
+                                       procedure: Procedure) -> None:
+    folder = tmp_path / "in"
+    (folder / "done").mkdir(parents=True)
+    os.chmod(folder / "done", 0o755)             # as an older version left it
+    old_umask = os.umask(0o022)
+    try:
+        wf = make(tmp_path, store, clock, procedure)
+    finally:
+        os.umask(old_umask)
+    for sub in (wf.done_dir, wf.rejected_dir, wf.state_dir):
+        assert stat.S_IMODE(sub.stat().st_mode) == 0o700, sub
+
+
+def test_done_and_rejected_files_are_pruned_after_the_retention(
+        tmp_path: Path, store: QueueStore, clock: FakeClock, procedure: Procedure) -> None:
+    wall = FakeClock()
+    wall.now = time.time()
+    wf = make(tmp_path, store, clock, procedure, retention_s=3600.0, wall_clock=wall)
+    (wf.folder / "a.dcm").write_bytes(dicom_bytes())
+    (wf.folder / "n.txt").write_text("x")
+    settle(wf, clock)
+    assert (wf.done_dir / "a.dcm").exists() and (wf.rejected_dir / "n.txt.reason.txt").exists()
+    wall.advance(1800)
+    clock.advance(3600)
+    wf.poll()
+    assert (wf.done_dir / "a.dcm").exists(), "pruned before its retention"
+    wall.advance(1900)
+    wf.poll()
+    assert (wf.done_dir / "a.dcm").exists(), "pruned again before PRUNE_EVERY_MAX_S"
+    clock.advance(PRUNE_EVERY_MAX_S)
+    (wf.folder / "new.txt").write_text("y")
+    wf.poll()                   # pruned at the start of the pass: the new file is seen after
+    assert list(wf.done_dir.iterdir()) == []
+    assert list(wf.rejected_dir.iterdir()) == []
+    clock.advance(SETTLE_S)
+    wf.poll()
+    assert sorted(p.name for p in wf.rejected_dir.iterdir()) == ["new.txt",
+                                                                 "new.txt.reason.txt"]
