@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ FOREIGN_HOST = "evil.example"
 READ_PATHS = ("/api/status", "/api/worklist", "/api/last-frame.png", "/api/procedures",
               "/api/queue")
 PNG_MAGIC = b"\x89PNG"
+#: the one attack the browser asks about first (OPTIONS) and sends only if the server agrees
+PREFLIGHTED = "fetch cors application/json"
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,63 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    content_type: str
+    body: bytes
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    """Answers 200 to everything, like the API before issue 13, and records each request."""
+
+    server: _RecordingServer
+
+    def _record(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.requests.append(Recorded(self.command, self.path,
+                                             self.headers.get("Content-Type", ""), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def do_GET(self) -> None:
+        self._record()
+
+    def do_POST(self) -> None:
+        self._record()
+
+    def do_OPTIONS(self) -> None:
+        self._record()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _RecordingServer(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__((LOCALHOST, 0), _RecordingHandler)
+        self.requests: list[Recorded] = []
+
+
+@pytest.fixture
+def recorder() -> Iterator[_RecordingServer]:
+    """A stand-in for an API that takes anything: what the hostile page sends, it records."""
+    server = _RecordingServer()
+    thread = threading.Thread(target=server.serve_forever, name="recorder", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 def dicom_file(path: Path) -> Path:
     """A small valid Secondary Capture: what the import attack asks the agent to queue."""
     ds = Dataset()
@@ -130,6 +189,29 @@ def page_report(dom: str) -> dict[str, Any]:
     assert text.startswith("{"), f"the hostile page did not finish: {text[:200]}"
     report: dict[str, Any] = json.loads(text)
     return report
+
+
+def recorder_origin(server: _RecordingServer) -> str:
+    return f"http://{LOCALHOST}:{server.server_address[1]}"
+
+
+def attack_query(api_origin: str, rig: Rig) -> str:
+    return urllib.parse.urlencode({"api": api_origin, "import": str(rig.import_file)})
+
+
+def missing_attacks(report: dict[str, Any], received: list[Recorded]) -> list[str]:
+    """Per target, the POSTs (and the preflight) the page made that the recorder never got."""
+    missing = []
+    for path in sorted({a["path"] for a in report["attacks"]}):
+        made = [a for a in report["attacks"] if a["path"] == path]
+        posts = [a for a in made if a["method"] != PREFLIGHTED]
+        got = [r for r in received if r.path == path]
+        got_posts = sum(r.method == "POST" for r in got)
+        if got_posts < len(posts):
+            missing.append(f"{path}: {got_posts} of {len(posts)} POSTs arrived")
+        if len(made) > len(posts) and not any(r.method == "OPTIONS" for r in got):
+            missing.append(f"{path}: no preflight for {PREFLIGHTED}")
+    return missing
 
 
 def daemon_status(agent: AgentProcess) -> dict[str, Any]:
@@ -169,23 +251,27 @@ def console_device_pill(dom: str) -> str:
 
 # -- the hostile page ----------------------------------------------------------------------------
 @needs_chromium
-def test_hostile_page_cannot_expose_queue_start_or_read(rig: Rig, hostile_site: int) -> None:
+def test_hostile_page_cannot_expose_queue_start_or_read(rig: Rig, hostile_site: int,
+                                                        recorder: _RecordingServer) -> None:
     """From 127.0.0.1:<other port> (same site as the API: a SameSite cookie goes along) and
     from localhost:<other port> (cross-site), every way a page can send a POST: fetch with a
     safelisted content type in cors and no-cors mode, fetch with application/json (preflight),
     HTML forms in all three encodings (text/plain crafted into valid JSON) and sendBeacon."""
-    query = urllib.parse.urlencode({"api": rig.api_origin, "import": str(rig.import_file)})
+    # the control: aimed at a server that takes anything, the page's requests leave the browser
+    # (a refused request looks the same from inside the page as one never sent)
+    page = f"http://{{host}}:{hostile_site}/{HOSTILE_PAGE}?{{query}}"
+    control = page_report(dump_dom(page.format(host=LOCALHOST, query=attack_query(
+        recorder_origin(recorder), rig)), budget_ms=8000))
+    assert control["done"], f"the hostile page stopped: {control}"
+    missing = missing_attacks(control, recorder.requests)
+    assert not missing, "the hostile page did not send:\n" + "\n".join(missing)
+
     reports = []
     for host in (LOCALHOST, "localhost"):
-        dom = dump_dom(f"http://{host}:{hostile_site}/{HOSTILE_PAGE}?{query}", budget_ms=8000)
+        dom = dump_dom(page.format(host=host, query=attack_query(rig.api_origin, rig)),
+                       budget_ms=8000)
         reports.append(page_report(dom))
-
-    for report in reports:
-        assert report["done"], f"the hostile page at {report['page']} stopped: {report}"
-        # an opaque answer to a no-cors fetch means the API got the request: the attack ran
-        unanswered = [a["path"] for a in report["attacks"]
-                      if a["method"] == "fetch no-cors text/plain" and a["outcome"] != "resolved"]
-        assert not unanswered, f"{report['page']}: the API never answered {unanswered}"
+        assert reports[-1]["done"], f"the hostile page at {host} stopped: {reports[-1]}"
 
     harm = effects(rig)
     for report in reports:
