@@ -18,6 +18,17 @@ _FILE_MODE = 0o600
 #: refuses to take over (chmod, clean tmp/, create a database in) an existing non-empty folder
 #: without it, so `spool_dir = "/etc"` cannot make it touch files it does not own (issue 13)
 SPOOL_MARKER = ".modality-agent-spool"
+#: what other parts of the agent put in the spool folder, possibly before the queue is first
+#: opened (the API token is made when the daemon is built): a folder holding only these is a
+#: new spool, not somebody else's folder
+_AGENT_NAMES = frozenset({SPOOL_MARKER + ".tmp", "api-token", "mpps", "worklist",
+                          "procedures.json"})
+
+
+def _agent_name(name: str) -> bool:
+    # a crash may leave a temporary file of the token's or the procedures' durable write
+    return name in _AGENT_NAMES or (
+        name.startswith((".api-token.", ".procedures.json.")) and name.endswith(".tmp"))
 
 
 def fsync_dir(path: Path) -> None:
@@ -106,7 +117,9 @@ class Spool:
             raise QueueError(f"spool {self.root}: not a folder") from err
         except OSError as err:
             raise QueueError(f"spool {self.root}: cannot list ({err.strerror})") from err
-        if names and SPOOL_MARKER not in names and self.db_path.name not in names:
+        if SPOOL_MARKER in names or self.db_path.name in names:
+            return
+        if not all(_agent_name(name) for name in names):
             raise QueueError(
                 f"spool {self.root}: an existing folder that is not a modality-agent spool "
                 f"(no {SPOOL_MARKER} file, no {self.db_path.name}); refusing to take it "

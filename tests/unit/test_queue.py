@@ -360,6 +360,9 @@ def test_a_spool_of_an_older_version_is_adopted(tmp_path: Path) -> None:
 
 def test_an_empty_existing_folder_becomes_a_spool(tmp_path: Path) -> None:
     (tmp_path / "spool").mkdir()
+    # what the daemon may make there before it opens the queue the first time
+    (tmp_path / "spool" / "api-token").write_text("secret")
+    (tmp_path / "spool" / "mpps").mkdir()
     q = QueueStore(tmp_path / "spool", ["pacs"])
     q.open()
     q.close()
