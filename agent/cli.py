@@ -46,11 +46,16 @@ def api_call(config: AgentConfig, method: str, path: str, body: dict[str, Any] |
     AgentError
         With the daemon's own error message for a refused request.
     """
+    from agent.api.security import read_token
+
     host = config.api.host
     url = f"http://{'[' + host + ']' if ':' in host else host}:{config.api.port}{path}"
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    # the per-install secret: only whoever can read [api] token_file (the agent's user, root)
+    # can drive the daemon; a web page never can (issue 13)
+    headers = {"Content-Type": "application/json",
+               "Authorization": f"Bearer {read_token(config.api.token_file)}"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             result: dict[str, Any] = json.loads(response.read())
@@ -112,16 +117,47 @@ def _wait_until_done(config: AgentConfig, queue_ids: list[int], wait_s: float) -
         delay = min(delay * 2, 1.0)
 
 
+def read_patient_file(source: str) -> tuple[str, str]:
+    """Patient ID and name from a JSON file (`-`: standard input), so that they need not be
+    on the command line, where every local user sees them in the process list.
+
+    Raises
+    ------
+    AgentError
+        Unreadable, not JSON, or without the two strings.
+    """
+    name = "standard input" if source == "-" else source
+    try:
+        text = sys.stdin.read(65536) if source == "-" else Path(source).read_text("utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise AgentError(f"--patient-file {name}: expected a JSON object such as "
+                         f"{{\"patient_id\": \"...\", \"patient_name\": \"Family^Given\"}} "
+                         f"({type(err).__name__})") from err
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), str) and data.get(k) for k in ("patient_id", "patient_name")):
+        raise AgentError(f"--patient-file {name}: expected the strings \"patient_id\" and "
+                         f"\"patient_name\"")
+    return data["patient_id"], data["patient_name"]
+
+
 def cmd_acquire(config: AgentConfig, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"frames": args.frames}
+    # the CLI's caller can read the API token, so the command itself is the deliberate
+    # action an X-ray exposure needs (the console asks for a second click instead)
+    body: dict[str, Any] = {"frames": args.frames, "confirm_exposure": True}
+    if args.patient_file and (args.patient_id or args.patient_name):
+        raise AgentError("--patient-file replaces --patient-id/--patient-name: give one or "
+                         "the other")
     if args.unscheduled:
-        if not args.patient_id or not args.patient_name:
-            raise AgentError("--unscheduled needs --patient-id and --patient-name")
-        body.update(unscheduled=True, patient_id=args.patient_id,
-                    patient_name=args.patient_name)
-    elif args.patient_id or args.patient_name:
-        raise AgentError("--patient-id/--patient-name go with --unscheduled; a worklist entry "
-                         "brings its own patient")
+        patient_id, patient_name = (read_patient_file(args.patient_file) if args.patient_file
+                                    else (args.patient_id, args.patient_name))
+        if not patient_id or not patient_name:
+            raise AgentError("--unscheduled needs --patient-file, or --patient-id and "
+                             "--patient-name")
+        body.update(unscheduled=True, patient_id=patient_id, patient_name=patient_name)
+    elif args.patient_id or args.patient_name or args.patient_file:
+        raise AgentError("--patient-id/--patient-name/--patient-file go with --unscheduled; a "
+                         "worklist entry brings its own patient")
     elif args.accession:
         body["accession"] = args.accession
     else:
@@ -360,8 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--accession")
     who.add_argument("--sps-id")
     who.add_argument("--unscheduled", action="store_true")
-    p.add_argument("--patient-id")
-    p.add_argument("--patient-name")
+    p.add_argument("--patient-id", help="visible to every local user in the process list: "
+                                        "prefer --patient-file")
+    p.add_argument("--patient-name", help="as --patient-id")
+    p.add_argument("--patient-file", metavar="FILE",
+                   help="JSON {\"patient_id\": ..., \"patient_name\": \"Family^Given\"}; "
+                        "'-' reads standard input")
     p.add_argument("--frames", type=int, default=1)
     p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                    help="exit 0 only once every object is committed (or stored)")

@@ -165,7 +165,8 @@ class Daemon:
                 uids=self.uids, settle_s=wf.settle_s, after_import=wf.after_import,
                 rescan_s=wf.rescan_s, use_close_events=wf.use_close_events,
                 on_queued=lambda _queue_id: self.forwarder.wake(),
-                on_image_queued=station.image_queued)
+                on_image_queued=station.image_queued,
+                max_file_bytes=int(wf.max_file_mb * 2**20), retention_s=wf.retention_s)
         token = load_or_create_token(api.token_file)
         policy = SecurityPolicy(token=token, api_host=api.host, api_port=api.port,
                                 allowed_hosts=frozenset(api.allowed_hosts))

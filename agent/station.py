@@ -510,7 +510,8 @@ class Station:
             results.append(ImportedFile("", error=selection.limit_reached))
         for path in selection.files:
             try:
-                item = read_dicom_file(path)
+                # opened again through the folder check: the file may have been swapped
+                item = read_dicom_file(path, allowed_folders=self._limits.import_folders)
                 queued = self._queue.enqueue(
                     item.payload, sop_instance_uid=item.sop_instance_uid,
                     sop_class_uid=item.sop_class_uid,

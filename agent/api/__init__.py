@@ -7,6 +7,7 @@ static files, and the security that keeps every other web page and host out of i
 - `server`: uvicorn on a thread, with bounded connections and idle time.
 """
 
-from agent.api.routes import ApiServer, create_app
+from agent.api.routes import create_app
+from agent.api.server import ApiServer
 
 __all__ = ["ApiServer", "create_app"]

@@ -1,45 +1,57 @@
-"""The local HTTP API (JSON) that the CLI and the technologist's console use, and the console's
-static page. Loopback by default. Starlette app, served by uvicorn on a daemon thread.
+"""The API's endpoints: each parses its request into a typed request of `agent.station` and
+calls the `StationService` protocol; the security middleware (`agent.api.security`) has already
+checked Host, Origin, content type and the token by then.
 
 No patient data in URLs: paths and queries hold procedure ids and queue ids only; a worklist entry
-or a patient is chosen by POSTing it in the body. Bodies are never logged.
+or a patient is chosen by POSTing it in the body. Bodies are never logged. Everything that blocks
+(the worklist, the device, the disk) runs on a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
-import socket
-import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from agent.api.console.thumbnail import DEFAULT_MAX_SIDE, thumbnail_png
+from agent.api.security import SecurityMiddleware, SecurityPolicy
 from agent.errors import AcquisitionError, AgentError, UnknownQueueItemError
 from agent.mpps import DISCONTINUATION_REASONS
 from agent.procedures import EndStatus, ProcedureError
 from agent.records import Order
-
-if TYPE_CHECKING:
-    from agent.daemon import Daemon
+from agent.station import (
+    MAX_RECENT,
+    AcquireRequest,
+    EndRequest,
+    ExposureNotConfirmed,
+    ImportRequest,
+    NotFound,
+    OrderChoice,
+    RequestRefused,
+    StationService,
+    check_text,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+#: deeper JSON than this is refused: no request of ours nests more than 2 levels, and a deep
+#: one costs recursion (10,000 levels gave HTTP 500)
+MAX_JSON_DEPTH = 8
+#: a hard ceiling for any request; the configured [api] max_frames is checked by the station
 MAX_FRAMES = 10_000
-MAX_RECENT = 500
+MAX_IMPORT_PATHS = 1000
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 #: the console's static files: URL path -> (file, media type)
 STATIC_FILES = {
@@ -47,23 +59,11 @@ STATIC_FILES = {
     "/console.css": ("console.css", "text/css"),
     "/console.js": ("console.js", "text/javascript"),
 }
-_PN_FORBIDDEN = re.compile(r"[\x00-\x1f\\]")
 _ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-class BadRequest(AgentError, ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class AcquireRequest:
-    frames: int
-    order: Order | None = None           # unscheduled
-    accession: str | None = None         # or a worklist entry, by one of these
-    sps_id: str | None = None
-    procedure_id: str | None = None      # or a procedure in progress (the console)
-    end: EndStatus | None = None         # end the procedure afterwards
-    reason: str = ""                     # discontinuation reason (DICOM CID 9300 code)
+class BadRequest(RequestRefused):
+    """The request's JSON is not what the endpoint takes (HTTP 400)."""
 
 
 def _parse_end(body: dict[str, Any]) -> tuple[EndStatus | None, str]:
@@ -76,9 +76,10 @@ def _parse_end(body: dict[str, Any]) -> tuple[EndStatus | None, str]:
     return end, reason
 
 
-def parse_acquire_request(body: dict[str, Any]) -> AcquireRequest:
-    """Validate the JSON of POST /api/acquire: `frames` and one of `"unscheduled": true` (with
-    patient_id, patient_name), `accession` or `sps_id`.
+def parse_acquire_request(body: Any) -> AcquireRequest:
+    """Validate the JSON of POST /api/acquire: `frames`, one of `"unscheduled": true` (with
+    patient_id, patient_name), `accession`, `sps_id` or `procedure_id`, and for an X-ray device
+    `"confirm_exposure": true`.
 
     Raises
     ------
@@ -90,21 +91,15 @@ def parse_acquire_request(body: dict[str, Any]) -> AcquireRequest:
     frames = body.get("frames", 1)
     if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
         raise BadRequest(f"frames: expected an integer 1..{MAX_FRAMES}, got {frames!r}")
+    confirmed = body.get("confirm_exposure", False)
+    if not isinstance(confirmed, bool):
+        raise BadRequest("confirm_exposure: expected true or false")
     end, reason = _parse_end(body)
-    order = parse_order_choice(body, extra=("procedure_id",))
-    return AcquireRequest(frames, order.order, order.accession, order.sps_id, order.procedure_id,
-                          end=end, reason=reason)
+    choice = parse_order_choice(body, extra=("procedure_id",))
+    return AcquireRequest(frames, choice, end=end, reason=reason, exposure_confirmed=confirmed)
 
 
-@dataclass(frozen=True)
-class OrderChoice:
-    order: Order | None = None
-    accession: str | None = None
-    sps_id: str | None = None
-    procedure_id: str | None = None
-
-
-def parse_order_choice(body: dict[str, Any], extra: tuple[str, ...] = ()) -> OrderChoice:
+def parse_order_choice(body: Any, extra: tuple[str, ...] = ()) -> OrderChoice:
     """Who to acquire for: `"unscheduled": true` with patient_id and patient_name, or
     `accession`, or `sps_id` (or one of `extra`: `procedure_id`).
 
@@ -130,43 +125,32 @@ def parse_order_choice(body: dict[str, Any], extra: tuple[str, ...] = ()) -> Ord
         return OrderChoice(procedure_id=value)
     for key in ("accession", "sps_id"):
         if key in chosen:
-            value = body[key]
-            if not isinstance(value, str) or not 1 <= len(value.strip()) <= 64 \
-                    or _PN_FORBIDDEN.search(value):
-                raise BadRequest(f"{key}: expected 1..64 characters without control characters")
-            return OrderChoice(**{key: value.strip()})  # type: ignore[arg-type]
+            return OrderChoice(**{key: check_text(key, body[key], 64)})  # type: ignore[arg-type]
     if body.get("unscheduled") is not True:
         raise BadRequest("unscheduled: expected true")
-    patient_id = body.get("patient_id")
-    patient_name = body.get("patient_name")
-    if not isinstance(patient_id, str) or not 1 <= len(patient_id.strip()) <= 64 \
-            or _PN_FORBIDDEN.search(patient_id):
-        raise BadRequest("patient_id: expected 1..64 characters without control characters "
-                         "or backslash")
-    if not isinstance(patient_name, str) or not 1 <= len(patient_name.strip()) <= 320 \
-            or _PN_FORBIDDEN.search(patient_name):
-        raise BadRequest("patient_name: expected 'Family^Given' (1..320 characters, no control "
-                         "characters or backslash)")
-    return OrderChoice(Order(patient_name=patient_name.strip(), patient_id=patient_id.strip()))
+    patient_id = check_text("patient_id", body.get("patient_id"), 64)
+    patient_name = check_text("patient_name", body.get("patient_name"), 320)
+    return OrderChoice(Order(patient_name=patient_name, patient_id=patient_id))
 
 
-def parse_import_request(body: dict[str, Any]) -> list[Path]:
-    """Validate the JSON of POST /api/import: absolute paths on this computer."""
+def parse_import_request(body: Any) -> ImportRequest:
+    """Validate the JSON of POST /api/import: absolute paths on this computer (the station
+    takes only those inside `[api] import_folders`)."""
     paths = body.get("paths") if isinstance(body, dict) else None
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-        raise BadRequest("paths: expected a non-empty list of absolute paths")
-    result = [Path(p) for p in paths]
+    if not isinstance(paths, list) or not 1 <= len(paths) <= MAX_IMPORT_PATHS or not all(
+            isinstance(p, str) and 0 < len(p) <= 4096 and "\x00" not in p for p in paths):
+        raise BadRequest(f"paths: expected a list of 1..{MAX_IMPORT_PATHS} absolute paths")
+    result = tuple(Path(p) for p in paths)
     relative = [str(p) for p in result if not p.is_absolute()]
     if relative:
-        raise BadRequest(f"paths: expected absolute paths, got {relative[:3]}")
-    return result
-
-
+        raise BadRequest(f"paths: expected absolute paths, got {len(relative)} relative")
+    return ImportRequest(result)
 
 
 # -- responses -----------------------------------------------------------------------------------
 def _json(status: int, payload: Any) -> Response:
     # json.dumps with its default separators: the bytes the stdlib server sent before
+    # Cache-Control: no-store comes from the security middleware, for every /api/ response
     return Response(json.dumps(payload).encode(), status_code=status,
                     media_type="application/json")
 
@@ -175,13 +159,24 @@ def _error(status: int, message: str) -> Response:
     return _json(status, {"error": message})
 
 
+def _depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests, counting no further than `limit` + 1."""
+    if limit < 0:
+        return 1
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
+    return 0
+
+
 async def _body(request: Request) -> Any:
     """The request's JSON (an empty body is `{}`).
 
     Raises
     ------
     BadRequest
-        Not JSON.
+        Not JSON, or nested deeper than MAX_JSON_DEPTH.
     _TooLarge
         More than MAX_BODY_BYTES.
     """
@@ -194,9 +189,14 @@ async def _body(request: Request) -> Any:
         if len(data) > MAX_BODY_BYTES:
             raise _TooLarge()
     try:
-        return json.loads(data or b"{}")
+        value = json.loads(data or b"{}")
+    except RecursionError as err:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(str(err)) from err
+        raise BadRequest(f"not JSON: {err}") from err
+    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 class _TooLarge(Exception):
@@ -207,109 +207,93 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _guarded(handler: Handler) -> Handler:
-    """400 for a bad request, 413 for a large one, 503 when acquisition fails."""
+    """Each refusal of the station as its HTTP status: 400 bad request, 404 unknown id, 409
+    exposure not confirmed, 413 too large, 503 the device or an order cannot be used now."""
     async def guarded(request: Request) -> Response:
         try:
             return await handler(request)
         except _TooLarge:
             return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
-        except (BadRequest, ProcedureError) as err:
+        except NotFound as err:
+            return _error(HTTPStatus.NOT_FOUND, str(err))
+        except UnknownQueueItemError as err:
+            return _error(HTTPStatus.NOT_FOUND, str(err.args[0] if err.args else err))
+        except ExposureNotConfirmed as err:
+            return _error(HTTPStatus.CONFLICT, str(err))
+        except (RequestRefused, ProcedureError) as err:
             return _error(HTTPStatus.BAD_REQUEST, str(err))
         except AcquisitionError as err:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
+        except AgentError as err:
+            logger.error("%s %s failed: %s", request.method, request.url.path,
+                         type(err).__name__)
+            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, str(err))
     return guarded
 
 
-def _daemon(request: Request) -> Daemon:
-    daemon: Daemon = request.app.state.daemon
-    return daemon
+def _station(request: Request) -> StationService:
+    station: StationService = request.app.state.station
+    return station
 
 
 # -- the CLI's endpoints -----------------------------------------------------------------------
+@_guarded
 async def get_status(request: Request) -> Response:
-    return _json(200, await run_in_threadpool(_daemon(request).status))
+    return _json(200, await run_in_threadpool(_station(request).status))
 
 
+@_guarded
 async def get_procedures(request: Request) -> Response:
-    return _json(200, {"procedures": [p.as_json() for p in _daemon(request).procedures.all()]})
+    return _json(200, {"procedures": await run_in_threadpool(_station(request).procedures)})
 
 
+@_guarded
 async def get_worklist(request: Request) -> Response:
     """The worklist as `worklist --json` has it; `?refresh=1` asks the RIS now."""
-    worklist = _daemon(request).worklist
-    if worklist is None:
-        return _error(HTTPStatus.NOT_FOUND, "no [worklist] configured")
     refresh = request.query_params.getlist("refresh") == ["1"]
-    snapshot = await run_in_threadpool(worklist.refresh_now if refresh else worklist.snapshot)
-    return _json(200, snapshot.as_json())
+    view = await run_in_threadpool(lambda: _station(request).worklist(refresh=refresh))
+    if view is None:
+        return _error(HTTPStatus.NOT_FOUND, "no [worklist] configured")
+    return _json(200, view)
 
 
+@_guarded
 async def get_objects(request: Request) -> Response:
-    try:
-        ids = [int(v) for v in request.query_params.getlist("queue_id")]
-    except ValueError:
-        return _error(HTTPStatus.BAD_REQUEST, "queue_id: expected integers")
-    return _json(200, {"objects": await run_in_threadpool(_daemon(request).objects, ids)})
+    raw = request.query_params.getlist("queue_id")
+    if len(raw) > MAX_RECENT or not all(v.isdigit() and len(v) <= 18 for v in raw):
+        raise BadRequest(f"queue_id: expected up to {MAX_RECENT} integers")
+    objects = await run_in_threadpool(_station(request).objects, [int(v) for v in raw])
+    return _json(200, {"objects": [o.as_json() for o in objects]})
 
 
 @_guarded
 async def post_end(request: Request) -> Response:
     procedure_id = request.path_params["procedure_id"]
+    if not _ID.fullmatch(procedure_id):
+        raise NotFound(f"no procedure {procedure_id[:40]!r}")
     end, reason = _parse_end(await _body(request))
     if end is None:
         raise BadRequest("end: expected \"completed\" or \"discontinued\"")
-    procedure = await run_in_threadpool(_daemon(request).procedures.end, procedure_id, end,
-                                        reason)
-    return _json(200, {"procedure": procedure.as_json()})
+    procedure = await run_in_threadpool(_station(request).end_procedure,
+                                        EndRequest(procedure_id, end, reason))
+    return _json(200, {"procedure": procedure})
 
 
 @_guarded
 async def post_import(request: Request) -> Response:
-    paths = parse_import_request(await _body(request))
-    return _json(200, {"files": await run_in_threadpool(_daemon(request).import_files, paths)})
-
-
-def _acquire(daemon: Daemon, request: AcquireRequest) -> dict[str, Any]:
-    if request.procedure_id is not None:
-        try:
-            procedure = daemon.procedures.get(request.procedure_id)
-        except ProcedureError as err:
-            raise AcquisitionError(str(err)) from err
-        result = daemon.acquire(procedure.order, request.frames,
-                                procedure_id=request.procedure_id, end=request.end,
-                                end_reason=request.reason)
-        order = procedure.order
-        if (order.scheduled and order.study_instance_uid and daemon.worklist is not None
-                and result["objects"]):
-            # the duplicate guard: this step has now been acquired on this device
-            daemon.worklist.mark_acquired(order.study_instance_uid, order.sps_id)
-        return result
-    if request.order is not None:
-        return daemon.acquire(request.order, request.frames, end=request.end,
-                              end_reason=request.reason)
-    item = daemon.worklist_item(accession=request.accession, sps_id=request.sps_id)
-    return daemon.acquire(item.to_order(), request.frames, item, end=request.end,
-                          end_reason=request.reason)
+    parsed = parse_import_request(await _body(request))
+    files = await run_in_threadpool(_station(request).import_files, parsed)
+    return _json(200, {"files": [f.as_json() for f in files]})
 
 
 @_guarded
 async def post_acquire(request: Request) -> Response:
     parsed = parse_acquire_request(await _body(request))
-    return _json(200, await run_in_threadpool(_acquire, _daemon(request), parsed))
+    result = await run_in_threadpool(_station(request).acquire, parsed)
+    return _json(200, result.as_json())
 
 
 # -- what the console adds ---------------------------------------------------------------------
-def _worklist_view(daemon: Daemon, refresh: bool) -> dict[str, Any] | None:
-    if daemon.worklist is None:
-        return None
-    snapshot = daemon.worklist.refresh_now() if refresh else daemon.worklist.snapshot()
-    view = snapshot.as_json()
-    for item, shown in zip(snapshot.items, view["items"], strict=True):
-        shown["duplicate_reason"] = item.duplicate_reason
-    view["summary"] = snapshot.summary
-    return view
-
-
 @_guarded
 async def post_console_worklist(request: Request) -> Response:
     """The worklist for the console: each item with its `duplicate_reason` ("" when none),
@@ -317,19 +301,12 @@ async def post_console_worklist(request: Request) -> Response:
     body = await _body(request)
     if not isinstance(body, dict) or not isinstance(body.get("refresh", False), bool):
         raise BadRequest("refresh: expected true or false")
-    view = await run_in_threadpool(_worklist_view, _daemon(request), body.get("refresh", False))
+    refresh: bool = body.get("refresh", False)
+    view = await run_in_threadpool(
+        lambda: _station(request).worklist(refresh=refresh, for_console=True))
     if view is None:
         return _error(HTTPStatus.NOT_FOUND, "no [worklist] configured")
     return _json(200, view)
-
-
-def _start_procedure(daemon: Daemon, choice: OrderChoice) -> dict[str, Any]:
-    if choice.order is not None:
-        return {"procedure": daemon.start_procedure(choice.order), "warning": ""}
-    item = daemon.worklist_item(accession=choice.accession, sps_id=choice.sps_id)
-    warning = (f"worklist entry {item.describe()}: {item.duplicate_reason}"
-               if item.is_duplicate else "")
-    return {"procedure": daemon.start_procedure(item.to_order()), "warning": warning}
 
 
 @_guarded
@@ -338,15 +315,17 @@ async def post_procedures(request: Request) -> Response:
     patient: `{"accession"}`, `{"sps_id"}` or `{"unscheduled": true, "patient_id",
     "patient_name"}`."""
     choice = parse_order_choice(await _body(request))
-    return _json(200, await run_in_threadpool(_start_procedure, _daemon(request), choice))
+    result = await run_in_threadpool(_station(request).start_procedure, choice)
+    return _json(200, result.as_json())
 
 
+@_guarded
 async def get_procedure(request: Request) -> Response:
-    try:
-        procedure = _daemon(request).procedures.get(request.path_params["procedure_id"])
-    except ProcedureError as err:
-        return _error(HTTPStatus.NOT_FOUND, str(err))
-    return _json(200, {"procedure": procedure.as_json()})
+    procedure_id = request.path_params["procedure_id"]
+    if not _ID.fullmatch(procedure_id):
+        raise NotFound(f"no procedure {procedure_id[:40]!r}")
+    procedure = await run_in_threadpool(_station(request).procedure, procedure_id)
+    return _json(200, {"procedure": procedure})
 
 
 async def get_reasons(request: Request) -> Response:
@@ -356,13 +335,14 @@ async def get_reasons(request: Request) -> Response:
         for c in DISCONTINUATION_REASONS.values()]})
 
 
+@_guarded
 async def get_queue(request: Request) -> Response:
     """The newest objects, for the live queue view: `?limit=N` (1..MAX_RECENT, default 50)."""
     raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_RECENT:
+    if not raw.isdigit() or len(raw) > 4 or not 1 <= int(raw) <= MAX_RECENT:
         return _error(HTTPStatus.BAD_REQUEST, f"limit: expected an integer 1..{MAX_RECENT}")
-    objects = await run_in_threadpool(_daemon(request).recent_objects, int(raw))
-    return _json(200, {"objects": objects})
+    objects = await run_in_threadpool(_station(request).recent_objects, int(raw))
+    return _json(200, {"objects": [o.as_json() for o in objects]})
 
 
 @_guarded
@@ -371,26 +351,24 @@ async def post_retry(request: Request) -> Response:
     body = await _body(request)
     ids = body.get("queue_ids") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not ids or len(ids) > MAX_RECENT or not all(
-            isinstance(q, int) and not isinstance(q, bool) for q in ids):
+            isinstance(q, int) and not isinstance(q, bool) and 0 < q < 2**63 for q in ids):
         raise BadRequest(f"queue_ids: expected a list of 1..{MAX_RECENT} integers")
-    try:
-        count = await run_in_threadpool(_daemon(request).retry, ids)
-    except UnknownQueueItemError as err:
-        return _error(HTTPStatus.NOT_FOUND, str(err.args[0] if err.args else err))
+    count = await run_in_threadpool(_station(request).retry, ids)
     return _json(200, {"retried": count})
 
 
+@_guarded
 async def get_last_frame(request: Request) -> Response:
     """The last frame read from the device as a PNG thumbnail (`?max=N` pixels on the longest
     side, 16..1024, default 256); 404 before the first frame."""
     raw = request.query_params.get("max", str(DEFAULT_MAX_SIDE))
-    if not raw.isdigit() or not 16 <= int(raw) <= 1024:
+    if not raw.isdigit() or len(raw) > 4 or not 16 <= int(raw) <= 1024:
         return _error(HTTPStatus.BAD_REQUEST, "max: expected an integer 16..1024")
-    frame = _daemon(request).acquisition.last_frame
+    frame = _station(request).last_frame()
     if frame is None:
         return _error(HTTPStatus.NOT_FOUND, "no frame acquired yet")
     png = await run_in_threadpool(thumbnail_png, frame.pixels, frame.bits_stored, int(raw))
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+    return Response(png, media_type="image/png")
 
 
 def _static(path: str) -> Handler:
@@ -404,11 +382,12 @@ def _static(path: str) -> Handler:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     # unknown path, or a known path with the wrong method: 404 as the stdlib server did
-    return _error(HTTPStatus.NOT_FOUND, f"no such endpoint {request.url.path}")
+    return _error(HTTPStatus.NOT_FOUND, f"no such endpoint {request.url.path[:200]}")
 
 
-def create_app(daemon: Daemon) -> Starlette:
-    """The API and the console, for `daemon`."""
+def create_app(station: StationService, policy: SecurityPolicy,
+               on_refused: Callable[[str, str], None] | None = None) -> ASGIApp:
+    """The API and the console for `station`, behind the security middleware."""
     routes = [
         Route("/api/status", get_status, methods=["GET"]),
         Route("/api/procedures", get_procedures, methods=["GET"]),
@@ -427,66 +406,5 @@ def create_app(daemon: Daemon) -> Starlette:
         *(Route(path, _static(path), methods=["GET"]) for path in STATIC_FILES),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found})
-    app.state.daemon = daemon
-    return app
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        # the daemon owns SIGTERM/SIGINT; uvicorn runs on a thread (older uvicorn API)
-        pass
-
-
-class ApiServer:
-    """uvicorn on a daemon thread: `start()` binds (port 0: the real port is in `.port`) and
-    returns when the server accepts connections; `stop()` shuts it down."""
-
-    def __init__(self, host: str, port: int, daemon: Daemon) -> None:
-        self.host = host
-        self.port = port
-        self._daemon = daemon
-        self._server: _Server | None = None
-        self._socket: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.listen(128)
-        except OSError:
-            sock.close()
-            raise
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self._daemon), lifespan="off", access_log=False,
-                                log_level="warning", log_config=None, timeout_graceful_shutdown=2)
-        self._server = server = _Server(config)
-        self._thread = threading.Thread(target=self._serve, args=(server, sock), name="api",
-                                        daemon=True)
-        self._thread.start()
-        deadline = threading.Event()
-        for _ in range(500):
-            if server.started or not self._thread.is_alive():
-                break
-            deadline.wait(0.01)
-        if not server.started:
-            self.stop()
-            raise OSError(f"API server did not start on {self.host}:{self.port}")
-
-    @staticmethod
-    def _serve(server: _Server, sock: socket.socket) -> None:
-        asyncio.run(server.serve(sockets=[sock]))
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server = None
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+    app.state.station = station
+    return SecurityMiddleware(app, policy, on_refused=on_refused)

@@ -4,6 +4,7 @@ makes, in the order a technologist's taps make them."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import re
 import struct
@@ -32,14 +33,34 @@ UNSCHEDULED_NAME = "WALKIN^PATIENT"
 UNSCHEDULED_ID = "PID-WALKIN-93"
 
 
+_OPENERS: dict[int, urllib.request.OpenerDirector] = {}
+
+
+def _browser(agent: AgentProcess) -> urllib.request.OpenerDirector:
+    """A cookie jar that loaded the console page first: the page's session cookie (HttpOnly,
+    SameSite=Strict) is how the console authenticates, never a token in the script."""
+    opener = _OPENERS.get(agent.api_port)
+    if opener is None:
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with opener.open(f"http://{LOCALHOST}:{agent.api_port}/", timeout=60) as page:
+            assert "HttpOnly" in page.headers["Set-Cookie"]
+        _OPENERS[agent.api_port] = opener
+    return opener
+
+
 def call(agent: AgentProcess, method: str, path: str,
          body: dict[str, Any] | None = None) -> tuple[int, str, bytes]:
-    """(status, content type, body) of a request, as the page's fetch() would see it."""
+    """(status, content type, body) of a request, as the page's fetch() would send and see
+    it: same origin, the session cookie, JSON."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://{LOCALHOST}:{agent.api_port}{path}", data=data,
-                                     method=method, headers={"Content-Type": "application/json"})
+    origin = f"http://{LOCALHOST}:{agent.api_port}"
+    request = urllib.request.Request(f"{origin}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              "Origin": origin,
+                                              "Sec-Fetch-Site": "same-origin"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with _browser(agent).open(request, timeout=60) as response:
             return response.status, response.headers["Content-Type"], response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.headers["Content-Type"], err.read()

@@ -96,16 +96,26 @@ class AgentProcess:
             try:
                 self.api("GET", "/api/status")
                 return True
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, FileNotFoundError):
+                # FileNotFoundError: the daemon has not written its API token yet
                 return False
 
         wait_until(api_up, timeout_s, "agent API did not come up")
+
+    @property
+    def token_path(self) -> Path:
+        """[api] token_file's default: the daemon writes it 0600 at its first start."""
+        return self.spool_dir / "api-token"
+
+    def token(self) -> str:
+        return self.token_path.read_text().strip()
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"http://{LOCALHOST}:{self.api_port}{path}", data=data,
                                          method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {self.token()}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 

@@ -1,5 +1,6 @@
-"""The API's validation and replies, through starlette's TestClient on a fake daemon, and the
-real uvicorn server's start/stop; the console's thumbnail encoder."""
+"""The API's validation and replies, through starlette's TestClient on a fake station (it
+implements agent.station.StationService), and the real uvicorn server's start/stop; the
+console's thumbnail encoder."""
 
 from __future__ import annotations
 
@@ -9,173 +10,163 @@ import struct
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import SimpleNamespace
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from agent.api.console.thumbnail import downscale, encode_png, thumbnail_png, to_8bit
 from agent.api.routes import (
     MAX_BODY_BYTES,
-    ApiServer,
-    BadRequest,
     create_app,
     parse_acquire_request,
 )
-from agent.api.console.thumbnail import downscale, encode_png, thumbnail_png, to_8bit
+from agent.api.security import SecurityPolicy
+from agent.api.server import ApiServer
 from agent.errors import AcquisitionError, UnknownQueueItemError
 from agent.procedures import ProcedureError
 from agent.records import Order
+from agent.station import (
+    AcquireRequest,
+    AcquireResult,
+    EndRequest,
+    ImportedFile,
+    ImportRequest,
+    LastFrame,
+    NotFound,
+    ObjectView,
+    OrderChoice,
+    RequestRefused,
+    StartResult,
+    StationLimits,
+)
 
 ORDER = Order(patient_name="Doe^Jane", patient_id="P1")
+TOKEN = "unit-test-token"
+API_PORT = 8470
+POLICY = SecurityPolicy(token=TOKEN, api_host="127.0.0.1", api_port=API_PORT,
+                        allowed_hosts=frozenset())
 
 
-@dataclass
-class FakeProcedure:
-    procedure_id: str
-    order: Order
-    state: str = "in_progress"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"procedure_id": self.procedure_id, "state": self.state,
-                "patient_id": self.order.patient_id, "series": []}
+def view(queue_id: int) -> ObjectView:
+    return ObjectView(queue_id, f"1.2.{queue_id}", "pending", False, {}, None, None, ())
 
 
-@dataclass
-class FakeItem:
-    accession_number: str
-    sps_id: str
-    duplicate_reason: str = ""
+class FakeStation:
+    """A station for the routes: implements `agent.station.StationService` (mypy checks it at
+    `create_app`), records what it was asked."""
+
+    def __init__(self) -> None:
+        self.has_worklist = True
+        self.refreshed = 0
+        self.calls: list[tuple[str, Any]] = []
+        self.fail_acquire = False
+        self.frame: LastFrame | None = None
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.items = [{"accession_number": "A1", "sps_id": "S1", "duplicate_reason": ""},
+                      {"accession_number": "A2", "sps_id": "S2",
+                       "duplicate_reason": "already acquired here"}]
 
     @property
-    def is_duplicate(self) -> bool:
-        return bool(self.duplicate_reason)
+    def limits(self) -> StationLimits:
+        return StationLimits(max_frames=100)
 
-    def describe(self) -> str:
-        return f"SPS {self.sps_id!r}"
-
-    def as_json(self) -> dict[str, str]:
-        return {"accession_number": self.accession_number, "sps_id": self.sps_id}
-
-    def to_order(self) -> Order:
-        return Order(patient_name="Sched^Uled", patient_id="P2", study_instance_uid="1.2.3",
-                     accession_number=self.accession_number, sps_id=self.sps_id,
-                     scheduled=True)
-
-
-@dataclass
-class FakeSnapshot:
-    items: tuple[FakeItem, ...]
-    source: str = "cache"
-    summary: str = "2 worklist item(s) from the cache"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"source": self.source, "age_s": 12.0,
-                "items": [i.as_json() for i in self.items], "error": "RIS down"}
-
-
-class FakeWorklist:
-    def __init__(self) -> None:
-        self.items = (FakeItem("A1", "S1"), FakeItem("A2", "S2", "already acquired here"))
-        self.refreshed = 0
-        self.marked: list[tuple[str, str]] = []
-
-    def snapshot(self) -> FakeSnapshot:
-        return FakeSnapshot(self.items)
-
-    def refresh_now(self) -> FakeSnapshot:
-        self.refreshed += 1
-        return FakeSnapshot(self.items, source="ris")
-
-    def mark_acquired(self, study_uid: str, sps_id: str) -> None:
-        self.marked.append((study_uid, sps_id))
-
-
-class FakeProcedures:
-    def __init__(self) -> None:
-        self.by_id: dict[str, FakeProcedure] = {}
-
-    def get(self, procedure_id: str) -> FakeProcedure:
-        if procedure_id not in self.by_id:
-            raise ProcedureError(f"no procedure {procedure_id!r}")
-        return self.by_id[procedure_id]
-
-    def all(self) -> list[FakeProcedure]:
-        return list(self.by_id.values())
-
-    def end(self, procedure_id: str, status: str, reason: str = "") -> FakeProcedure:
-        procedure = self.get(procedure_id)
-        if procedure.state != "in_progress":
-            raise ProcedureError(f"procedure {procedure_id} is {procedure.state}")
-        if status == "discontinued" and reason != "110513":
-            raise ProcedureError(f"reason: unknown code {reason!r}")
-        procedure.state = status
-        return procedure
-
-
-@dataclass
-class FakeDaemon:
-    worklist: FakeWorklist | None = field(default_factory=FakeWorklist)
-    procedures: FakeProcedures = field(default_factory=FakeProcedures)
-    acquisition: Any = field(default_factory=lambda: SimpleNamespace(last_frame=None))
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-    fail_acquire: bool = False
+    @property
+    def emits_radiation(self) -> bool:
+        return False
 
     def status(self) -> dict[str, Any]:
         return {"queue": {"pending": 0}}
 
-    def objects(self, ids: list[int]) -> list[dict[str, Any]]:
-        return [{"queue_id": q, "state": "pending"} for q in ids]
+    def worklist(self, *, refresh: bool, for_console: bool = False) -> dict[str, Any] | None:
+        if not self.has_worklist:
+            return None
+        self.refreshed += refresh
+        items = [dict(i) if for_console else
+                 {k: v for k, v in i.items() if k != "duplicate_reason"} for i in self.items]
+        result: dict[str, Any] = {"source": "ris" if refresh else "cache", "age_s": 12.0,
+                                  "items": items, "error": "RIS down"}
+        if for_console:
+            result["summary"] = "2 worklist item(s) from the cache"
+        return result
 
-    def recent_objects(self, limit: int) -> list[dict[str, Any]]:
-        self.calls.append(("recent", limit))
-        return self.objects([3, 2, 1])
+    def procedures(self) -> list[dict[str, Any]]:
+        return list(self.by_id.values())
 
-    def worklist_item(self, *, accession: str | None = None,
-                      sps_id: str | None = None) -> FakeItem:
-        assert self.worklist is not None
-        for item in self.worklist.items:
-            if accession in (None, item.accession_number) and sps_id in (None, item.sps_id):
+    def procedure(self, procedure_id: str) -> dict[str, Any]:
+        if procedure_id not in self.by_id:
+            raise NotFound(f"no procedure {procedure_id!r}")
+        return self.by_id[procedure_id]
+
+    def _find(self, choice: OrderChoice) -> dict[str, Any]:
+        for item in self.items:
+            if choice.accession in (None, item["accession_number"]) and \
+                    choice.sps_id in (None, item["sps_id"]):
                 return item
         raise AcquisitionError("no worklist item")
 
-    def start_procedure(self, order: Order) -> dict[str, Any]:
-        procedure = FakeProcedure(f"proc{len(self.procedures.by_id) + 1}", order)
-        self.procedures.by_id[procedure.procedure_id] = procedure
-        return procedure.as_json()
+    def start_procedure(self, choice: OrderChoice) -> StartResult:
+        self.calls.append(("start", choice))
+        warning = ""
+        patient_id = choice.order.patient_id if choice.order else "P2"
+        if choice.order is None:
+            warning = self._find(choice)["duplicate_reason"]
+        pid = f"proc{len(self.by_id) + 1}"
+        self.by_id[pid] = {"procedure_id": pid, "state": "in_progress",
+                           "patient_id": patient_id, "series": []}
+        return StartResult(self.by_id[pid], warning)
 
-    def acquire(self, order: Order, frames: int, item: Any = None, *,
-                procedure_id: str | None = None, end: str | None = None,
-                end_reason: str = "") -> dict[str, Any]:
-        self.calls.append(("acquire", (order, frames, item, procedure_id, end, end_reason)))
+    def acquire(self, request: AcquireRequest) -> AcquireResult:
+        self.calls.append(("acquire", request))
         if self.fail_acquire:
             raise AcquisitionError("device not connected")
-        if procedure_id and self.procedures.get(procedure_id).state != "in_progress":
-            raise AcquisitionError(f"procedure {procedure_id} is ended")
-        return {"warning": "", "objects": self.objects(list(range(1, frames + 1))),
-                "error": None}
+        if request.choice.procedure_id and request.choice.procedure_id not in self.by_id:
+            raise AcquisitionError(f"no procedure {request.choice.procedure_id!r}")
+        if request.choice.order is None and request.choice.procedure_id is None:
+            self._find(request.choice)
+        return AcquireResult("", {}, "1.2", "1.2.1",
+                             tuple(view(q) for q in range(1, request.frames + 1)), None, 0)
 
-    def retry(self, ids: list[int]) -> int:
-        if 999 in ids:
+    def end_procedure(self, request: EndRequest) -> dict[str, Any]:
+        procedure = self.procedure(request.procedure_id)
+        if procedure["state"] != "in_progress":
+            raise ProcedureError(f"procedure {request.procedure_id} is {procedure['state']}")
+        if request.end == "discontinued" and request.reason != "110513":
+            raise ProcedureError(f"reason: unknown code {request.reason!r}")
+        procedure["state"] = request.end
+        return procedure
+
+    def objects(self, queue_ids: Sequence[int]) -> list[ObjectView]:
+        return [view(q) for q in queue_ids]
+
+    def recent_objects(self, limit: int) -> list[ObjectView]:
+        self.calls.append(("recent", limit))
+        return self.objects([3, 2, 1])
+
+    def retry(self, queue_ids: Sequence[int]) -> int:
+        if 999 in queue_ids:
             raise UnknownQueueItemError("no queue item 999")
-        return len(ids)
+        return len(queue_ids)
 
-    def import_files(self, paths: list[Path]) -> list[dict[str, Any]]:
-        return [{"path": str(p), "queue_id": 1} for p in paths]
+    def import_files(self, request: ImportRequest) -> list[ImportedFile]:
+        return [ImportedFile(str(p), 1, "1.2.3") for p in request.paths]
 
-
-@pytest.fixture
-def daemon() -> FakeDaemon:
-    return FakeDaemon()
+    def last_frame(self) -> LastFrame | None:
+        return self.frame
 
 
 @pytest.fixture
-def client(daemon: FakeDaemon) -> Iterator[TestClient]:
-    with TestClient(create_app(daemon)) as test_client:   # type: ignore[arg-type]
+def station() -> FakeStation:
+    return FakeStation()
+
+
+@pytest.fixture
+def client(station: FakeStation) -> Iterator[TestClient]:
+    """The CLI's way in: bearer token, Host 127.0.0.1:8470."""
+    with TestClient(create_app(station, POLICY), base_url=f"http://127.0.0.1:{API_PORT}",
+                    headers={"Authorization": f"Bearer {TOKEN}"}) as test_client:
         yield test_client
 
 
@@ -197,26 +188,29 @@ def test_replies_are_the_bytes_the_stdlib_server_sent(client: TestClient) -> Non
 def test_unknown_paths_and_methods_are_404(client: TestClient) -> None:
     assert error_of(client.get("/api/nothing"), 404) == "no such endpoint /api/nothing"
     assert error_of(client.get("/api/acquire"), 404) == "no such endpoint /api/acquire"
-    assert error_of(client.post("/api/status"), 404) == "no such endpoint /api/status"
+    assert error_of(client.post("/api/status", json={}), 404) == \
+        "no such endpoint /api/status"
 
 
 def test_objects_takes_integer_queue_ids(client: TestClient) -> None:
     assert client.get("/api/objects?queue_id=4&queue_id=7").json() == {
-        "objects": [{"queue_id": 4, "state": "pending"}, {"queue_id": 7, "state": "pending"}]}
+        "objects": [view(4).as_json(), view(7).as_json()]}
     assert client.get("/api/objects").json() == {"objects": []}
-    assert error_of(client.get("/api/objects?queue_id=x"), 400) == "queue_id: expected integers"
+    for bad in ("x", "-1", "1" * 30):
+        assert "queue_id: expected" in error_of(client.get(f"/api/objects?queue_id={bad}"),
+                                                400)
 
 
-def test_worklist_snapshot_or_refresh(client: TestClient, daemon: FakeDaemon) -> None:
+def test_worklist_snapshot_or_refresh(client: TestClient, station: FakeStation) -> None:
     assert client.get("/api/worklist").json()["source"] == "cache"
-    assert daemon.worklist is not None and daemon.worklist.refreshed == 0
+    assert station.refreshed == 0
     assert client.get("/api/worklist?refresh=1").json()["source"] == "ris"
-    assert daemon.worklist.refreshed == 1
+    assert station.refreshed == 1
     assert "duplicate_reason" not in client.get("/api/worklist").json()["items"][0]
 
 
-def test_worklist_not_configured_is_404(daemon: FakeDaemon, client: TestClient) -> None:
-    daemon.worklist = None
+def test_worklist_not_configured_is_404(station: FakeStation, client: TestClient) -> None:
+    station.has_worklist = False
     assert error_of(client.get("/api/worklist"), 404) == "no [worklist] configured"
     assert error_of(client.post("/api/console/worklist", json={}), 404)
 
@@ -227,8 +221,14 @@ def test_worklist_not_configured_is_404(daemon: FakeDaemon, client: TestClient) 
     ({"frames": "2", "accession": "A1"}, "frames"),
     ({"frames": 1}, "expected exactly one of"),
     ({"accession": "A1", "sps_id": "S1"}, "expected exactly one of"),
-    ({"accession": "A\x01"}, "accession: expected 1..64 characters"),
+    ({"accession": "A\x01"}, "accession: character U+0001 at position 2 is not allowed"),
     ({"sps_id": " "}, "sps_id: expected 1..64"),
+    ({"unscheduled": True, "patient_id": "P", "patient_name": "Smith\u202eJohn"},
+     "patient_name: character U+202E"),
+    ({"unscheduled": True, "patient_id": "P\u0085", "patient_name": "A^B"},
+     "patient_id: character U+0085"),
+    ({"unscheduled": True, "patient_id": "P", "patient_name": "A^B\u2066"}, "U+2066"),
+    ({"accession": "A1", "confirm_exposure": "yes"}, "confirm_exposure: expected true"),
     ({"unscheduled": "yes"}, "unscheduled: expected true"),
     ({"unscheduled": True, "patient_name": "A^B"}, "patient_id"),
     ({"unscheduled": True, "patient_id": "P", "patient_name": "A\\B"}, "patient_name"),
@@ -239,51 +239,65 @@ def test_worklist_not_configured_is_404(daemon: FakeDaemon, client: TestClient) 
 ])
 def test_acquire_validation(client: TestClient, body: Any, message: str) -> None:
     assert message in error_of(client.post("/api/acquire", json=body), 400)
-    with pytest.raises(BadRequest):
+    with pytest.raises(RequestRefused):      # BadRequest, or the station's text check
         parse_acquire_request(body)
 
 
 def test_acquire_refuses_bad_json_and_large_bodies(client: TestClient) -> None:
-    assert error_of(client.post("/api/acquire", content=b"{nope"), 400)
+    assert error_of(client.post("/api/acquire", content=b"{nope",
+                                headers={"Content-Type": "application/json"}), 400)
+    deep = b"[" * 10_000 + b"]" * 10_000
+    for path in ("/api/acquire", "/api/import", "/api/retry", "/api/procedures"):
+        assert "nested deeper" in error_of(client.post(
+            path, content=deep, headers={"Content-Type": "application/json"}), 400)
+    nested: Any = {"frames": 1, "accession": "A1"}
+    for _ in range(20):
+        nested = {"x": nested}
+    assert "nested deeper" in error_of(client.post("/api/acquire", json=nested), 400)
     big = json.dumps({"paths": ["/" + "x" * MAX_BODY_BYTES]}).encode()
-    assert error_of(client.post("/api/acquire", content=big), 413) == "request too large"
-    assert error_of(client.post("/api/import", content=big), 413) == "request too large"
+    json_type = {"Content-Type": "application/json"}
+    assert error_of(client.post("/api/acquire", content=big, headers=json_type), 413) == \
+        "request too large"
+    assert error_of(client.post("/api/import", content=big, headers=json_type), 413) == \
+        "request too large"
 
 
-def test_acquire_each_way(client: TestClient, daemon: FakeDaemon) -> None:
-    body = {"unscheduled": True, "patient_id": " P9 ", "patient_name": "X^Y", "frames": 2}
+def test_acquire_each_way(client: TestClient, station: FakeStation) -> None:
+    body = {"unscheduled": True, "patient_id": " P9 ", "patient_name": "X^Y", "frames": 2,
+            "confirm_exposure": True}
     assert len(client.post("/api/acquire", json=body).json()["objects"]) == 2
-    order, frames, item, procedure_id, _, _ = daemon.calls[-1][1]
-    assert (order.patient_id, frames, item, procedure_id) == ("P9", 2, None, None)
+    request = station.calls[-1][1]
+    assert request.choice.order.patient_id == "P9" and request.frames == 2
+    assert request.choice.procedure_id is None and request.exposure_confirmed
 
     client.post("/api/acquire", json={"sps_id": "S2", "end": "completed"})
-    _, _, item, _, end, _ = daemon.calls[-1][1]
-    assert item.sps_id == "S2" and end == "completed"
+    request = station.calls[-1][1]
+    assert request.choice.sps_id == "S2" and request.end == "completed"
+    assert not request.exposure_confirmed
 
     assert "no worklist item" in error_of(client.post("/api/acquire",
                                                       json={"accession": "NOPE"}), 503)
-    daemon.fail_acquire = True
+    station.fail_acquire = True
     assert error_of(client.post("/api/acquire", json={"accession": "A1"}), 503) == \
         "device not connected"
 
 
-def test_acquire_into_a_procedure_marks_the_step_acquired(client: TestClient,
-                                                          daemon: FakeDaemon) -> None:
+def test_acquire_into_a_procedure(client: TestClient, station: FakeStation) -> None:
     procedure = client.post("/api/procedures", json={"accession": "A1"}).json()["procedure"]
     result = client.post("/api/acquire", json={"procedure_id": procedure["procedure_id"]})
     assert result.status_code == 200
-    _, frames, _, procedure_id, _, _ = daemon.calls[-1][1]
-    assert (frames, procedure_id) == (1, procedure["procedure_id"])
-    assert daemon.worklist is not None and daemon.worklist.marked == [("1.2.3", "S1")]
+    request = station.calls[-1][1]
+    assert (request.frames, request.choice.procedure_id) == (1, procedure["procedure_id"])
     assert "no procedure" in error_of(client.post("/api/acquire",
                                                   json={"procedure_id": "other"}), 503)
 
 
-def test_end_procedure(client: TestClient, daemon: FakeDaemon) -> None:
+def test_end_procedure(client: TestClient) -> None:
     pid = client.post("/api/procedures", json={"sps_id": "S1"}).json()["procedure"][
         "procedure_id"]
     assert "end: expected" in error_of(client.post(f"/api/procedures/{pid}/end", json={}), 400)
-    assert error_of(client.post(f"/api/procedures/{pid}/end", content=b"["), 400)
+    assert error_of(client.post(f"/api/procedures/{pid}/end", content=b"[",
+                                headers={"Content-Type": "application/json"}), 400)
     assert "reason" in error_of(client.post(f"/api/procedures/{pid}/end",
                                             json={"end": "discontinued", "reason": "1"}), 400)
     ended = client.post(f"/api/procedures/{pid}/end",
@@ -293,7 +307,7 @@ def test_end_procedure(client: TestClient, daemon: FakeDaemon) -> None:
     assert "is discontinued" in error_of(client.post(f"/api/procedures/{pid}/end",
                                                      json={"end": "completed"}), 400)
     assert "no procedure" in error_of(client.post("/api/procedures/zz/end",
-                                                  json={"end": "completed"}), 400)
+                                                  json={"end": "completed"}), 404)
 
 
 def test_procedures_list_and_one(client: TestClient) -> None:
@@ -319,14 +333,16 @@ def test_start_procedure_warns_of_a_duplicate(client: TestClient) -> None:
 
 def test_import_validation(client: TestClient) -> None:
     assert client.post("/api/import", json={"paths": ["/a.dcm"]}).json() == {
-        "files": [{"path": "/a.dcm", "queue_id": 1}]}
+        "files": [{"path": "/a.dcm", "queue_id": 1, "sop_instance_uid": "1.2.3"}]}
     assert "absolute" in error_of(client.post("/api/import", json={"paths": ["a.dcm"]}), 400)
     assert "paths" in error_of(client.post("/api/import", json={"paths": []}), 400)
-    assert error_of(client.post("/api/import", content=b"x"), 400)
+    assert error_of(client.post("/api/import", content=b"x",
+                                headers={"Content-Type": "application/json"}), 400)
+    assert "paths" in error_of(client.post("/api/import", json={"paths": ["/a\x00b"]}), 400)
 
 
 # -- what the console adds ---------------------------------------------------------------------
-def test_console_worklist_marks_duplicates(client: TestClient, daemon: FakeDaemon) -> None:
+def test_console_worklist_marks_duplicates(client: TestClient) -> None:
     view = client.post("/api/console/worklist", json={}).json()
     assert [i["duplicate_reason"] for i in view["items"]] == ["", "already acquired here"]
     assert view["summary"] and view["source"] == "cache"
@@ -341,11 +357,11 @@ def test_reasons(client: TestClient) -> None:
         r["code"] for r in reasons].index("110513")]["meaning"]} in reasons
 
 
-def test_queue_view(client: TestClient, daemon: FakeDaemon) -> None:
+def test_queue_view(client: TestClient, station: FakeStation) -> None:
     assert [o["queue_id"] for o in client.get("/api/queue").json()["objects"]] == [3, 2, 1]
-    assert daemon.calls[-1] == ("recent", 50)
+    assert station.calls[-1] == ("recent", 50)
     client.get("/api/queue?limit=5")
-    assert daemon.calls[-1] == ("recent", 5)
+    assert station.calls[-1] == ("recent", 5)
     for bad in ("0", "x", "501", "-1"):
         assert "limit" in error_of(client.get(f"/api/queue?limit={bad}"), 400)
 
@@ -359,10 +375,10 @@ def test_retry(client: TestClient) -> None:
         assert "queue_ids" in error_of(client.post("/api/retry", json=bad), 400)
 
 
-def test_last_frame_thumbnail(client: TestClient, daemon: FakeDaemon) -> None:
+def test_last_frame_thumbnail(client: TestClient, station: FakeStation) -> None:
     assert error_of(client.get("/api/last-frame.png"), 404) == "no frame acquired yet"
     pixels = np.full((600, 300), 4095, dtype=np.uint16)
-    daemon.acquisition.last_frame = SimpleNamespace(pixels=pixels, bits_stored=12)
+    station.frame = LastFrame(pixels=pixels, bits_stored=12)
     response = client.get("/api/last-frame.png")
     assert response.headers["content-type"] == "image/png"
     assert response.headers["cache-control"] == "no-store"
@@ -381,16 +397,23 @@ def test_console_files(client: TestClient) -> None:
 
 
 # -- the real server -------------------------------------------------------------------------
-def test_server_binds_port_zero_and_stops(daemon: FakeDaemon) -> None:
-    server = ApiServer("127.0.0.1", 0, daemon)   # type: ignore[arg-type]
+def test_server_binds_port_zero_and_stops(station: FakeStation) -> None:
+    policy = SecurityPolicy(token=TOKEN, api_host="127.0.0.1", api_port=0,
+                            allowed_hosts=frozenset())
+    server = ApiServer("127.0.0.1", 0, create_app(station, policy))
     server.start()
     try:
         assert server.port != 0
+        # the Host check compares with the configured port; port 0 is for tests only, so
+        # talk to it with a Host header without a port
         url = f"http://127.0.0.1:{server.port}"
-        with urllib.request.urlopen(f"{url}/api/status", timeout=5) as response:
+        auth = {"Authorization": f"Bearer {TOKEN}", "Host": "127.0.0.1"}
+        request = urllib.request.Request(f"{url}/api/status", headers=auth)
+        with urllib.request.urlopen(request, timeout=5) as response:
             assert response.read() == b'{"queue": {"pending": 0}}'
         request = urllib.request.Request(f"{url}/api/acquire", data=b'{"frames": 0}',
-                                         method="POST")
+                                         method="POST",
+                                         headers={**auth, "Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(request, timeout=5)
         assert raised.value.code == 400 and b"frames" in raised.value.read()
@@ -400,11 +423,11 @@ def test_server_binds_port_zero_and_stops(daemon: FakeDaemon) -> None:
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
 
 
-def test_server_refuses_a_port_in_use(daemon: FakeDaemon) -> None:
+def test_server_refuses_a_port_in_use(station: FakeStation) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        server = ApiServer("127.0.0.1", busy.getsockname()[1], daemon)  # type: ignore[arg-type]
+        server = ApiServer("127.0.0.1", busy.getsockname()[1], create_app(station, POLICY))
         with pytest.raises(OSError):
             server.start()
         server.stop()

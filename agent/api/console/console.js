@@ -12,7 +12,12 @@ const state = {
   stopRequested: false,
   lastFrameAt: null,
   connected: false,
+  emitsRadiation: false, // the device makes X-rays: every acquisition needs a second click
+  maxFrames: 100,        // [api] max_frames, from /api/status
+  pendingExposure: null, // {frames, continuous} while the Expose button waits
 };
+// the Expose button stays armed this long; after that the technologist starts again
+const EXPOSE_ARMED_MS = 15000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -30,13 +35,40 @@ function say(text, isError) {
   box.className = isError ? "error" : "";
 }
 
-async function api(method, path, body) {
-  const options = { method, headers: {} };
+// Off loopback the page is not given the session cookie: the technologist (or service
+// engineer) types the API token once; POST /api/session checks it and sets the cookie.
+let askingToken = null;
+let loginGivenUp = false;  // cancelled once: no more prompts (or 401 lines) until a reload
+async function login() {
+  if (loginGivenUp) return false;
+  if (!askingToken) {
+    askingToken = (async () => {
+      const token = window.prompt("This console needs the agent's API token (the file [api] token_file on the acquisition computer):");
+      if (!token) {
+        loginGivenUp = true;
+        say("Not signed in: reload the page to enter the API token", true);
+        return false;
+      }
+      const r = await fetch("/api/session", { method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: token.trim() }) });
+      return r.ok;
+    })().finally(() => { setTimeout(() => { askingToken = null; }, 0); });
+  }
+  return askingToken;
+}
+
+async function api(method, path, body, retried) {
+  if (loginGivenUp) throw Object.assign(new Error("not signed in"), { status: 401 });
+  const options = { method, headers: {}, credentials: "same-origin" };
+  // every request is JSON: the API refuses other content types on state-changing requests
+  options.headers["Content-Type"] = "application/json";
   if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
+  } else if (method !== "GET") {
+    options.body = "{}";
   }
   const response = await fetch(path, options);
+  if (response.status === 401 && !retried && await login()) return api(method, path, body, true);
   let payload = null;
   try { payload = await response.json(); } catch (e) { payload = null; }
   if (!response.ok) {
@@ -213,8 +245,9 @@ async function startProcedure() {
 }
 
 async function acquireOnce(frames) {
+  // confirm_exposure: sent only after the Expose click (or for a device without X-rays)
   const result = await api("POST", "/api/acquire",
-    { procedure_id: state.procedure.procedure_id, frames });
+    { procedure_id: state.procedure.procedure_id, frames, confirm_exposure: true });
   state.procedure = result.procedure;
   if (result.error) say(`Acquisition: ${result.error}`, true);
   else say(`${result.objects.length} object(s) queued`);
@@ -223,9 +256,40 @@ async function acquireOnce(frames) {
   return result;
 }
 
+// X-ray devices: Acquire only arms; the separate Expose button fires (a deliberate second action)
+function askExposure(frames, continuous) {
+  if (!state.emitsRadiation) return false;
+  state.pendingExposure = { frames, continuous, until: Date.now() + EXPOSE_ARMED_MS };
+  $("expose-text").textContent = continuous
+    ? "X-ray: expose repeatedly until Stop?"
+    : `X-ray: ${frames} exposure(s) for the selected patient?`;
+  $("expose-confirm").hidden = false;
+  $("expose").focus();
+  setTimeout(() => { if (state.pendingExposure && Date.now() >= state.pendingExposure.until) cancelExposure(); },
+    EXPOSE_ARMED_MS + 50);
+  return true;
+}
+
+function cancelExposure() {
+  state.pendingExposure = null;
+  $("expose-confirm").hidden = true;
+}
+
+function confirmExposure() {
+  const pending = state.pendingExposure;
+  cancelExposure();
+  if (!pending || Date.now() > pending.until) { say("Exposure not confirmed in time", true); return; }
+  if (pending.continuous) runContinuous(); else runAcquire(pending.frames);
+}
+
 async function acquire() {
   const frames = parseInt($("frames").value, 10);
-  if (!(frames >= 1 && frames <= 10000)) { say("Frames: 1 to 10000", true); return; }
+  if (!(frames >= 1 && frames <= state.maxFrames)) { say(`Frames: 1 to ${state.maxFrames}`, true); return; }
+  if (askExposure(frames, false)) return;
+  await runAcquire(frames);
+}
+
+async function runAcquire(frames) {
   state.acquiring = true;
   renderProcedure();
   say(`Acquiring ${frames} frame(s)…`);
@@ -242,6 +306,11 @@ async function acquire() {
 // "until stopped": one frame at a time into the same procedure until Stop is pressed
 async function toggleContinuous() {
   if (state.continuous) { state.stopRequested = true; renderProcedure(); return; }
+  if (askExposure(1, true)) return;
+  await runContinuous();
+}
+
+async function runContinuous() {
   state.continuous = true;
   state.acquiring = true;
   state.stopRequested = false;
@@ -343,6 +412,11 @@ async function pollStatus() {
     const s = await api("GET", "/api/status");
     const d = s.device;
     state.connected = !!d.connected;
+    state.emitsRadiation = !!d.emits_radiation;
+    if (s.limits && s.limits.max_frames) {
+      state.maxFrames = s.limits.max_frames;
+      $("frames").max = String(s.limits.max_frames);
+    }
     const device = $("device");
     device.textContent = `Device ${d.driver}: ${d.connected ? "connected" : "not connected"}`;
     device.title = d.error || d.detail || "";
@@ -450,6 +524,8 @@ function init() {
   $("unscheduled").addEventListener("submit", selectUnscheduled);
   $("start").addEventListener("click", startProcedure);
   $("acquire").addEventListener("click", acquire);
+  $("expose").addEventListener("click", confirmExposure);
+  $("expose-cancel").addEventListener("click", cancelExposure);
   $("continuous").addEventListener("click", toggleContinuous);
   $("complete").addEventListener("click", () => endProcedure("completed"));
   $("discontinue").addEventListener("click", () => endProcedure("discontinued"));
