@@ -262,6 +262,9 @@ class Daemon:
         if self._purge_thread is not None:
             health["purge"] = {"alive": self._purge_thread.is_alive(),
                                "error": self._thread_errors.get("purge", "")}
+        if self.watch_folder is not None:
+            health["watch_folder"] = {"alive": self.watch_folder.running,
+                                      "error": self.watch_folder.last_error}
         return health
 
 

@@ -239,8 +239,15 @@ class WatchFolder:
         self._stopping = threading.Event()
         self._observer: Any = None             # watchdog's Observer (a platform-chosen class)
         self._worker: threading.Thread | None = None
+        #: the last scan's failure ("" after a good scan), for `status`
+        self.last_error = ""
         self._series: tuple[Order, SeriesContext] | None = None
         self._instance_number = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the scanning thread is alive (for `status`)."""
+        return self._worker is not None and self._worker.is_alive()
 
     # -- life cycle ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -330,8 +337,12 @@ class WatchFolder:
         while not self._stopping.is_set():
             try:
                 self.poll()
-            except Exception:   # logged, not swallowed: a dead worker would stop all imports
-                logger.exception("watch folder %s: scan failed; trying again", self.folder)
+                self.last_error = ""
+            except Exception as err:   # logged, not swallowed: a dead worker stops all imports
+                # reported in status; the message only (a traceback may quote a file name)
+                self.last_error = f"scan failed: {type(err).__name__}: {err}"
+                logger.error("watch folder: scan failed (%s); trying again", type(err).__name__)
+                logger.debug("watch folder scan failure", exc_info=True)
             with self._lock:
                 busy = bool(self._settling)
             tick = min(0.25, max(self.settle_s / 4, 0.02)) if busy else self.rescan_s

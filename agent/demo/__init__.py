@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError
 from agent.demo.orthanc import OrthancNotInstalled, RegisteredModality, start_orthanc
+from agent.errors import AgentError
 
 DEMO_AE = "DEMO_MODALITY"
 ARCHIVE_AE = "ORTHANC"

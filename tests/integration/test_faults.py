@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
-from support.faultproxy import FaultProxy
-from support.peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
 from pydicom import Dataset, config, dcmread
 from pydicom.sequence import Sequence
 from pynetdicom import AE
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from support.faultproxy import FaultProxy
+from support.peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
 
 from agent.crashpoints import POINTS
 from agent.demo.orthanc import OrthancServer, RegisteredModality, start_orthanc

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
-from support.peers import free_port, wait_until
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
@@ -21,6 +19,8 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
+from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
+from support.peers import free_port, wait_until
 
 from agent.demo.orthanc import OrthancServer, RegisteredModality
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.agent_process import AGENT_AE, Destination, make_agent
-from support.peers import Peer, free_port, run_dciodvfy
 from pydicom import dcmread
 from pydicom.uid import RLELossless
+from support.agent_process import AGENT_AE, Destination, make_agent
+from support.peers import Peer, free_port, run_dciodvfy
 
 from agent.demo.orthanc import OrthancServer, RegisteredModality
 from drivers.simulated import phantom

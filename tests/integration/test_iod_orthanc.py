@@ -16,9 +16,10 @@ from types import MappingProxyType
 
 import numpy as np
 import pytest
-from support.peers import LOCALHOST
 from pynetdicom import AE
+from support.peers import LOCALHOST
 
+from agent.demo.orthanc import OrthancServer
 from agent.iod import (
     KNOWN_TRANSFER_SYNTAXES,
     UIDSource,
@@ -27,7 +28,6 @@ from agent.iod import (
     encoder_status,
     new_series_context,
 )
-from agent.demo.orthanc import OrthancServer
 from agent.records import Code, DeviceInfo, Order
 from drivers.frame import Frame
 from drivers.simulated import phantom

@@ -8,10 +8,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support.mpps_peer import COMPLETED, IN_PROGRESS, MppsPeer
-from support.peers import LOCALHOST, free_port
 from pydicom import Dataset
 from pynetdicom.association import Association
+from support.mpps_peer import COMPLETED, IN_PROGRESS, MppsPeer
+from support.peers import LOCALHOST, free_port
 
 from agent.config import MppsSection
 from agent.iod.uids import UIDSource

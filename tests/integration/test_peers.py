@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from support.peers import (
     DCMTK,
     LOCALHOST,
@@ -27,10 +31,6 @@ from support.peers import (
     start_storescp,
     stop_process,
 )
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from agent.demo.orthanc import OrthancError, OrthancServer, RegisteredModality, start_orthanc
 

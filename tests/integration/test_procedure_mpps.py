@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
 from support.mpps_peer import COMPLETED, DISCONTINUED, IN_PROGRESS, MppsPeer
 from support.peers import free_port, run_dciodvfy, wait_until
-from pydicom import dcmread
 
 from agent.demo.orthanc import OrthancServer, RegisteredModality
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import dcmread
 from support.agent_process import AGENT_AE, Destination, make_agent
 from support.peers import free_port, run_dciodvfy, stop_process, wait_until
-from pydicom import dcmread
 
 from agent.demo.orthanc import OrthancServer, RegisteredModality
 from firmware_stubs.xray_phantom import xray_phantom

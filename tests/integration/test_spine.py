@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import dcmread
 from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
 from support.peers import Peer, free_port, run_dciodvfy, wait_until
-from pydicom import dcmread
 
 from agent.demo.orthanc import OrthancServer, RegisteredModality, start_orthanc
 from drivers.simulated import phantom

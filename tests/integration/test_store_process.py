@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from support.peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
 
 from agent.net.commitment import CommitmentReport
 from agent.net.store_process import AssociationRequest, StoreProcess, StoreProcessError

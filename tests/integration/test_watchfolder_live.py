@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.peers import wait_until
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from support.peers import wait_until
 
 from agent.iod import UIDSource
 from agent.queue import QueueStore

@@ -28,9 +28,9 @@ from support.worklist_data import (
 )
 
 from agent.config import WorklistSection
+from agent.demo.orthanc import OrthancNotInstalled, OrthancServer, RegisteredModality, start_orthanc
 from agent.iod import UIDSource, build_secondary_capture, encode_part10, new_series_context
 from agent.logsetup import quiet_pynetdicom
-from agent.demo.orthanc import OrthancNotInstalled, OrthancServer, RegisteredModality, start_orthanc
 from agent.records import DeviceInfo
 from agent.worklist import (
     BroadQuery,

@@ -11,9 +11,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from support.agent_process import AGENT_AE, AgentProcess, Destination, make_agent
 from support.peers import free_port, run_dciodvfy, stop_process
-from pydicom import dcmread
 from support.worklist_data import Entry, numbered, running_wlmscpfs, write_wl
 
 from agent.demo.orthanc import OrthancServer, RegisteredModality

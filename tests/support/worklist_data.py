@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
-from support.peers import free_port, nodelay_env, process_listens_on, stop_process, wait_until
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
@@ -27,6 +26,8 @@ from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom.dsutils import decode
+
+from support.peers import free_port, nodelay_env, process_listens_on, stop_process, wait_until
 
 WLMSCPFS = Path("/usr/bin/wlmscpfs")
 DUMP2DCM = Path("/usr/bin/dump2dcm")

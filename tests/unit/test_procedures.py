@@ -93,6 +93,6 @@ def test_a_procedures_file_that_is_not_ours_is_refused_and_kept(tmp_path: Path) 
     state = tmp_path / "procedures.json"
     for content in (b"{not json", b'{"version": 99}', b'{"version": 1, "procedures": [{}]}'):
         state.write_bytes(content)
-        with pytest.raises(ProcedureError, match="procedures.json: not a procedures file"):
+        with pytest.raises(ProcedureError, match=r"procedures\.json: not a procedures file"):
             saved(state)
         assert state.read_bytes() == content

@@ -14,8 +14,8 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.peers import run_dciodvfy
 from pydicom.dataset import Dataset
+from support.peers import run_dciodvfy
 
 from agent.iod import UIDSource, build_secondary_capture, encode_part10, new_series_context
 from agent.records import Code, DeviceInfo, Order, OtherPatientID, SOPReference
