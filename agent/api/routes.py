@@ -66,7 +66,9 @@ class BadRequest(RequestRefused):
     """The request's JSON is not what the endpoint takes (HTTP 400)."""
 
 
-def _parse_end(body: dict[str, Any]) -> tuple[EndStatus | None, str]:
+def _parse_end(body: Any) -> tuple[EndStatus | None, str]:
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object")
     end = body.get("end")
     if end not in (None, "completed", "discontinued"):
         raise BadRequest(f"end: expected \"completed\" or \"discontinued\", got {end!r}")
