@@ -26,6 +26,7 @@ from datetime import date
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
@@ -51,7 +52,8 @@ MODALITY_WORKLIST_FIND = UID("1.2.840.10008.5.1.4.31")
 #: default cap on matches; a station's day rarely holds more than a few dozen steps
 DEFAULT_MAX_RESULTS = 500
 
-#: default ACSE/DIMSE/network timeout of a worklist query (seconds): the operator waits for it
+#: default budget of one whole worklist query (seconds): connection, association and every
+#: response; the operator waits for it
 DEFAULT_TIMEOUT_S = 20.0
 
 #: after C-CANCEL the SCP may still send the pending responses it had queued before it saw
@@ -239,7 +241,9 @@ def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
     fallback_charsets
         Character sets tried for responses without (0008,0005) (see `agent.worklist.charset`).
     timeout_s
-        ACSE, DIMSE and network timeout: how long one answer may take.
+        Budget of the whole query: TCP connection, association and all responses. Applied per
+        message, a RIS that drips one match every timeout_s - epsilon would hold the query
+        for minutes (issue 13, finding 11); past it the association is aborted.
 
     Returns
     -------
@@ -252,8 +256,8 @@ def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
     RISUnreachable
         If no association could be made (nothing listening, rejected, timed out).
     WorklistQueryError
-        If the C-FIND ended without success: a failure status, a timeout or an abort. Part
-        of a result is never returned as if it were the whole.
+        If the C-FIND ended without success: a failure status, `timeout_s` used up or an
+        abort. Part of a result is never returned as if it were the whole.
     """
     if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
         raise InvalidWorklistQuery(f"max_results: expected a positive integer, got "
@@ -269,15 +273,23 @@ def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
     ae.connection_timeout = min(timeout_s, CONNECTION_TIMEOUT_S)
     where = f"RIS {peer.called_ae} at {peer.host}:{peer.port}"
     started = time.monotonic()
-    assoc, failure = associate(ae, peer.host, peer.port, peer.called_ae)
+    budget = _Budget(started + timeout_s, timeout_s, where)
+    assoc, failure = associate(ae, peer.host, peer.port, peer.called_ae,
+                               evt_handlers=[(evt.EVT_CONN_OPEN, budget.on_connected)])
     if not assoc.is_established:
+        if budget.used_up():
+            raise RISUnreachable(f"worklist: {where}: {budget.message('association')}")
         raise RISUnreachable(f"worklist: {where}: {failure}")
     try:
         result = _collect(assoc, identifier, query, where, max_results, tuple(fallback_charsets),
-                          started)
+                          started, budget)
     finally:
         if assoc.is_established:
-            assoc.release()
+            if budget.used_up():
+                assoc.abort()           # every answer is in; waiting for A-RELEASE-RP is not
+            else:
+                assoc.acse_timeout = budget.remaining_s()
+                assoc.release()
     logger.info("worklist: %d item(s)%s from %s in %.2f s (%d response(s) left out, %d for "
                 "another station)", len(result.items),
                 " (truncated)" if result.truncated else "", where, result.elapsed_s,
@@ -285,8 +297,42 @@ def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
     return result
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """The deadline of one query. pynetdicom's timeouts apply to each wait; before each wait
+    the time left is set as that wait's timeout, so the waits add up to at most `timeout_s`."""
+
+    deadline: float                 # time.monotonic()
+    timeout_s: float
+    where: str
+
+    def remaining_s(self) -> float:
+        # pynetdicom treats 0 as "do not wait at all" in some places and None as "forever":
+        # a small positive value is the honest "nothing left"
+        return max(0.001, self.deadline - time.monotonic())
+
+    def used_up(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def on_connected(self, event: evt.Event) -> None:
+        """EVT_CONN_OPEN: the wait for A-ASSOCIATE-AC gets only what is left."""
+        event.assoc.acse_timeout = self.remaining_s()
+
+    def message(self, phase: str) -> str:
+        return (f"no complete answer within [worklist] timeout_s = {self.timeout_s:g} s "
+                f"({phase}): association aborted")
+
+
+def _set_dimse_timeout(assoc: Association, seconds: float) -> None:
+    """The timeout of pynetdicom's next wait for a DIMSE message (read without a lock)."""
+    # not the public setter: it takes assoc.lock, which pynetdicom 3.0.4's send_c_find holds
+    # while it yields an undecodable identifier (Association._wrap_find_responses), so setting
+    # it from the loop over the responses would deadlock there
+    assoc._dimse_timeout = seconds
+
+
 def _collect(assoc: Association, identifier: Dataset, query: Query, where: str, max_results: int,
-             fallback: tuple[str, ...], started: float) -> FindResult:
+             fallback: tuple[str, ...], started: float, budget: _Budget) -> FindResult:
     items: list[WorklistItem] = []
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
@@ -295,8 +341,16 @@ def _collect(assoc: Association, identifier: Dataset, query: Query, where: str, 
     cancelled_at = 0.0
     previous_status: Dataset | None = None
     final: int | None = None
+    _set_dimse_timeout(assoc, budget.remaining_s())
     for status, response in assoc.send_c_find(
             identifier, MODALITY_WORKLIST_FIND, msg_id=_MESSAGE_ID):
+        # read by pynetdicom before its next wait for a response: only what is left
+        _set_dimse_timeout(assoc, budget.remaining_s())
+        if "Status" not in status and budget.used_up():
+            # pynetdicom aborted the association when the (shortened) DIMSE wait ran out
+            raise WorklistQueryError(
+                f"worklist: {where}: {budget.message(f'{responses} response(s) received')}; "
+                "the query is incomplete and was not used")
         if "Status" not in status:
             # pynetdicom's empty status: DIMSE timeout, abort, or an invalid message
             raise WorklistQueryError(

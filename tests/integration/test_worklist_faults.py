@@ -22,13 +22,13 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from support.peers import free_port, wait_until
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import decode
+from support.peers import free_port, wait_until
 from support.worklist_data import (
     MODALITY,
     PHI_ID,
@@ -137,8 +137,9 @@ def test_a_stalling_ris_times_out_and_the_cache_stays(tmp_path: Path) -> None:
     assert snapshot.source == "cache"
     assert snapshot.items == cached.items
     assert snapshot.age_s == 300.0
-    assert snapshot.error is not None and "stopped answering after 0 response(s) (timeout " \
-        "or abort); the query is incomplete and was not used" in snapshot.error
+    assert snapshot.error is not None and "no complete answer within [worklist] timeout_s = " \
+        "1 s (0 response(s) received): association aborted; the query is incomplete and was " \
+        "not used" in snapshot.error
     assert WorklistCache(tmp_path / "cache").load() == cached      # not overwritten
 
 
@@ -294,6 +295,38 @@ def test_items_for_another_station_are_dropped_even_if_the_ris_returns_them() ->
         result = query(peer)
     assert [item.sps_id for item in result.items] == ["SPS-0001", "SPS-0004"]
     assert result.filtered_out == 2 and result.problems == ()
+
+
+def test_timeout_s_bounds_the_whole_query_not_each_answer(tmp_path: Path) -> None:
+    """A slow RIS that answers every 0.4 s, well inside a 1.5 s per-message timeout, would hold
+    the refresh for its 25 answers (10 s). timeout_s is the whole query's budget (issue 13,
+    finding 11): past it the association is aborted and the cache stays in use."""
+    done = threading.Event()          # set at the end of the test: the SCP stops dripping
+    sent: list[int] = []
+
+    def script(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        for index in range(25):
+            # a RIS that takes 0.4 s per match (pacing the peer, not synchronising the test)
+            if done.wait(0.4) or not event.assoc.is_established:
+                return
+            sent.append(index)
+            yield 0xFF00, response(index + 1)
+
+    cached = _cached(tmp_path / "cache", fetched_at=1_000.0)
+    try:
+        with scripted_scp(script) as peer:
+            svc = service(peer, tmp_path / "cache", timeout_s=1.5, wall_clock=lambda: 1_010.0)
+            started = time.monotonic()
+            snapshot = svc.refresh_now()
+            elapsed = time.monotonic() - started
+    finally:
+        done.set()
+    assert elapsed < 1.5 + 1.0, f"the query took {elapsed:.1f} s with timeout_s = 1.5"
+    assert sent, "the RIS never answered"
+    assert snapshot.source == "cache" and snapshot.items == cached.items
+    assert snapshot.error is not None and "within [worklist] timeout_s = 1.5 s" in snapshot.error, \
+        snapshot.error
+    assert WorklistCache(tmp_path / "cache").load() == cached      # not overwritten
 
 
 def _endless(honour_cancel: bool, sent: list[int], limit: int) -> Script:
