@@ -13,7 +13,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
 from pynetdicom import evt
@@ -171,10 +171,10 @@ class Listener:
             (evt.EVT_N_EVENT_REPORT, self._handler),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
         ]
-        server = ae.make_server(
+        server = cast(AllowListServer, ae.make_server(
             (self.host, self.port), evt_handlers=handlers, server_class=AllowListServer,
             request_handler=BoundedRequestHandler,
-        )
+        ))
         # AE titles are self-asserted: the source address must be an archive's too
         server.allowed_addresses = resolve_hosts(d.host for d in self._destinations)
         # a peer that stalls mid-PDU or streams fragments is cut off (issue 13, finding 7)

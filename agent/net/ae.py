@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -159,8 +159,8 @@ class AcceptorAssociationSocket(NoDelayAssociationSocket):
     def _refuse(self, why: str) -> None:
         """Log, send an A-ABORT (best effort) and raise; the DUL then closes the socket."""
         peer = self.assoc.requestor.address_info
-        logger.warning("listener: association from %s:%s aborted: %s",
-                       peer.address, peer.port, why)
+        where = f"{peer.address}:{peer.port}" if peer is not None else "an unknown address"
+        logger.warning("listener: association from %s aborted: %s", where, why)
         sock = self.socket
         if sock is not None:
             try:
@@ -216,8 +216,8 @@ class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
         # pynetdicom builds a plain AssociationSocket here and has already queued its
         # connection event; re-creating it would queue a second one, so only the class is
         # swapped, to get the read deadline and the length and byte bounds
-        sock = assoc.dul.socket
-        sock.__class__ = AcceptorAssociationSocket
+        assoc.dul.socket.__class__ = AcceptorAssociationSocket
+        sock = cast(AcceptorAssociationSocket, assoc.dul.socket)
         server = self.server
         sock.pdu_read_timeout_s = getattr(server, "pdu_read_timeout_s", PDU_READ_TIMEOUT_S)
         sock.max_pdu_bytes = getattr(server, "max_pdu_bytes", MAX_PDU_READ_BYTES)

@@ -222,7 +222,7 @@ class WorklistService:
             in_a_row = self._loop_errors_in_a_row
             self._loop_error = text
             self._loop_error_at = self._wall_clock()
-        wait_s = min(float(self.config.refresh_s), self.error_backoff_s * 2 ** (in_a_row - 1))
+        wait_s = min(float(self.config.refresh_s), self.error_backoff_s * 2.0 ** (in_a_row - 1))
         logger.error("worklist: refresh failed unexpectedly (%s); the worklist keeps its last "
                      "list, next attempt in %.0f s", text, wait_s)
         logger.debug("worklist: the refresh error in full", exc_info=err)
