@@ -265,6 +265,8 @@ class Daemon:
         if self.watch_folder is not None:
             health["watch_folder"] = {"alive": self.watch_folder.running,
                                       "error": self.watch_folder.last_error}
+        if self.worklist is not None:
+            health["worklist"] = self.worklist.thread_health()
         return health
 
 
