@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError
 from bench.common import (
     AgentDaemon,
     DestinationSpec,
@@ -111,7 +112,7 @@ def _one_start(ws: Workspace, name: str, spool: Path, scp: StampingSCP, *,
                 try:
                     daemon.api("GET", "/api/status", timeout_s=5)
                     api_up = time.time()
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                except (urllib.error.URLError, ConnectionError, TimeoutError, AgentError):
                     pass
             time.sleep(0.005)
         # the daemon is now sending its backlog: how long does status take meanwhile?

@@ -17,11 +17,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.api.security import read_token
 from agent.demo.orthanc import OrthancNotInstalled, RegisteredModality, start_orthanc
-from agent.errors import AgentError
+from agent.errors import AgentError, ApiTokenError
 
 DEMO_AE = "DEMO_MODALITY"
 ARCHIVE_AE = "ORTHANC"
@@ -87,24 +89,35 @@ min_free_mb = 64
 """
 
 
-def _api(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
+@dataclass(frozen=True)
+class _Api:
+    """The demo agent's API, called as the CLI does: with the token the agent writes into its
+    spool at its first start."""
+
+    port: int
+    token_file: Path
+
+    def __call__(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json",
+                     "Authorization": f"Bearer {read_token(self.token_file)}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
 
 
-def _wait_for_api(port: int, daemon: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_for_api(api: _Api, daemon: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
             raise AgentError(f"the agent exited at start (code {daemon.returncode}); "
                              f"see {log}: {_tail(log)}")
         try:
-            _api(port, "GET", "/api/status")
+            api("GET", "/api/status")
             return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, ApiTokenError):
+            # ApiTokenError: the token is written when the agent has locked its spool
             time.sleep(0.1)
     raise AgentError(f"the agent's API did not answer within 30 s; see {log}")
 
@@ -149,10 +162,11 @@ def run_demo(*, keep: bool = False, as_json: bool = False, frames: int = 3) -> i
                 [sys.executable, "-m", "agent", "--config", str(config_path), "run"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
-        _wait_for_api(ports["api"], daemon, log_path)
+        api = _Api(ports["api"], workdir / "spool" / "api-token")
+        _wait_for_api(api, daemon, log_path)
         _say(f"agent: pid {daemon.pid}, AE {DEMO_AE}, listener 127.0.0.1:{ports['listener']}",
              quiet)
-        rows = _acquire_and_wait(ports["api"], frames, quiet)
+        rows = _acquire_and_wait(api, frames, quiet)
         in_archive = {r["sop_instance_uid"]: archive.find_instance(r["sop_instance_uid"])
                       is not None for r in rows}
         ok = all(r["state"] == "committed" for r in rows) and all(in_archive.values())
@@ -202,9 +216,9 @@ def run_demo(*, keep: bool = False, as_json: bool = False, frames: int = 3) -> i
     return 0 if ok else 1
 
 
-def _acquire_and_wait(api_port: int, frames: int, quiet: bool) -> list[dict[str, Any]]:
+def _acquire_and_wait(api: _Api, frames: int, quiet: bool) -> list[dict[str, Any]]:
     started = time.monotonic()
-    result = _api(api_port, "POST", "/api/acquire", {
+    result = api("POST", "/api/acquire", {
         "unscheduled": True, "patient_id": "DEMO-0001", "patient_name": "Demo^Patient",
         "frames": frames,
     })
@@ -216,7 +230,7 @@ def _acquire_and_wait(api_port: int, frames: int, quiet: bool) -> list[dict[str,
     deadline = queued_at + COMMIT_TIMEOUT_S
     query = "&".join(f"queue_id={q}" for q in ids)
     while time.monotonic() < deadline:
-        for o in _api(api_port, "GET", f"/api/objects?{query}")["objects"]:
+        for o in api("GET", f"/api/objects?{query}")["objects"]:
             latest[o["queue_id"]] = o
         if all(o["done"] for o in latest.values()) or any(
                 o["state"] == "failed" for o in latest.values()):

@@ -55,7 +55,8 @@ def running(tmp_path: Path, orthanc: OrthancServer) -> Iterator[AgentProcess]:
     listener_port = free_port()
     orthanc.register_modality(RegisteredModality("agent", AGENT_AE, "127.0.0.1", listener_port))
     agent = make_agent(tmp_path, [Destination("pacs", orthanc.dicom_port, orthanc.ae_title)],
-                       listener_port=listener_port)
+                       listener_port=listener_port, import_folders=[tmp_path / "incoming"])
+    (tmp_path / "incoming").mkdir(exist_ok=True)
     agent.start()
     yield agent
     agent.stop()
@@ -64,7 +65,6 @@ def running(tmp_path: Path, orthanc: OrthancServer) -> Iterator[AgentProcess]:
 def test_import_sends_files_as_they_are(tmp_path: Path, orthanc: OrthancServer,
                                         running: AgentProcess) -> None:
     folder = tmp_path / "incoming"
-    folder.mkdir()
     files = [sc_file(folder / "a.dcm", ExplicitVRLittleEndian, 1),
              sc_file(folder / "b.dcm", ImplicitVRLittleEndian, 2),
              sc_file(folder / "c.dcm", RLELossless, 3)]
@@ -89,15 +89,16 @@ def test_import_sends_files_as_they_are(tmp_path: Path, orthanc: OrthancServer,
 
 
 def test_import_refuses_inconsistent_files(tmp_path: Path, running: AgentProcess) -> None:
-    path = sc_file(tmp_path / "bad.dcm", ExplicitVRLittleEndian, 4)
+    incoming = tmp_path / "incoming"
+    path = sc_file(incoming / "bad.dcm", ExplicitVRLittleEndian, 4)
     ds = dcmread(path)
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix=None)
     ds.save_as(path)
-    truncated = tmp_path / "cut.dcm"
+    truncated = incoming / "cut.dcm"
     truncated.write_bytes(sc_file(tmp_path / "whole.dcm", ExplicitVRLittleEndian, 5)
                           .read_bytes()[:200])
     whole = sc_file(tmp_path / "whole2.dcm", ExplicitVRLittleEndian, 6).read_bytes()
-    still_writing = tmp_path / "writing.dcm"
+    still_writing = incoming / "writing.dcm"
     still_writing.write_bytes(whole[:-100])           # cut inside the pixel data
     result = running.cli("import", str(path), str(truncated), str(still_writing), "--json")
     files = json.loads(result.stdout)["files"]
@@ -107,6 +108,26 @@ def test_import_refuses_inconsistent_files(tmp_path: Path, running: AgentProcess
     assert "the file is incomplete" in files[2]["error"]
     assert running.queue_rows() == []
     assert running.process is not None and running.process.poll() is None
+
+
+def test_import_reads_only_regular_files_inside_the_import_folders(
+        tmp_path: Path, running: AgentProcess) -> None:
+    """Issue 13, finding 5: another patient's file elsewhere on disk never goes to the PACS, a
+    FIFO cannot freeze the API, a symlink cannot lead out of the folder."""
+    import os
+
+    elsewhere = sc_file(tmp_path / "elsewhere.dcm", ExplicitVRLittleEndian, 8)
+    incoming = tmp_path / "incoming"
+    (incoming / "link.dcm").symlink_to(elsewhere)
+    os.mkfifo(incoming / "pipe.dcm")
+    result = running.cli("import", str(elsewhere), str(incoming / "link.dcm"),
+                         str(incoming / "pipe.dcm"), "--json", timeout_s=30)
+    files = json.loads(result.stdout)["files"]
+    assert result.returncode == 1 and len(files) == 3
+    assert all("error" in f for f in files), files
+    assert "import_folders" in files[0]["error"] or "outside" in files[0]["error"]
+    assert running.queue_rows() == []
+    assert running.api("GET", "/api/status")["queue"]["pending"] == 0   # the API still answers
 
 
 def test_watch_folder_in_the_daemon(tmp_path: Path, orthanc: OrthancServer) -> None:

@@ -44,11 +44,13 @@ def write_config(
     min_free_mb: float = 0,
     extra_toml: str = "",
     device_toml: str = "",
+    import_folders: Sequence[Path] = (),
 ) -> Path:
     lines = [
         "[agent]", f'ae_title = "{AGENT_AE}"', f'spool_dir = "{spool_dir}"', 'log_level = "INFO"',
         "[listener]", f'host = "{LOCALHOST}"', f"port = {listener_port}",
         "[api]", f'host = "{LOCALHOST}"', f"port = {api_port}",
+        "import_folders = [" + ", ".join(f'"{folder}"' for folder in import_folders) + "]",
         *(device_toml.splitlines() or [
             "[device]", 'driver = "simulated"',
             "[device.options]", f"width = {frame_size}", f"height = {frame_size}",
