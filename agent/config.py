@@ -35,6 +35,9 @@ class AgentSection:
 class ListenerSection:
     host: str = "127.0.0.1"
     port: int = 11112
+    tls: bool = False                         # only TLS associations, our [tls] identity
+    # the client's certificate must name the address it connects from (agent.net.tls)
+    verify_hostname: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class WorklistSection:
     timeout_s: float = 20.0                   # total deadline for one worklist refresh
     # used to decode a response without (0008,0005); () refuses non-ASCII text instead
     fallback_charsets: tuple[str, ...] = ("ISO_IR 192", "ISO_IR 100")
+    tls: bool = False                         # DICOM TLS with our [tls] identity, never plaintext
+    verify_hostname: bool = True              # the RIS certificate must name `host`
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,8 @@ class DestinationSection:
     max_associations: int = 3
     dimse_timeout_s: float = 60.0           # a response or PDU later than this: abort, resend
     commitment_report_wait_s: float = 0.0   # keep the association open this long for a report
+    tls: bool = False                       # DICOM TLS with our [tls] identity, never plaintext
+    verify_hostname: bool = True            # the archive's certificate must name `host`
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,18 @@ class MppsSection:
     host: str
     port: int
     called_ae: str
+    tls: bool = False
+    verify_hostname: bool = True
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """This station's DICOM TLS identity (PS3.15 Annex B); paths are absolute after loading."""
+
+    certificate: Path                   # our certificate, PEM (chain allowed)
+    private_key: Path                   # its key, PEM, unencrypted, readable by its owner only
+    ca_file: Path                       # PEM bundle of the CAs trusted for every peer
+    profile: str = "bcp195-nd"          # one of TLS_PROFILES
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,7 @@ class AgentConfig:
     mpps: MppsSection | None
     queue: QueueSection
     watch_folder: WatchFolderSection | None = None
+    tls: TlsSection | None = None             # None: no [tls]; then no section may set tls = true
 
 
 KNOWN_IODS: tuple[str, ...] = (
@@ -159,6 +179,10 @@ KNOWN_TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 """Values accepted for `[modality] transfer_syntax`; whether the encoder is installed here is
 checked at start (check-config)."""
+
+TLS_PROFILES: tuple[str, ...] = ("bcp195-nd", "bcp195", "bcp195-extended")
+"""Values accepted for `[tls] profile`: PS3.15 B.10 Non-Downgrading BCP 195 (the default), B.9 BCP
+195, B.11 Extended BCP 195 (agent.net.tls builds them; config does not import the network)."""
 
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -619,7 +643,7 @@ def _section_table(
 
 _SECTIONS: tuple[str, ...] = (
     "agent", "listener", "api", "device", "modality", "worklist", "destinations", "mpps", "queue",
-    "watch_folder",
+    "watch_folder", "tls",
 )
 
 
@@ -657,6 +681,11 @@ def _check_document(
         retention_s = queue.retention_s if queue is not None else QueueSection.retention_s
         watch_folder = _check_watch_folder(
             _section_table(document, "watch_folder", problems), problems, config_dir, retention_s)
+    tls = None
+    if "tls" in document:
+        tls = _check_tls(_section_table(document, "tls", problems), problems, config_dir)
+    else:
+        _require_tls_section(listener, worklist, destinations, mpps, problems)
 
     # Each section is None only if it had a problem; the explicit checks are for the type checker.
     if (
@@ -681,6 +710,7 @@ def _check_document(
         mpps=mpps,
         queue=queue,
         watch_folder=watch_folder,
+        tls=tls,
     )
 
 
@@ -710,7 +740,41 @@ def _check_endpoint(
     section = _Table(problems, f"[{name}]", table, cls)
     section.take("host", _HOST)
     section.take("port", _PORT)
+    section.take("tls", _BOOL)
+    section.take("verify_hostname", _BOOL)
     return section.build()
+
+
+def _check_tls(
+    table: dict[str, Any] | None, problems: _Problems, config_dir: Path
+) -> TlsSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[tls]", table, TlsSection)
+    for key in ("certificate", "private_key", "ca_file"):
+        path = section.take(key, _PATH)
+        if path is not _INVALID:
+            section.values[key] = config_dir / path
+    section.take("profile", _one_of(TLS_PROFILES))
+    return section.build()
+
+
+def _require_tls_section(
+    listener: ListenerSection | None,
+    worklist: WorklistSection | None,
+    destinations: tuple[DestinationSection, ...],
+    mpps: MppsSection | None,
+    problems: _Problems,
+) -> None:
+    """`tls = true` without a `[tls]` identity: reported here, never a silent plaintext path."""
+    labelled: list[tuple[str, Any]] = [("[listener]", listener), ("[worklist]", worklist)]
+    labelled += [(f"[[destinations]] #{n}", d) for n, d in enumerate(destinations, start=1)]
+    labelled.append(("[mpps]", mpps))
+    for label, section in labelled:
+        if section is not None and section.tls:
+            problems.add(f"{label} tls",
+                         "a [tls] section (certificate, private_key, ca_file) when tls = true",
+                         "no [tls] section")
 
 
 def _check_api(
@@ -795,6 +859,8 @@ def _check_worklist(table: dict[str, Any] | None, problems: _Problems) -> Workli
     # message: a RIS trickling one response every 19 s cannot hold the worklist for hours
     section.take("timeout_s", _number(1, 600))
     section.take("fallback_charsets", _CHARSET_LIST)
+    section.take("tls", _BOOL)
+    section.take("verify_hostname", _BOOL)
     return section.build()
 
 
@@ -839,6 +905,8 @@ def _check_mpps(table: dict[str, Any] | None, problems: _Problems) -> MppsSectio
     section.take("host", _HOST)
     section.take("port", _PORT)
     section.take("called_ae", _AE_TITLE)
+    section.take("tls", _BOOL)
+    section.take("verify_hostname", _BOOL)
     return section.build()
 
 
@@ -888,6 +956,8 @@ def _check_destinations(
         section.take("max_associations", _integer(1, 16))
         section.take("dimse_timeout_s", _number(1, 3600))
         section.take("commitment_report_wait_s", _number(0, 600))
+        section.take("tls", _BOOL)
+        section.take("verify_hostname", _BOOL)
         built = section.build()
         if built is not None:
             destinations.append(built)

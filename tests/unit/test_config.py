@@ -93,6 +93,7 @@ def test_example_config_sets_every_key(tmp_path: Path) -> None:
         "mpps": config.mpps,
         "queue": config.queue,
         "watch_folder": config.watch_folder,
+        "tls": config.tls,
     }
     for name, section in sections.items():
         table = re.search(rf"(?ms)^\[+{name}\]+[^\n]*\n(.*?)(?=^\[|\Z)", uncommented)
@@ -463,7 +464,8 @@ def test_empty_file_fails_because_a_destination_is_required(tmp_path: Path) -> N
 def test_unknown_key_names_the_known_keys(tmp_path: Path) -> None:
     problem = only_problem(tmp_path, "[listener]\nprot = 104\n" + DESTINATION)
     assert problem == (
-        "agent.toml: [listener] prot: expected one of the keys (host, port), got an unknown key"
+        "agent.toml: [listener] prot: expected one of the keys (host, port, tls, "
+        "verify_hostname), got an unknown key"
     )
 
 
@@ -476,7 +478,8 @@ def test_unknown_destination_key(tmp_path: Path) -> None:
 def test_unknown_section_names_the_known_sections(tmp_path: Path) -> None:
     problem = only_problem(tmp_path, "[listner]\nport = 104\n" + DESTINATION)
     assert problem.startswith("agent.toml: [listner]: expected one of the sections ([agent], ")
-    assert "[[destinations]], [mpps], [queue], [watch_folder]), got an unknown section" in problem
+    assert "[[destinations]], [mpps], [queue], [watch_folder], [tls]), got an unknown section" \
+        in problem
 
 
 def test_top_level_key_outside_any_section(tmp_path: Path) -> None:
@@ -749,6 +752,11 @@ _FUZZED_KEYS = [
     ("api", "max_frames"),
     ("watch_folder", "retention_s"),
     ("watch_folder", "max_file_mb"),
+    ("tls", "certificate"),
+    ("tls", "profile"),
+    ("listener", "tls"),
+    ("destinations", "tls"),
+    ("destinations", "verify_hostname"),
     ("nosuchsection", "key"),
 ]
 
@@ -990,3 +998,96 @@ def test_numeric_key_refuses_absurd_values(tmp_path: Path, section: str, key: st
             )
             for problem in problems
         ), (value, problems)
+
+
+# --- issue 14: DICOM TLS ([tls] and tls / verify_hostname on each DICOM path) -----------------
+
+TLS = """
+[tls]
+certificate = "tls/agent.crt"
+private_key = "tls/agent.key"
+ca_file = "/etc/hospital/ca.pem"
+"""
+PEER_SECTIONS = {
+    "listener": "[listener]\n",
+    "worklist": '[worklist]\nhost = "ris"\nport = 104\ncalled_ae = "RIS"\n',
+    "mpps": '[mpps]\nhost = "ris"\nport = 104\ncalled_ae = "RIS"\n',
+}
+
+
+def test_tls_is_off_by_default_and_host_names_are_verified_when_on(tmp_path: Path) -> None:
+    text = PEER_SECTIONS["worklist"] + PEER_SECTIONS["mpps"] + DESTINATION
+    config = load_config(write(tmp_path, text))
+
+    assert config.tls is None
+    for section in (config.listener, config.worklist, config.mpps, config.destinations[0]):
+        assert section is not None
+        assert (section.tls, section.verify_hostname) == (False, True)
+
+
+def test_tls_section_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, TLS + DESTINATION))
+
+    assert config.tls is not None
+    assert config.tls.certificate == tmp_path / "tls" / "agent.crt"
+    assert config.tls.private_key == tmp_path / "tls" / "agent.key"
+    assert config.tls.ca_file == Path("/etc/hospital/ca.pem")
+    assert config.tls.profile == "bcp195-nd"
+    assert not (tmp_path / "tls").exists(), "load_config must not touch the files"
+
+
+@pytest.mark.parametrize("profile", ["bcp195-nd", "bcp195", "bcp195-extended"])
+def test_tls_profiles_of_ps3_15_annex_b_are_accepted(tmp_path: Path, profile: str) -> None:
+    config = load_config(write(tmp_path, TLS + f'profile = "{profile}"\n' + DESTINATION))
+    assert config.tls is not None and config.tls.profile == profile
+
+
+def test_unknown_tls_profile_is_refused(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, TLS + 'profile = "tls1.0"\n' + DESTINATION)
+    assert problem == (
+        'agent.toml: [tls] profile: expected one of "bcp195-nd", "bcp195", "bcp195-extended", '
+        'got "tls1.0"'
+    )
+
+
+def test_tls_section_requires_its_three_files(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, "[tls]\n" + DESTINATION)
+    assert [p.split(":")[1].strip() for p in problems] == [
+        "[tls] certificate", "[tls] private_key", "[tls] ca_file"]
+    assert all(p.endswith("got nothing (the key is required)") for p in problems)
+
+
+@pytest.mark.parametrize("section", ["listener", "worklist", "mpps", "destinations"])
+def test_tls_true_without_a_tls_section_names_both(tmp_path: Path, section: str) -> None:
+    if section == "destinations":
+        text = DESTINATION + "tls = true\n"
+        label = "[[destinations]] #1"
+    else:
+        text = PEER_SECTIONS[section] + "tls = true\n" + DESTINATION
+        label = f"[{section}]"
+    problem = only_problem(tmp_path, text)
+    assert problem == (
+        f"agent.toml: {label} tls: expected a [tls] section (certificate, private_key, "
+        "ca_file) when tls = true, got no [tls] section"
+    )
+
+
+def test_tls_and_verify_hostname_are_read_on_every_dicom_path(tmp_path: Path) -> None:
+    text = (
+        TLS + "[listener]\ntls = true\nverify_hostname = false\n"
+        + PEER_SECTIONS["worklist"] + "tls = true\n"
+        + PEER_SECTIONS["mpps"] + "tls = true\nverify_hostname = false\n"
+        + DESTINATION + "tls = true\n"
+    )
+    config = load_config(write(tmp_path, text))
+
+    assert config.worklist is not None and config.mpps is not None
+    assert (config.listener.tls, config.listener.verify_hostname) == (True, False)
+    assert (config.worklist.tls, config.worklist.verify_hostname) == (True, True)
+    assert (config.mpps.tls, config.mpps.verify_hostname) == (True, False)
+    assert (config.destinations[0].tls, config.destinations[0].verify_hostname) == (True, True)
+
+
+def test_tls_flags_must_be_booleans(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, TLS + DESTINATION + 'tls = "yes"\n')
+    assert problem == 'agent.toml: [[destinations]] #1 tls: expected true or false, got "yes"'
