@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agent import crashpoints
 from agent.errors import AlreadyQueuedError, QueueError, SpoolFullError, UnknownQueueItemError
+from agent.queue import schema
 from agent.queue.spool import Spool, install_synced, write_synced
 from agent.records import CommitmentResult, Delivery, DeliveryState, QueuedObject
 
@@ -33,49 +34,6 @@ S = DeliveryState
 FAILURE_NO_SUCH_OBJECT = 0x0112
 #: resource limitation: the archive may commit later → ask again after a while
 FAILURE_RESOURCE_LIMITATION = 0x0213
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects (
-    queue_id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    sop_instance_uid    TEXT NOT NULL UNIQUE,
-    sop_class_uid       TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    size_bytes          INTEGER NOT NULL,
-    sha256              TEXT NOT NULL,
-    created_at          REAL NOT NULL,
-    purged_at           REAL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    delivery_id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue_id         INTEGER NOT NULL REFERENCES objects(queue_id),
-    destination      TEXT NOT NULL,
-    state            TEXT NOT NULL,
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  REAL NOT NULL,
-    last_error       TEXT NOT NULL DEFAULT '',
-    -- consecutive sends with no answer (abort, timeout): bounded, see mark_outcome_unknown
-    unknown_outcomes INTEGER NOT NULL DEFAULT 0,
-    transaction_uid  TEXT,
-    updated_at       REAL NOT NULL,
-    stored_at        REAL,
-    committed_at     REAL,
-    UNIQUE (queue_id, destination)
-);
-CREATE INDEX IF NOT EXISTS deliveries_by_state
-    ON deliveries (destination, state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS transactions (
-    transaction_uid TEXT PRIMARY KEY,
-    destination     TEXT NOT NULL,
-    requested_at    REAL NOT NULL,
-    deadline        REAL NOT NULL,
-    state           TEXT NOT NULL          -- open | reported | superseded
-);
-CREATE TABLE IF NOT EXISTS transaction_items (
-    transaction_uid TEXT NOT NULL REFERENCES transactions(transaction_uid),
-    delivery_id     INTEGER NOT NULL REFERENCES deliveries(delivery_id),
-    PRIMARY KEY (transaction_uid, delivery_id)
-);
-"""
 
 _DELIVERY_COLUMNS = """
     d.delivery_id, d.queue_id, d.destination, d.state, d.attempts, d.next_attempt_at,
@@ -158,14 +116,6 @@ def _make_private(db_path: Path) -> None:
         os.close(fd)
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Columns added after a spool was created (CREATE TABLE IF NOT EXISTS leaves it as is)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
-    if "unknown_outcomes" not in columns:
-        conn.execute("ALTER TABLE deliveries ADD COLUMN unknown_outcomes INTEGER NOT NULL "
-                     "DEFAULT 0")
-
-
 class QueueStore:
     """The durable queue. Thread-safe: one connection, one lock; SQLite serialises writes anyway.
 
@@ -199,34 +149,46 @@ class QueueStore:
 
     # -- opening, recovery -------------------------------------------------------------------
     def open(self) -> None:
-        """Create/lock the spool, open the database, then recover from a previous crash.
+        """Create/lock the spool, open the database, bring its schema up to date, then
+        recover from a previous crash.
 
         Raises
         ------
         SpoolLockedError
             If another agent process uses this spool.
         QueueError
-            If the spool or database cannot be used.
+            If the spool or database cannot be used, or the database is of a newer schema
+            than this code knows (then it is left exactly as it was).
         """
         self.spool.create()
         self.spool.lock()
         try:
-            _make_private(self.spool.db_path)
-            self._conn = connect(self.spool.db_path)
-            self._conn.executescript(_SCHEMA)
-            _migrate(self._conn)
-            for suffix in ("", "-wal", "-shm"):
-                # those of an older version were made 0644
-                path = self.spool.db_path.with_name(self.spool.db_path.name + suffix)
-                if path.exists():
-                    os.chmod(path, 0o600)
+            self._open_database()
             self.recover()
-        except sqlite3.DatabaseError as err:
+        except BaseException as err:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             self.spool.unlock()
-            raise QueueError(f"{self.spool.db_path}: {err}") from err
-        except OSError as err:
-            self.spool.unlock()
-            raise QueueError(f"{self.spool.db_path}: {err.strerror}") from err
+            if isinstance(err, sqlite3.DatabaseError):
+                raise QueueError(f"{self.spool.db_path}: {err}") from err
+            if isinstance(err, OSError) and not isinstance(err, QueueError):
+                raise QueueError(f"{self.spool.db_path}: {err.strerror}") from err
+            raise
+
+    def _open_database(self) -> None:
+        db_path = self.spool.db_path
+        # read-only and before anything below writes (chmod, WAL switch, migrations): a
+        # database of a newer agent is refused untouched
+        schema.check_openable(db_path)
+        _make_private(db_path)
+        self._conn = connect(db_path)
+        schema.migrate(self._conn, db_path)
+        for suffix in ("", "-wal", "-shm"):
+            # those of an older version were made 0644
+            path = db_path.with_name(db_path.name + suffix)
+            if path.exists():
+                os.chmod(path, 0o600)
 
     def close(self) -> None:
         with self._lock:
