@@ -48,7 +48,9 @@ def v0_spool(tmp_path: Path) -> Path:
 
 
 def select(db: Path, sql: str) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(schema.ro_uri(db), uri=True)
+    # the committed fixture is read as immutable: a plain read-only open of a WAL database
+    # leaves -wal and -shm files next to it
+    conn = sqlite3.connect(schema.ro_uri(db, immutable=db.is_relative_to(FIXTURE)), uri=True)
     conn.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in conn.execute(sql)]
