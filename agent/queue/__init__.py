@@ -4,7 +4,10 @@ It knows nothing of pixels or pydicom: it stores opaque bytes and the few UIDs t
 needs (huey's "opaque chunk of data").
 """
 
+from agent.queue.maintenance import BackupReport, VerifyReport, backup_spool, verify_spool
+from agent.queue.schema import SCHEMA_VERSION
 from agent.queue.spool import Spool, write_durably
 from agent.queue.store import QueueStore, ReportOutcome
 
-__all__ = ["QueueStore", "ReportOutcome", "Spool", "write_durably"]
+__all__ = ["SCHEMA_VERSION", "BackupReport", "QueueStore", "ReportOutcome", "Spool",
+           "VerifyReport", "backup_spool", "verify_spool", "write_durably"]
