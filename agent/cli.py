@@ -367,6 +367,30 @@ def cmd_import(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if refused or not files else EXIT_OK
 
 
+def cmd_spool(config: AgentConfig, args: argparse.Namespace) -> int:
+    """`spool backup PATH` (online, consistent) and `spool verify` (read-only): no daemon
+    needed, the agent's user's rights are (the spool is 0700)."""
+    from dataclasses import asdict
+
+    from agent.queue import backup_spool, verify_spool
+
+    spool = Path(config.agent.spool_dir)
+    report: Any
+    if args.spool_command == "backup":
+        report = backup_spool(spool, Path(args.path))
+    else:
+        report = verify_spool(spool)
+    if args.json:
+        _out(json.dumps({**asdict(report), "ok": report.ok}, default=str))
+    else:
+        _out(report.summary())
+        for note in getattr(report, "notes", []):
+            _out(f"note: {note}")
+        for problem in report.problems:
+            _err(problem)
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from firmware_stubs.serial_device import main as serial_device_main
 
@@ -429,6 +453,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="queue existing DICOM files (folders: every file in them)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("spool", help="back up or verify the spool (works while the daemon runs)")
+    ssub = p.add_subparsers(dest="spool_command", required=True)
+    q = ssub.add_parser("backup", help="a consistent copy of the queue database and its files "
+                                       "into a new folder")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("--json", action="store_true")
+    q = ssub.add_parser("verify", help="every row has its file, every file its row, SHA-256 "
+                                       "checked (read-only)")
+    q.add_argument("--json", action="store_true")
     p = sub.add_parser("simulate", help="run a device's firmware stub for the real driver")
     simulate = p.add_subparsers(dest="device", required=True)
     s = simulate.add_parser("serial", help="the serial X-ray device on a new pseudo-terminal; "
@@ -444,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "run": cmd_run, "check-config": cmd_check_config, "acquire": cmd_acquire,
     "status": cmd_status, "worklist": cmd_worklist, "echo": cmd_echo, "queue": cmd_queue,
-    "import": cmd_import,
+    "import": cmd_import, "spool": cmd_spool,
 }
 
 
