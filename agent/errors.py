@@ -41,12 +41,38 @@ class NetworkError(AgentError):
     """A DICOM network operation failed."""
 
 
-class PeerUnreachable(NetworkError, ConnectionError):
-    """The peer did not accept a connection or an association."""
+class AssociationError(NetworkError, ConnectionError):
+    """No association could be made; the subclass says why, the message says it in words a
+    service engineer can act on. Raised by `agent.net.ae.associate`, the only place that opens
+    associations."""
 
 
-class AssociationRejected(NetworkError, ConnectionRefusedError):
-    """The peer rejected the association (wrong AE title, no common context...)."""
+class PeerUnreachable(AssociationError):
+    """No TCP connection to the peer (refused, timed out, no route, unknown host)."""
+
+
+class AssociationRejected(AssociationError, ConnectionRefusedError):
+    """The peer answered A-ASSOCIATE-RJ (wrong AE title, too busy...). `transient` is True for
+    a rejection the peer itself calls temporary (PS3.8 9.3.4, result 2)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class AssociationAborted(AssociationError, ConnectionAbortedError):
+    """The connection opened but the association request ended without an answer: an A-ABORT,
+    a closed connection, no acceptable presentation context, or no reply in time."""
+
+
+class TlsHandshakeError(AssociationError):
+    """The TLS handshake failed (PS3.15 Annex B): `reason` is short ("certificate has
+    expired", "unknown CA", "host name mismatch", "handshake failure"). Never followed by a
+    plaintext attempt."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class AcquisitionError(AgentError, RuntimeError):

@@ -5,7 +5,9 @@ open while the queue has work, and asks for Storage Commitment on it after each 
 own sending process (agent.net.store_process): pynetdicom is CPU-bound and threads share one
 GIL with the capture thread. The workers keep everything durable here — claims, outcomes,
 transactions — and the process only talks DICOM. Spooled files are streamed as they are: same
-bytes, same UID on every resend, and no decode on the hot path.
+bytes, same UID on every resend, and no decode on the hot path. With `tls`, every association
+(C-STORE and the commitment request on it) is DICOM TLS; a failed handshake is retried with
+backoff, its reason in `status`, and never replaced by plaintext.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from agent import crashpoints
 from agent.config import DestinationSection, QueueSection
-from agent.errors import AgentError
+from agent.errors import AgentError, AssociationError
 from agent.iod.uids import UIDSource
+from agent.net import status as dimse_status
 from agent.net.status import StoreVerdict, classify_store_status
 from agent.net.store_process import (
     AssociationRequest,
     ReportHandler,
+    SendError,
     StoreOutcome,
     StoreProcess,
 )
+from agent.net.tls import PeerTls
 from agent.net.transcode import uncompressed_copy
 from agent.queue import QueueStore
 from agent.records import Delivery
@@ -101,6 +106,7 @@ class DestinationWorker:
     A destination gets `max_associations` workers sharing one DestinationHealth. Claiming rows
     is atomic in the queue, so they never send the same row; worker 0 alone re-requests
     commitment for rows left without a transaction, so no instance is asked for twice.
+    `tls`: DICOM TLS to this destination (None: plaintext).
     """
 
     def __init__(
@@ -115,8 +121,10 @@ class DestinationWorker:
         on_change: Callable[[], None] = lambda: None,
         index: int = 0,
         health: DestinationHealth | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         self.destination = destination
+        self.tls = tls
         self.index = index
         self.health = health if health is not None else DestinationHealth(destination.name)
         self._claimed: list[int] = []
@@ -238,15 +246,20 @@ class DestinationWorker:
     def _associate(self, batch: Sequence[Delivery]) -> float | None:
         """None when the association is up, else the delay before the next attempt."""
         dest = self.destination
-        ok, failure = self._sender.associate(AssociationRequest(
-            ae_title=self._ae_title, host=dest.host, port=dest.port, called_ae=dest.called_ae,
-            contexts=self._contexts(batch), timeout_s=dest.dimse_timeout_s,
-        ))
-        if ok:
-            with self.health.lock:
-                self.health.negotiated_max_pdu = self._sender.max_pdu
-            return None
-        reason = f"{dest.name}: {failure}"
+        try:
+            self._sender.associate(AssociationRequest(
+                ae_title=self._ae_title, host=dest.host, port=dest.port,
+                called_ae=dest.called_ae, contexts=self._contexts(batch),
+                timeout_s=dest.dimse_timeout_s, tls=self.tls,
+            ))
+        except AssociationError as err:
+            # unreachable, TLS handshake failed, rejected or aborted: all wait and retry
+            return self._unreachable(f"{dest.name}: {err}")
+        with self.health.lock:
+            self.health.negotiated_max_pdu = self._sender.max_pdu
+        return None
+
+    def _unreachable(self, reason: str) -> float:
         delay = self._next_backoff(reason)
         with self.health.lock:
             if self.health.reachable is not False:
@@ -327,7 +340,7 @@ class DestinationWorker:
     def _record(self, delivery: Delivery, outcome: StoreOutcome) -> bool:
         """Record one object's outcome; True if the archive holds it."""
         dest = self.destination
-        if outcome.error == "no-context":
+        if outcome.error is SendError.NO_CONTEXT:
             # nothing the archive accepted fits this object (e.g. a compressed syntax it
             # refused): not a network fault, so no hot retry
             self._queue.mark_failed(delivery.delivery_id,
@@ -337,7 +350,7 @@ class DestinationWorker:
             logger.error("queue item %d: no accepted presentation context at %s",
                          delivery.queue_id, dest.name)
             return False
-        if outcome.error:
+        if outcome.error is SendError.UNREADABLE:
             self._queue.mark_failed(delivery.delivery_id,
                                     f"spool file unreadable: {outcome.detail}")
             logger.error("queue item %d: spool file unreadable: %s", delivery.queue_id,
@@ -390,7 +403,7 @@ class DestinationWorker:
             wait_s=dest.commitment_report_wait_s,
         )
         crashpoints.reached("after_n_action")
-        if code == 0x0000:
+        if code == dimse_status.SUCCESS:
             logger.info("commitment requested from %s: transaction %s, %d instances",
                         dest.name, transaction_uid, len(deliveries))
             return

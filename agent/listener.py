@@ -3,17 +3,19 @@ configured archives, and records each report durably before answering it.
 
 Orthanc always sends the report on a new association to the AE/host/port it has registered for
 us (shared/design/PEERS.md); the same handler also serves reports that arrive on the forwarder's
-own association.
+own association. With an SSL context the listener speaks only DICOM TLS (PS3.15 Annex B): a
+peer whose certificate does not verify is refused before any DIMSE.
 """
 
 from __future__ import annotations
 
 import logging
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from pydicom import Dataset
 from pynetdicom import evt
@@ -21,16 +23,17 @@ from pynetdicom.sop_class import (
     StorageCommitmentPushModel,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
 from agent import crashpoints
 from agent.config import DestinationSection
+from agent.net import status as dimse_status
 from agent.net.ae import (
     MAX_ASSOCIATION_PDATA_BYTES,
     PDU_READ_TIMEOUT_S,
+    TLS_HANDSHAKE_TIMEOUT_S,
     AgentAE,
     AllowListServer,
-    BoundedRequestHandler,
+    make_server,
     resolve_hosts,
 )
 from agent.net.commitment import (
@@ -42,12 +45,12 @@ from agent.queue import QueueStore
 
 logger = logging.getLogger(__name__)
 
-#: PS3.7 C.4 statuses we answer with
-STATUS_SUCCESS = 0x0000
-STATUS_PROCESSING_FAILURE = 0x0110
-STATUS_NO_SUCH_SOP_CLASS = 0x0118
-STATUS_INVALID_ARGUMENT = 0x0115
-STATUS_UNRECOGNISED_OPERATION = 0x0211
+#: PS3.7 C.4 statuses we answer with (defined in agent.net.status)
+STATUS_SUCCESS = dimse_status.SUCCESS
+STATUS_PROCESSING_FAILURE = dimse_status.PROCESSING_FAILURE
+STATUS_NO_SUCH_SOP_CLASS = dimse_status.NO_SUCH_SOP_CLASS
+STATUS_INVALID_ARGUMENT = dimse_status.INVALID_ARGUMENT_VALUE
+STATUS_UNRECOGNISED_OPERATION = dimse_status.UNRECOGNISED_OPERATION
 #: the maximum PDU we announce; a longer PDU is refused before its body is read
 MAX_PDU_BYTES = 1 << 20
 LISTENER_ACSE_TIMEOUT_S = 5.0
@@ -124,7 +127,11 @@ class CommitmentReportHandler:
 
 
 class Listener:
-    """The inbound DICOM server of the agent."""
+    """The inbound DICOM server of the agent.
+
+    `ssl_context` (agent.net.tls.server_context): None serves plaintext; with one, only TLS,
+    each handshake on its connection's thread within `tls_handshake_timeout_s`.
+    """
 
     def __init__(
         self,
@@ -136,15 +143,19 @@ class Listener:
         report_handler: CommitmentReportHandler,
         pdu_read_timeout_s: float = PDU_READ_TIMEOUT_S,
         max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self.ae_title = ae_title
+        self.ssl_context = ssl_context
+        self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.pdu_read_timeout_s = pdu_read_timeout_s
         self.max_association_pdata_bytes = max_association_pdata_bytes
         self.host = host
         self.port = port
         self._destinations = destinations
         self._handler = report_handler
-        self._server: ThreadedAssociationServer | None = None
+        self._server: AllowListServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -171,24 +182,25 @@ class Listener:
             (evt.EVT_N_EVENT_REPORT, self._handler),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
         ]
-        server = cast(AllowListServer, ae.make_server(
-            (self.host, self.port), evt_handlers=handlers, server_class=AllowListServer,
-            request_handler=BoundedRequestHandler,
-        ))
-        # AE titles are self-asserted: the source address must be an archive's too
-        server.allowed_addresses = resolve_hosts(d.host for d in self._destinations)
-        # a peer that stalls mid-PDU or streams fragments is cut off (issue 13, finding 7)
-        server.pdu_read_timeout_s = self.pdu_read_timeout_s
-        server.max_pdu_bytes = MAX_PDU_BYTES
-        server.max_association_pdata_bytes = self.max_association_pdata_bytes
+        server = make_server(
+            ae, (self.host, self.port), evt_handlers=handlers,
+            # AE titles are self-asserted: the source address must be an archive's too
+            allowed_addresses=resolve_hosts(d.host for d in self._destinations),
+            ssl_context=self.ssl_context,
+            # a peer that stalls mid-PDU or streams fragments is cut off (issue 13, finding 7)
+            pdu_read_timeout_s=self.pdu_read_timeout_s, max_pdu_bytes=MAX_PDU_BYTES,
+            max_association_pdata_bytes=self.max_association_pdata_bytes,
+            tls_handshake_timeout_s=self.tls_handshake_timeout_s,
+        )
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(
             target=server.serve_forever, name="listener", daemon=True
         )
         self._thread.start()
-        logger.info("listener %s on %s:%d (Storage Commitment reports, C-ECHO)",
-                    self.ae_title, self.host, self.port)
+        logger.info("listener %s on %s:%d%s (Storage Commitment reports, C-ECHO)",
+                    self.ae_title, self.host, self.port,
+                    " with DICOM TLS only" if self.ssl_context is not None else "")
 
     def stop(self) -> None:
         if self._server is not None:

@@ -31,7 +31,7 @@ from pynetdicom.association import Association
 
 from agent import crashpoints
 from agent.config import MppsSection
-from agent.errors import IODError
+from agent.errors import AssociationError, IODError
 from agent.iod import modules
 from agent.iod.uids import UIDSource, is_valid_uid
 from agent.mpps.dataset import (
@@ -58,6 +58,7 @@ from agent.mpps.model import (
 )
 from agent.mpps.outcome import MppsResult, Verdict, classify_mpps_status
 from agent.net.ae import DIMSE_TIMEOUT_S, AgentAE, associate
+from agent.net.tls import PeerTls
 from agent.records import Code, Order, SOPReference
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,9 @@ class MppsClient:
         Backoff after a failed attempt: doubles from the first to the second.
     dimse_timeout_s
         How long to wait for the association and each response before aborting.
+    tls
+        DICOM TLS to the RIS (`[mpps] tls`; None: plaintext). A failed handshake is retried
+        with backoff like an unreachable RIS, its reason in `status`; never in plaintext.
 
     Raises
     ------
@@ -120,8 +124,10 @@ class MppsClient:
         retry_initial_s: float = 2.0,
         retry_max_s: float = 300.0,
         dimse_timeout_s: float = DIMSE_TIMEOUT_S,
+        tls: PeerTls | None = None,
     ) -> None:
         self._config = config
+        self._tls = tls
         self._ae_title = ae_title
         self._uids = uids
         self._station_name = station_name
@@ -537,11 +543,11 @@ class MppsClient:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._dimse_timeout_s
         contexts = [build_context(MPPS_SOP_CLASS_UID,
                                   [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
-        assoc, failure = associate(ae, config.host, config.port, config.called_ae,
-                                   contexts=contexts)
-        if not assoc.is_established:
-            self._failed_attempt(due, f"{config.called_ae}@{config.host}:{config.port}: "
-                                      f"{failure}")
+        try:
+            assoc = associate(ae, config.host, config.port, config.called_ae,
+                              contexts=contexts, tls=self._tls)
+        except AssociationError as err:
+            self._failed_attempt(due, f"{config.called_ae}@{config.host}:{config.port}: {err}")
             return
         try:
             if not any(cx.abstract_syntax == MPPS_SOP_CLASS_UID

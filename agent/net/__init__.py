@@ -1,2 +1,4 @@
-"""DICOM networking on top of pynetdicom: sockets with TCP_NODELAY, status mapping, Storage
-Commitment messages. No queue, no pixels."""
+"""DICOM networking on top of pynetdicom, and the agent's one network boundary: `ae` opens and
+accepts every association (TCP_NODELAY, timeouts, PDU limits, DICOM TLS, failures raised by
+type), `status` maps every DIMSE status, `messages` is the sending process's protocol, `tls`
+builds the SSL contexts, `commitment` the Storage Commitment messages. No queue, no pixels."""

@@ -1,30 +1,52 @@
-"""pynetdicom AEs whose sockets have TCP_NODELAY set.
+"""The network boundary: every association the agent opens goes through `associate()`, every
+one it accepts through the server `make_server()` builds.
 
-pynetdicom never sets TCP_NODELAY; with Nagle on, the last write of each DIMSE message waits for
-the peer's delayed ACK, ~40 ms per exchange (shared/design/PEERS.md). pynetdicom creates the
-requestor socket in AssociationSocket._create_socket and accepts in AssociationServer.get_request;
-both are overridden here, nothing is patched globally.
+What the boundary applies, so no caller can forget it:
+
+- TCP_NODELAY. pynetdicom never sets it; with Nagle on, the last write of each DIMSE message
+  waits for the peer's delayed ACK, ~40 ms per exchange (shared/design/PEERS.md).
+- Bounded timeouts (connection, TLS handshake, ACSE, DIMSE, idle) and PDU lengths.
+- DICOM TLS (PS3.15 Annex B) when a path is configured for it: never a plaintext fallback.
+- Failures raised by type (agent.errors.AssociationError and its subclasses), never returned.
+
+pynetdicom creates the requestor socket in AssociationSocket._create_socket, connects in
+AssociationSocket.connect and accepts in AssociationServer.get_request; those are overridden
+here, nothing is patched globally.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import (
+    T_CONNECT,
     AddressInformation,
     AssociationSocket,
     RequestHandler,
     ThreadedAssociationServer,
 )
+
+from agent.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    PeerUnreachable,
+    TlsHandshakeError,
+)
+from agent.net.tls import PeerTls, client_context, describe_tls_failure
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +56,11 @@ CONNECTION_TIMEOUT_S = 10.0
 ACSE_TIMEOUT_S = 15.0
 DIMSE_TIMEOUT_S = 60.0
 NETWORK_TIMEOUT_S = 60.0
+#: the TLS handshake of an association we accept must be complete within this many seconds
+#: (one we open is bounded by its connection timeout)
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+#: the maximum PDU we announce on associations we open (pynetdicom's default)
+REQUESTOR_MAX_PDU_BYTES = 16382
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -46,12 +73,53 @@ MAX_PDU_READ_BYTES = 4 * 1024 * 1024
 
 
 class NoDelayAssociationSocket(AssociationSocket):
-    """No-delay, and refuses to read a PDU longer than MAX_PDU_READ_BYTES."""
+    """No-delay, refuses to read a PDU longer than MAX_PDU_READ_BYTES, and connects in two
+    steps (TCP, then TLS) so that a failure says which step failed."""
+
+    #: why connect() failed (None: it did not), and whether it was the TLS handshake
+    connect_error: OSError | None = None
+    tls_failed: bool = False
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
         sock = super()._create_socket(address)
         set_nodelay(sock)
         return sock
+
+    def connect(self, primitive: T_CONNECT) -> None:
+        """pynetdicom 3.0's connect, but the TLS handshake runs after the TCP connection
+        instead of inside it, bounded by the same connection timeout. pynetdicom reports both
+        failures alike (an abort without EVT_CONN_OPEN); associate() needs them apart."""
+        sock = self.socket
+        if sock is None:
+            raise ValueError("A socket must be created before calling connect()")
+        try:
+            sock.settimeout(self.assoc.connection_timeout)
+            sock.connect(primitive.address_info.as_tuple)
+            if self.tls_args:
+                context, server_hostname = self.tls_args
+                self.tls_failed = True
+                # connected, so wrap_socket does the handshake now, under the same timeout
+                sock = context.wrap_socket(sock, server_side=False,
+                                           server_hostname=server_hostname or None)
+                self.socket = sock
+                self.tls_failed = False
+            sock.settimeout(None)
+            self.assoc.requestor.address_info = AddressInformation.from_tuple(
+                sock.getsockname())
+            self._is_connected = True
+            evt.trigger(self.assoc, evt.EVT_CONN_OPEN,
+                        {"address": primitive.address_info.as_tuple})
+            primitive.result = "Evt2"       # transport connection confirmation
+            self.provider_queue.put(primitive)
+        except OSError as exc:
+            self.connect_error = exc
+            if self.socket is not None:
+                self._shutdown_socket()
+                self.socket = None
+            primitive.result = "Evt17"      # transport connection closed
+            self.provider_queue.put(primitive)
+        finally:
+            self._ready.set()
 
     def _shutdown_socket(self) -> None:
         sock = self.socket
@@ -172,7 +240,8 @@ class AcceptorAssociationSocket(NoDelayAssociationSocket):
 
 
 class AgentAE(AE):  # type: ignore[misc]
-    """An AE whose outgoing associations use no-delay sockets and bounded timeouts."""
+    """An AE whose outgoing associations use no-delay sockets and bounded timeouts. Open
+    associations with `associate()`, not with `AE.associate`."""
 
     def __init__(self, ae_title: str) -> None:
         super().__init__(ae_title=ae_title)
@@ -209,7 +278,36 @@ def resolve_hosts(hosts: Iterable[str]) -> frozenset[str]:
 
 
 class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
-    """Gives each accepted association an AcceptorAssociationSocket with the server's limits."""
+    """Gives each accepted association an AcceptorAssociationSocket with the server's limits,
+    after the TLS handshake when the server has TLS.
+
+    socketserver runs this on the connection's own thread: a client that connects and sends
+    no ClientHello holds only that thread, for at most the server's tls_handshake_timeout_s.
+    (pynetdicom handshakes in get_request, in the accept loop, where one such client would
+    stall every new connection: RELIABILITY.md 1.4 a.)
+    """
+
+    def handle(self) -> None:
+        sock = self.request
+        if isinstance(sock, ssl.SSLSocket) and not self._tls_handshake(sock):
+            # no association was made: the socket is ours to close
+            self.server.shutdown_request(sock)
+            return
+        super().handle()
+
+    def _tls_handshake(self, sock: ssl.SSLSocket) -> bool:
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        timeout_s = getattr(self.server, "tls_handshake_timeout_s", TLS_HANDSHAKE_TIMEOUT_S)
+        try:
+            handshake(sock, timeout_s)
+        except (OSError, ValueError) as err:
+            # a certificate that does not verify, a plaintext association, TLS < 1.2, a stall
+            logger.warning("listener: TLS handshake with %s failed: %s; connection closed",
+                           peer, describe_tls_failure(err))
+            return False
+        logger.info("listener: TLS connection from %s (%s), peer certificate subject %s",
+                    peer, sock.version(), certificate_subject(sock.getpeercert()))
+        return True
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
@@ -227,18 +325,28 @@ class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
 
 
 class AllowListServer(ThreadedAssociationServer):  # type: ignore[misc]
-    """Accepts TCP connections only from `allowed_addresses` (None = anyone), with no-delay
-    and a bound on PDU length (pass `request_handler=BoundedRequestHandler`)."""
+    """Accepts TCP connections only from `allowed_addresses` (None = anyone), with no-delay,
+    a bound on PDU length and, with `ssl_context`, only TLS (pass
+    `request_handler=BoundedRequestHandler`; `make_server()` does)."""
 
     allowed_addresses: frozenset[str] | None = None
     #: limits for each accepted association (AcceptorAssociationSocket)
     pdu_read_timeout_s: float = PDU_READ_TIMEOUT_S
     max_pdu_bytes: int = MAX_PDU_READ_BYTES
     max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES
+    tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client_socket, address = super().get_request()
+        listening = self.socket
+        assert listening is not None
+        client_socket, address = listening.accept()
         set_nodelay(client_socket)
+        context = self.ssl_context
+        if context is not None:
+            # no I/O here: the handshake is done on the connection's thread
+            # (BoundedRequestHandler), never in this accept loop
+            client_socket = context.wrap_socket(client_socket, server_side=True,
+                                                do_handshake_on_connect=False)
         return client_socket, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
@@ -254,27 +362,208 @@ class AllowListServer(ThreadedAssociationServer):  # type: ignore[misc]
         return False
 
 
+def make_server(
+    ae: AgentAE, address: tuple[str, int], *, evt_handlers: list[Any],
+    allowed_addresses: frozenset[str] | None, ssl_context: ssl.SSLContext | None = None,
+    pdu_read_timeout_s: float = PDU_READ_TIMEOUT_S, max_pdu_bytes: int = MAX_PDU_READ_BYTES,
+    max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES,
+    tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+) -> AllowListServer:
+    """The one server the agent accepts associations on, bound and not yet serving (call
+    serve_forever on a thread). With `ssl_context` it speaks only TLS: a plaintext association
+    or a client certificate that does not verify is refused before any DIMSE.
+
+    Raises
+    ------
+    OSError
+        If the address cannot be bound (port in use, address not local).
+    """
+    server = cast(AllowListServer, ae.make_server(
+        address, evt_handlers=evt_handlers, server_class=AllowListServer,
+        request_handler=BoundedRequestHandler, ssl_context=ssl_context,
+    ))
+    server.allowed_addresses = allowed_addresses
+    server.pdu_read_timeout_s = pdu_read_timeout_s
+    server.max_pdu_bytes = max_pdu_bytes
+    server.max_association_pdata_bytes = max_association_pdata_bytes
+    server.tls_handshake_timeout_s = tls_handshake_timeout_s
+    return server
+
+
+def handshake(sock: ssl.SSLSocket, timeout_s: float) -> None:
+    """Complete the server side of a TLS handshake within `timeout_s` in all (a per-read
+    timeout would let a client that drips its ClientHello hold the connection for longer).
+
+    Raises
+    ------
+    TimeoutError
+        If the handshake is not complete in time.
+    ssl.SSLError, OSError
+        If it fails (certificate not verified, no common protocol, peer closed...).
+    """
+    deadline = time.monotonic() + timeout_s
+    previous = sock.gettimeout()
+    sock.setblocking(False)
+    poller = select.poll()
+    try:
+        while True:
+            try:
+                sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                events = select.POLLIN
+            except ssl.SSLWantWriteError:
+                events = select.POLLOUT
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no complete TLS handshake within {timeout_s:g} s")
+            poller.register(sock, events)
+            try:
+                poller.poll(remaining * 1000)
+            finally:
+                poller.unregister(sock)
+    finally:
+        sock.settimeout(previous)
+
+
+#: RFC 4514 short names of the attributes Python's getpeercert() spells out
+_RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+              "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST",
+              "domainComponent": "DC"}
+
+
+def certificate_subject(cert: dict[str, Any] | None) -> str:
+    """A peer certificate's subject as "CN=..., O=..." (names a machine, never a patient)."""
+    if not cert:
+        return "(none)"
+    parts = [f"{_RDN_NAMES.get(key, key)}={value}"
+             for rdn in cert.get("subject", ()) for key, value in rdn]
+    return ", ".join(parts) or "(empty)"
+
+
+#: client contexts by TLS settings and the files' modification times: built once per
+#: identity, and again when a new certificate or key is put in place
+_contexts_lock = threading.Lock()
+_client_contexts: dict[tuple[PeerTls, tuple[int, ...]], ssl.SSLContext] = {}
+
+
+def _client_context(tls: PeerTls) -> ssl.SSLContext:
+    identity = tls.identity
+    stamps: list[int] = []
+    for path in (identity.certificate, identity.private_key, identity.ca_file):
+        try:
+            stamps.append(os.stat(Path(path)).st_mtime_ns)
+        except OSError:
+            stamps.append(-1)     # client_context names the missing file
+    key = (tls, tuple(stamps))
+    with _contexts_lock:
+        context = _client_contexts.get(key)
+        if context is None:
+            context = client_context(tls)
+            _client_contexts.clear()   # one identity per station: keep just the newest
+            _client_contexts[key] = context
+        return context
+
+
+def _tls_args(tls: PeerTls | None, host: str, where: str) -> tuple[ssl.SSLContext, str] | None:
+    if tls is None:
+        return None
+    try:
+        context = _client_context(tls)
+    except (OSError, ValueError, NotImplementedError) as err:
+        # unreadable files, a key that does not match... (check-config names them); nothing
+        # is sent in plaintext instead
+        problems = "; ".join(str(err).splitlines())
+        raise TlsHandshakeError(f"TLS to {where} not set up: {problems}",
+                                reason="TLS not set up") from err
+    return context, (host if tls.verify_hostname else "")
+
+
 def associate(
     ae: AgentAE, host: str, port: int, called_ae: str, *,
-    contexts: list[Any] | None = None, evt_handlers: list[Any] | None = None,
-) -> tuple[Association, str]:
-    """Request an association; returns it and, when it is not established, why, in words a
-    service engineer can act on ("" when established).
+    contexts: list[PresentationContext] | None = None, evt_handlers: list[Any] | None = None,
+    tls: PeerTls | None = None, max_pdu: int = REQUESTOR_MAX_PDU_BYTES,
+) -> Association:
+    """Open an association: the only place the agent does (no-delay socket, `ae`'s bounded
+    timeouts, `max_pdu`, and TLS when `tls` is given: our certificate presented, the peer's
+    verified against the CA file and, with verify_hostname, against `host`).
 
-    pynetdicom reports a refused or timed-out TCP connection as an abort; whether the
-    connection ever opened (EVT_CONN_OPEN) tells the two apart.
+    Returns
+    -------
+    Association
+        Established; the caller releases it.
+
+    Raises
+    ------
+    PeerUnreachable
+        No TCP connection (refused, timed out, no route, unknown host).
+    TlsHandshakeError
+        The TLS handshake failed or TLS could not be set up; `reason` is short. There is
+        never a plaintext attempt after it.
+    AssociationRejected
+        The peer answered A-ASSOCIATE-RJ.
+    AssociationAborted
+        Connected, but no association: A-ABORT, connection closed, no accepted presentation
+        context or no answer within the ACSE timeout.
     """
+    where = f"{host}:{port}"
+    tls_args = _tls_args(tls, host, where)
+    # pynetdicom reports a refused connection and a failed handshake as an abort; whether the
+    # connection ever opened (EVT_CONN_OPEN) tells those apart from a real abort, and the
+    # socket says which step failed
     connected = threading.Event()
     handlers = [*(evt_handlers or []), (evt.EVT_CONN_OPEN, lambda event: connected.set())]
-    kwargs: dict[str, Any] = {"ae_title": called_ae, "evt_handlers": handlers}
+    kwargs: dict[str, Any] = {"ae_title": called_ae, "evt_handlers": handlers,
+                              "max_pdu": max_pdu, "tls_args": tls_args}
     if contexts is not None:
         kwargs["contexts"] = contexts
+    started = time.monotonic()
     assoc = ae.associate(host, port, **kwargs)
     if assoc.is_established:
-        return assoc, ""
+        return assoc
     if not connected.is_set():
-        return assoc, f"no connection to {host}:{port}"
+        raise _connect_failure(assoc, where)
     if assoc.is_rejected:
-        return assoc, (f"association rejected (check AE titles: calling {ae.ae_title}, "
-                       f"called {called_ae})")
-    return assoc, "association aborted"
+        raise _rejection(assoc, ae.ae_title, called_ae)
+    if not assoc.accepted_contexts and assoc.rejected_contexts:
+        raise AssociationAborted(f"{where} accepted none of the {len(assoc.rejected_contexts)} "
+                                 "presentation context(s) proposed (SOP class or transfer "
+                                 "syntax not supported there)")
+    acse_timeout = assoc.acse_timeout
+    if acse_timeout is not None and time.monotonic() - started >= acse_timeout:
+        raise AssociationAborted(f"association aborted: {where} did not answer the "
+                                 f"association request within {acse_timeout:g} s")
+    raise AssociationAborted("association aborted")
+
+
+def _connect_failure(assoc: Association, where: str) -> PeerUnreachable | TlsHandshakeError:
+    sock = assoc.dul.socket
+    error = getattr(sock, "connect_error", None)
+    if getattr(sock, "tls_failed", False):
+        reason = describe_tls_failure(error) if error is not None else "handshake failure"
+        return TlsHandshakeError(f"TLS handshake with {where} failed: {reason}", reason=reason)
+    if error is None:
+        return PeerUnreachable(f"no connection to {where}")
+    cause = str(error.strerror or error) if not isinstance(error, TimeoutError) else (
+        f"timed out after {assoc.connection_timeout:g} s")
+    return PeerUnreachable(f"no connection to {where} ({cause.lower()})")
+
+
+def _rejection(assoc: Association, calling_ae: str, called_ae: str) -> AssociationRejected:
+    """PS3.8 9.3.4: result 1 permanent, 2 transient; source and reason say who and why."""
+    primitive = assoc.acceptor.primitive
+    result = getattr(primitive, "result", None)
+    reason = str(getattr(primitive, "reason_str", "") or "").lower()
+    transient = result == 0x02
+    titles = f"check AE titles: calling {calling_ae}, called {called_ae}"
+    if transient:
+        return AssociationRejected(f"association rejected for now ({reason or 'transient'})",
+                                   transient=True)
+    diagnostic = getattr(primitive, "diagnostic", None)
+    source = getattr(primitive, "result_source", None)
+    # service user (1): 1 no reason, 3 calling / 7 called AE title not recognised
+    ae_titles_likely = source == 1 and diagnostic in (None, 1, 3, 7)
+    if ae_titles_likely or not reason:
+        message = f"association rejected ({titles})"
+        return AssociationRejected(f"{message}: {reason}" if reason else message)
+    return AssociationRejected(f"association rejected ({reason})")

@@ -6,16 +6,10 @@ threads share one GIL — with the capture thread too, which then drops frames. 
 90-136 % of DCMTK storescu into Orthanc, in two threads of one process 73-84 %.
 
 The parent keeps everything durable (the queue, the transactions, the crash points); the child
-only talks DICOM. One child holds at most one association. Messages are pickled tuples over a
-socketpair (both ends are ours):
-
-    parent → child   ("associate", AssociationRequest) | ("store", [(key, path), ...])
-                     | ("n_action", transaction_uid, [(class, instance), ...], wait_s)
-                     | ("release",) | ("report_status", status) | ("exit",)
-    child → parent   ("ready",) | ("associated", ok, failure, max_pdu)
-                     | ("outcome", StoreOutcome) ... ("stored", established)
-                     | ("n_action", status, established) | ("released",)
-                     | ("report", CommitmentReport)      answered by "report_status"
+only talks DICOM. One child holds at most one association, opened by the one factory
+(agent.net.ae.associate), with TLS when the request carries it. The messages are the typed
+classes of agent.net.messages, pickled over a socketpair (both ends are ours); a failed
+association comes back as the factory's exception type.
 
 A Storage Commitment report that the archive sends on this association is passed to the parent,
 which records it and returns the status the child answers with: recorded before answered.
@@ -34,15 +28,34 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydicom import Dataset
-
-from agent.errors import AgentError
+from agent.errors import AgentError, AssociationError
+from agent.net import status as dimse_status
 from agent.net.commitment import CommitmentReport
+from agent.net.messages import (
+    Associate,
+    Associated,
+    AssociationFailed,
+    AssociationRequest,
+    ChildMessage,
+    Exit,
+    NAction,
+    NActionDone,
+    Outcome,
+    ParentMessage,
+    Ready,
+    Release,
+    Released,
+    Report,
+    ReportStatus,
+    SendError,
+    Store,
+    Stored,
+    StoreOutcome,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,48 +65,16 @@ START_TIMEOUT_S = 30.0
 HANG_SLACK_S = 30.0
 #: how long the child holds an archive's report unanswered while the parent records it
 REPORT_ANSWER_TIMEOUT_S = 30.0
-#: Processing Failure: the report was not recorded, the archive should send it again
-STATUS_PROCESSING_FAILURE = 0x0110
+
+__all__ = ["AssociationRequest", "ReportHandler", "SendError", "StoreOutcome", "StoreProcess",
+           "StoreProcessError", "child_main"]
+
+_M = TypeVar("_M")
 
 
 class StoreProcessError(AgentError):
     """The sending process died, hung or could not be started. The objects it was sending
     are in the queue still; the caller sends them again."""
-
-
-@dataclass(frozen=True)
-class AssociationRequest:
-    ae_title: str
-    host: str
-    port: int
-    called_ae: str
-    #: (SOP class UID, (transfer syntax UID, ...)) per presentation context, in order
-    contexts: tuple[tuple[str, tuple[str, ...]], ...]
-    timeout_s: float
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    """What became of one object: a response status (code None = no response, outcome
-    unknown), or an error before anything was sent."""
-
-    key: int
-    status: int | None = None
-    comment: str = ""
-    #: "" | "no-context" (nothing accepted fits the object) | "unreadable" (spool file)
-    error: str = ""
-    detail: str = ""
-    #: the association was gone before this object was sent
-    not_sent: bool = False
-
-    def status_dataset(self) -> Dataset | None:
-        """The status as pynetdicom would have returned it (empty: no response)."""
-        ds = Dataset()
-        if self.status is not None:
-            ds.Status = self.status
-            if self.comment:
-                ds.ErrorComment = self.comment
-        return ds
 
 
 #: records a report received on our association; returns the status to answer with
@@ -159,7 +140,7 @@ class StoreProcess:
             return
         try:
             if conn is not None:
-                conn.send(("exit",))
+                conn.send(Exit())
         except OSError:
             pass
         try:
@@ -186,7 +167,7 @@ class StoreProcess:
             conn.close()
         return StoreProcessError(f"{self.name}: sending process {reason}")
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: ParentMessage) -> None:
         self._ensure_ready()
         assert self._conn is not None
         try:
@@ -194,7 +175,7 @@ class StoreProcess:
         except OSError as err:
             raise self._kill(f"is gone ({err})") from err
 
-    def _recv(self, timeout_s: float) -> tuple[Any, ...]:
+    def _recv(self, timeout_s: float) -> ChildMessage:
         """The next message from the child that is not a commitment report (reports are
         recorded and answered here, whenever they come)."""
         conn = self._conn
@@ -204,18 +185,26 @@ class StoreProcess:
             try:
                 if not conn.poll(timeout_s):
                     raise self._kill(f"gave no answer for {timeout_s:.0f} s: stopped")
-                message: tuple[Any, ...] = conn.recv()
+                message: ChildMessage = conn.recv()
             except (EOFError, OSError) as err:
                 code = self._proc.poll() if self._proc is not None else None
                 raise self._kill(f"ended unexpectedly (exit status {code})") from err
-            if message[0] != "report":
+            if not isinstance(message, Report):
                 return message
             try:
-                status = self._report_handler(message[1])
+                status = self._report_handler(message.report)
             except Exception:
                 logger.exception("%s: recording a commitment report failed", self.name)
-                status = STATUS_PROCESSING_FAILURE
-            conn.send(("report_status", status))
+                # not recorded: the archive should send it again
+                status = dimse_status.PROCESSING_FAILURE
+            conn.send(ReportStatus(status))
+
+    def _expect(self, kind: type[_M], timeout_s: float) -> _M:
+        """The next message, which must be a `kind`; anything else means the child is broken."""
+        message = self._recv(timeout_s)
+        if not isinstance(message, kind):
+            raise self._kill(f"said {type(message).__name__} instead of {kind.__name__}")
+        return message
 
     def wait_ready(self) -> None:
         """Start the child if need be and wait until it can take work."""
@@ -225,47 +214,61 @@ class StoreProcess:
         if self._proc is None:
             self.launch()
         if not self._ready:
-            message = self._recv(START_TIMEOUT_S)
-            if message[0] != "ready":
-                raise self._kill(f"said {message[0]!r} instead of ready")
+            self._expect(Ready, START_TIMEOUT_S)
             self._ready = True
 
     # -- operations ------------------------------------------------------------------------------
-    def associate(self, request: AssociationRequest) -> tuple[bool, str]:
-        """(established, why not in words a service engineer can act on)."""
+    def associate(self, request: AssociationRequest) -> None:
+        """Open the association in the child.
+
+        Raises
+        ------
+        AssociationError
+            PeerUnreachable, AssociationRejected, AssociationAborted or TlsHandshakeError, as
+            the factory raised it in the child, with its words for a service engineer.
+        StoreProcessError
+            If the child died or hung (the next call starts another).
+        """
         self._timeout_s = request.timeout_s
-        self._send(("associate", request))
-        # connection, ACSE: each bounded by the request's timeout
-        _, ok, failure, max_pdu = self._recv(3 * request.timeout_s + self._hang_slack_s)
-        self.is_established = bool(ok)
-        self.max_pdu = max_pdu
-        return self.is_established, str(failure)
+        self.is_established = False
+        self.max_pdu = None
+        self._send(Associate(request))
+        # connection, TLS handshake, ACSE: each bounded by the request's timeout
+        answer = self._recv(4 * request.timeout_s + self._hang_slack_s)
+        if isinstance(answer, AssociationFailed):
+            raise answer.error()
+        if not isinstance(answer, Associated):
+            raise self._kill(f"said {type(answer).__name__} instead of Associated")
+        self.is_established = True
+        self.max_pdu = answer.max_pdu
 
     def store(self, items: Sequence[tuple[int, Path]]) -> Iterator[StoreOutcome]:
         """Send the files in order; yields each outcome as soon as the archive answered, so
         the caller records one while the next is on the wire. Every item gets an outcome."""
-        self._send(("store", [(key, str(path)) for key, path in items]))
+        self._send(Store(tuple((key, str(path)) for key, path in items)))
         while True:
             message = self._recv(self._timeout_s + self._hang_slack_s)
-            if message[0] == "stored":
-                self.is_established = bool(message[1])
+            if isinstance(message, Stored):
+                self.is_established = message.established
                 return
-            yield message[1]
+            if not isinstance(message, Outcome):
+                raise self._kill(f"said {type(message).__name__} during a store")
+            yield message.outcome
 
     def n_action(self, transaction_uid: str, references: Sequence[tuple[str, str]],
                  wait_s: float) -> int | None:
         """Request Storage Commitment; the status (None: no answer), after waiting up to
         `wait_s` for a report on this association."""
-        self._send(("n_action", transaction_uid, list(references), wait_s))
-        _, status, established = self._recv(self._timeout_s + wait_s + self._hang_slack_s)
-        self.is_established = bool(established)
-        return None if status is None else int(status)
+        self._send(NAction(transaction_uid, tuple((c, i) for c, i in references), wait_s))
+        done = self._expect(NActionDone, self._timeout_s + wait_s + self._hang_slack_s)
+        self.is_established = done.established
+        return done.status
 
     def release(self) -> None:
         if self._proc is None or not self.is_established:
             return
-        self._send(("release",))
-        self._recv(self._timeout_s + self._hang_slack_s)
+        self._send(Release())
+        self._expect(Released, self._timeout_s + self._hang_slack_s)
         self.is_established = False
 
 
@@ -275,12 +278,12 @@ class _Child:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.send_lock = threading.Lock()
-        self.ops: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.ops: queue.Queue[ParentMessage] = queue.Queue()
         self.report_answers: queue.Queue[int] = queue.Queue()
         self.report_seen = threading.Event()
         self.assoc: Any = None
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: ChildMessage) -> None:
         with self.send_lock:
             self.conn.send(message)
 
@@ -290,8 +293,8 @@ class _Child:
         try:
             while True:
                 message = self.conn.recv()
-                if message[0] == "report_status":
-                    self.report_answers.put(int(message[1]))
+                if isinstance(message, ReportStatus):
+                    self.report_answers.put(message.status)
                 else:
                     self.ops.put(message)
         except (EOFError, OSError):
@@ -303,31 +306,30 @@ class _Child:
         except (AttributeError, TypeError, ValueError) as err:
             # undecodable event information: the parent never sees it
             logger.warning("unreadable N-EVENT-REPORT on our association: %s", err)
-            return STATUS_PROCESSING_FAILURE, None
+            return dimse_status.PROCESSING_FAILURE, None
         try:
-            self.send(("report", report))
+            self.send(Report(report))
             try:
                 return self.report_answers.get(timeout=REPORT_ANSWER_TIMEOUT_S), None
             except queue.Empty:
-                return STATUS_PROCESSING_FAILURE, None
+                return dimse_status.PROCESSING_FAILURE, None
         finally:
             self.report_seen.set()
 
     def run(self) -> None:
-        self.send(("ready",))
+        self.send(Ready())
         while True:
             op = self.ops.get()
-            kind = op[0]
-            if kind == "associate":
-                self.associate(op[1])
-            elif kind == "store":
-                self.store(op[1])
-            elif kind == "n_action":
-                self.n_action(op[1], op[2], op[3])
-            elif kind == "release":
+            if isinstance(op, Associate):
+                self.associate(op.request)
+            elif isinstance(op, Store):
+                self.store(op.items)
+            elif isinstance(op, NAction):
+                self.n_action(op)
+            elif isinstance(op, Release):
                 self.release()
-                self.send(("released",))
-            elif kind == "exit":
+                self.send(Released())
+            elif isinstance(op, Exit):
                 self.release()
                 return
 
@@ -353,23 +355,24 @@ class _Child:
         ae.network_timeout = request.timeout_s
         contexts = [build_context(sop_class, list(syntaxes))
                     for sop_class, syntaxes in request.contexts]
-        assoc, failure = associate(
-            ae, request.host, request.port, request.called_ae, contexts=contexts,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.on_report)],
-        )
-        if assoc.is_established:
-            self.assoc = assoc
-            self.send(("associated", True, "", assoc.acceptor.maximum_length))
-        else:
-            self.send(("associated", False, failure, None))
+        try:
+            assoc = associate(
+                ae, request.host, request.port, request.called_ae, contexts=contexts,
+                evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.on_report)], tls=request.tls,
+            )
+        except AssociationError as err:
+            self.send(AssociationFailed.from_error(err))
+            return
+        self.assoc = assoc
+        self.send(Associated(assoc.acceptor.maximum_length))
 
-    def store(self, items: list[tuple[int, str]]) -> None:
+    def store(self, items: Sequence[tuple[int, str]]) -> None:
         for key, path in items:
             if not self.established():
-                self.send(("outcome", StoreOutcome(key, not_sent=True)))
+                self.send(Outcome(StoreOutcome(key, not_sent=True)))
                 continue
-            self.send(("outcome", self.store_one(key, path)))
-        self.send(("stored", self.established()))
+            self.send(Outcome(self.store_one(key, path)))
+        self.send(Stored(self.established()))
 
     def store_one(self, key: int, path: str) -> StoreOutcome:
         from agent.net.transcode import uncompressed_copy
@@ -383,21 +386,20 @@ class _Child:
                 copy = uncompressed_copy(Path(path))
                 status = self.assoc.send_c_store(copy)
         except OSError as err:
-            return StoreOutcome(key, error="unreadable", detail=str(err))
+            return StoreOutcome(key, error=SendError.UNREADABLE, detail=str(err))
         except ValueError as err:
-            return StoreOutcome(key, error="no-context", detail=str(err))
+            return StoreOutcome(key, error=SendError.NO_CONTEXT, detail=str(err))
         except Exception as err:  # noqa: BLE001 - a spooled file that cannot be decoded
             # (pixel codecs raise what they like) must fail this object, not the process
-            return StoreOutcome(key, error="no-context",
+            return StoreOutcome(key, error=SendError.NO_CONTEXT,
                                 detail=f"cannot decompress for the accepted syntax: "
                                        f"{type(err).__name__}: {err}")
-        if status is None or "Status" not in status:
+        code = dimse_status.status_code(status)
+        if code is None:
             return StoreOutcome(key)
-        return StoreOutcome(key, status=int(status.Status),
-                            comment=str(status.get("ErrorComment", "") or ""))
+        return StoreOutcome(key, status=code, comment=str(status.get("ErrorComment", "") or ""))
 
-    def n_action(self, transaction_uid: str, references: list[tuple[str, str]],
-                 wait_s: float) -> None:
+    def n_action(self, request: NAction) -> None:
         from pynetdicom.sop_class import (
             StorageCommitmentPushModel,
             StorageCommitmentPushModelInstance,
@@ -406,19 +408,19 @@ class _Child:
         from agent.net.commitment import build_commitment_request
 
         if not self.established():
-            self.send(("n_action", None, False))
+            self.send(NActionDone(None, established=False))
             return
         self.report_seen.clear()
         status, _reply = self.assoc.send_n_action(
-            build_commitment_request(transaction_uid, references), 1,
+            build_commitment_request(request.transaction_uid, request.references), 1,
             StorageCommitmentPushModel, StorageCommitmentPushModelInstance,
         )
-        code = int(status.Status) if status is not None and "Status" in status else None
-        if code == 0x0000 and wait_s > 0:
+        code = dimse_status.status_code(status)
+        if code == dimse_status.SUCCESS and request.wait_s > 0:
             # once release() has begun pynetdicom drops an incoming N-EVENT-REPORT
             # (DICOM-NOTES.md §4): give an archive that answers here the time to do so
-            self.report_seen.wait(wait_s)
-        self.send(("n_action", code, self.established()))
+            self.report_seen.wait(request.wait_s)
+        self.send(NActionDone(code, self.established()))
 
 
 def child_main(fd: int) -> int:

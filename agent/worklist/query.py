@@ -10,9 +10,10 @@ Two queries (IHE SWF worklist options):
 Both request every return key the images or the console need, and (0008,0005) explicitly:
 some SCPs return it only when asked (DICOM-NOTES 3.4). Results are capped: past
 `max_results` matches the query is cancelled (C-CANCEL; abort if the SCP keeps sending) and the
-result says "more than N". The association is pynetdicom's, through `AgentAE` (TCP_NODELAY,
-bounded timeouts); only Implicit/Explicit VR Little Endian are proposed (no Deflate: no inflate
-bomb from a hostile peer, RELIABILITY.md §2.2).
+result says "more than N". The association comes from the network boundary
+(`agent.net.ae.associate`: TCP_NODELAY, bounded timeouts, DICOM TLS when `[worklist] tls`); only
+Implicit/Explicit VR Little Endian are proposed (no Deflate: no inflate bomb from a hostile
+peer, RELIABILITY.md §2.2).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.status import code_to_category
 
 from agent.config import WorklistSection
+from agent.errors import AssociationError
 from agent.logsetup import quiet_pynetdicom
 from agent.net.ae import CONNECTION_TIMEOUT_S, AgentAE, associate
+from agent.net.status import Category, category, find_meaning
+from agent.net.tls import PeerTls
 from agent.worklist.charset import DEFAULT_FALLBACK
 from agent.worklist.errors import (
     InvalidWorklistQuery,
@@ -225,7 +228,8 @@ def build_identifier(query: Query) -> Dataset:
 def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
                   max_results: int = DEFAULT_MAX_RESULTS,
                   fallback_charsets: Sequence[str] = DEFAULT_FALLBACK,
-                  timeout_s: float = DEFAULT_TIMEOUT_S) -> FindResult:
+                  timeout_s: float = DEFAULT_TIMEOUT_S,
+                  tls: PeerTls | None = None) -> FindResult:
     """Ask the RIS for worklist items.
 
     Parameters
@@ -244,6 +248,9 @@ def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
         Budget of the whole query: TCP connection, association and all responses. Applied per
         message, a RIS that drips one match every timeout_s - epsilon would hold the query
         for minutes (issue 13, finding 11); past it the association is aborted.
+    tls
+        DICOM TLS to the RIS (None: plaintext). A failed handshake is a RISUnreachable whose
+        cause is the TlsHandshakeError; never retried in plaintext.
 
     Returns
     -------
@@ -254,7 +261,8 @@ def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
     InvalidWorklistQuery
         If a query value cannot be sent.
     RISUnreachable
-        If no association could be made (nothing listening, rejected, timed out).
+        If no association could be made (nothing listening, TLS handshake failed, rejected,
+        timed out); its __cause__ is the network boundary's AssociationError.
     WorklistQueryError
         If the C-FIND ended without success: a failure status, `timeout_s` used up or an
         abort. Part of a result is never returned as if it were the whole.
@@ -274,12 +282,14 @@ def find_worklist(peer: WorklistSection, query: Query, *, ae_title: str,
     where = f"RIS {peer.called_ae} at {peer.host}:{peer.port}"
     started = time.monotonic()
     budget = _Budget(started + timeout_s, timeout_s, where)
-    assoc, failure = associate(ae, peer.host, peer.port, peer.called_ae,
-                               evt_handlers=[(evt.EVT_CONN_OPEN, budget.on_connected)])
-    if not assoc.is_established:
+    try:
+        assoc = associate(ae, peer.host, peer.port, peer.called_ae, tls=tls,
+                          evt_handlers=[(evt.EVT_CONN_OPEN, budget.on_connected)])
+    except AssociationError as err:
         if budget.used_up():
-            raise RISUnreachable(f"worklist: {where}: {budget.message('association')}")
-        raise RISUnreachable(f"worklist: {where}: {failure}")
+            raise RISUnreachable(f"worklist: {where}: {budget.message('association')}") \
+                from err
+        raise RISUnreachable(f"worklist: {where}: {err}") from err
     try:
         result = _collect(assoc, identifier, query, where, max_results, tuple(fallback_charsets),
                           started, budget)
@@ -357,7 +367,7 @@ def _collect(assoc: Association, identifier: Dataset, query: Query, where: str, 
                 f"worklist: {where} stopped answering after {responses} response(s) (timeout "
                 "or abort); the query is incomplete and was not used")
         code = int(status.Status)
-        if code_to_category(code) != "Pending":
+        if category(code) is not Category.PENDING:
             final = code
             break
         if response is None and status is previous_status:
@@ -402,12 +412,14 @@ def _collect(assoc: Association, identifier: Dataset, query: Query, where: str, 
         raise WorklistQueryError(f"worklist: {where} ended the query without a final status "
                                  f"after {responses} response(s); not used")
     if final is not None and not cancelled:
-        category = code_to_category(final)
-        if category == "Failure" or category == "Cancel":
+        kind = category(final)
+        if kind in (Category.FAILURE, Category.CANCEL):
+            name = find_meaning(final)
             raise WorklistQueryError(
-                f"worklist: {where} answered C-FIND with 0x{final:04X} ({category}) after "
-                f"{responses} response(s); the query is incomplete and was not used")
-        if category == "Warning":
+                f"worklist: {where} answered C-FIND with 0x{final:04X} ({kind}) after "
+                f"{responses} response(s){': ' + name if name else ''}; the query is "
+                "incomplete and was not used")
+        if kind is Category.WARNING:
             problems.append(f"worklist: the RIS ended the query with warning 0x{final:04X}")
     return FindResult(
         items=tuple(items),

@@ -19,6 +19,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from support.peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
 
+from agent.errors import PeerUnreachable
 from agent.net.commitment import CommitmentReport
 from agent.net.store_process import AssociationRequest, StoreProcess, StoreProcessError
 
@@ -81,7 +82,8 @@ def test_objects_arrive_and_each_gets_its_outcome(tmp_path: Path, storescp: tupl
     port, out = storescp
     paths = [tmp_path / f"{i}.dcm" for i in range(5)]
     uids = {write_sc(p) for p in paths}
-    assert sender.associate(request(port)) == (True, "")
+    sender.associate(request(port))
+    assert sender.is_established
     assert sender.max_pdu == 16384          # storescp's default, as negotiated
     outcomes = list(sender.store(list(enumerate(paths))))
     assert [o.key for o in outcomes] == [0, 1, 2, 3, 4]
@@ -91,7 +93,7 @@ def test_objects_arrive_and_each_gets_its_outcome(tmp_path: Path, storescp: tupl
     # the same child serves the next association
     more = tmp_path / "more.dcm"
     uids.add(write_sc(more))
-    assert sender.associate(request(port))[0]
+    sender.associate(request(port))
     assert [o.status for o in sender.store([(9, more)])] == [0]
     sender.release()
     assert received_uids(out) == uids
@@ -115,7 +117,7 @@ def test_unreadable_file_and_unfitting_syntax_are_told_apart(
     ds.file_meta.TransferSyntaxUID = JPEG_LS_LOSSLESS
     ds.PixelData = encapsulate([b"not a JPEG-LS codestream"])
     ds.save_as(corrupt, enforce_file_format=True)
-    assert sender.associate(request(port, ((SC, (ExplicitVRLittleEndian,)),)))[0]
+    sender.associate(request(port, ((SC, (ExplicitVRLittleEndian,)),)))
     outcomes = {o.key: o for o in sender.store(
         [(1, tmp_path / "missing.dcm"), (2, compressed), (3, corrupt), (4, good)])}
     assert outcomes[1].error == "unreadable" and "missing.dcm" in outcomes[1].detail
@@ -126,10 +128,11 @@ def test_unreadable_file_and_unfitting_syntax_are_told_apart(
     assert received_uids(out) == uids
 
 
-def test_no_archive_is_said_in_words(sender: StoreProcess) -> None:
-    established, why = sender.associate(request(free_port()))
-    assert not established
-    assert why.startswith("no connection to 127.0.0.1:")
+def test_no_archive_is_raised_by_type_and_said_in_words(sender: StoreProcess) -> None:
+    with pytest.raises(PeerUnreachable, match=r"^no connection to 127\.0\.0\.1:\d+ "
+                                              r"\(connection refused\)$"):
+        sender.associate(request(free_port()))
+    assert not sender.is_established
 
 
 def test_a_killed_child_is_an_error_and_the_next_call_starts_another(
@@ -143,7 +146,7 @@ def test_a_killed_child_is_an_error_and_the_next_call_starts_another(
     os.kill(first_pid, signal.SIGKILL)
     with pytest.raises(StoreProcessError, match="ended unexpectedly"):
         sender.associate(request(port))
-    assert sender.associate(request(port))[0]
+    sender.associate(request(port))
     assert sender.pid not in (None, first_pid)
     assert [o.status for o in sender.store([(1, path)])] == [0]
     sender.release()

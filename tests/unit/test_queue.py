@@ -421,8 +421,8 @@ class AbortingArchive:
         self.is_established = False
         self.max_pdu = 16384
 
-    def associate(self, request: object) -> tuple[bool, str]:
-        return True, ""
+    def associate(self, request: object) -> None:
+        pass
 
     def store(self, items: list[tuple[int, Path]]) -> Iterator[StoreOutcome]:
         aborted = False
