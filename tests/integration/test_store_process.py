@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,13 @@ from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from support.certs import make_tls_world
 from support.peers import LOCALHOST, free_port, start_storescp, stop_process, wait_until
 
-from agent.errors import PeerUnreachable
+from agent.errors import PeerUnreachable, TlsHandshakeError
 from agent.net.commitment import CommitmentReport
 from agent.net.store_process import AssociationRequest, StoreProcess, StoreProcessError
+from agent.net.tls import PeerTls, TlsIdentity
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
@@ -204,3 +207,34 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
     except (FileNotFoundError, IndexError):
         return True
+
+
+def test_the_child_stores_over_tls_with_its_own_context_and_never_in_plaintext(
+        tmp_path: Path, sender: StoreProcess) -> None:
+    """The request carries the PeerTls (a picklable record); the child builds the SSL context.
+    Against a plaintext archive the same request is a TLS error and nothing arrives."""
+    world = make_tls_world(tmp_path / "tls", key_type="rsa")
+    tls = PeerTls(TlsIdentity(world.client.certificate, world.client.private_key,
+                              world.ca.certificate))
+    port, out = free_port(), tmp_path / "received-tls"
+    server = world.server
+    process = start_storescp(out, port, extra_args=[
+        "+tls", str(server.private_key), str(server.certificate), "+cf", str(server.ca_file)])
+    try:
+        path = tmp_path / "a.dcm"
+        uid = write_sc(path)
+        sender.associate(replace(request(port), tls=tls))
+        assert [o.status for o in sender.store([(1, path)])] == [0]
+        sender.release()
+        assert received_uids(out) == {uid}
+    finally:
+        stop_process(process)
+    plain_port, plain_out = free_port(), tmp_path / "received-plain"
+    plaintext = start_storescp(plain_out, plain_port)
+    try:
+        with pytest.raises(TlsHandshakeError, match="connection closed during the handshake"):
+            sender.associate(replace(request(plain_port), tls=tls))
+        assert not sender.is_established
+        assert received_uids(plain_out) == set()
+    finally:
+        stop_process(plaintext)
