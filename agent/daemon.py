@@ -20,6 +20,7 @@ from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder
 from agent.iod import UIDSource, encoder_status
 from agent.listener import CommitmentReportHandler, Listener
 from agent.mpps import MppsClient
+from agent.net.tls import check_tls
 from agent.procedures import Procedures
 from agent.queue import QueueStore
 from agent.queue.store import read_counts
@@ -73,6 +74,7 @@ def preflight(config: AgentConfig) -> list[str]:
         problems.append(f"{name}: [agent] spool_dir: expected a folder this user can write, "
                         f"got {str(spool)!r} ({existing} is not writable)")
     problems.extend(check_spool_location(config))
+    problems.extend(check_tls(config))
     return problems
 
 

@@ -32,6 +32,7 @@ from agent.forwarder import Forwarder
 from agent.importer import collect_import_files, read_dicom_file
 from agent.listener import Listener
 from agent.mpps import MppsClient
+from agent.net.tls import EXPIRY_WARNING_DAYS, TlsConfigError, read_certificate
 from agent.procedures import EndStatus, Procedure, ProcedureError, Procedures, check_end
 from agent.queue import QueueStore
 from agent.records import DELIVERED_STATES, DeliveryState, Order, SOPReference
@@ -577,6 +578,7 @@ class Station:
             "worklist": self._worklist_status(),
             "procedures": [p.as_json() for p in self._procedures.all()
                            if p.state == "in_progress"],
+            "tls": self._tls_status(),
             "limits": {"max_frames": self._limits.max_frames,
                        "import_enabled": bool(self._limits.import_folders)},
             "mpps": None if self._parts.mpps is None else [
@@ -585,6 +587,26 @@ class Station:
                  "attempts": s.attempts, "last_error": s.last_error, "failed": s.failed}
                 for s in self._parts.mpps.status()],
         }
+
+    def _tls_status(self) -> dict[str, Any] | None:
+        """Our certificate: whose, until when, and a warning 30 days ahead (a certificate
+        placed on disk is read again here; the agent picks it up at its next restart)."""
+        tls = self._config.tls
+        if tls is None:
+            return None
+        try:
+            info = read_certificate(tls.certificate)
+        except TlsConfigError as err:
+            return {"certificate": str(tls.certificate), "error": str(err)}
+        days_left = info.days_left()
+        warning = ""
+        if days_left < 0:
+            warning = f"our certificate expired {-days_left:.0f} day(s) ago"
+        elif days_left < EXPIRY_WARNING_DAYS:
+            warning = f"our certificate expires in {days_left:.0f} day(s): renew it"
+        return {"certificate": str(tls.certificate), "subject": info.subject,
+                "not_after": info.not_after.isoformat(), "days_left": round(days_left, 1),
+                "profile": tls.profile, "warning": warning}
 
     def _destination_status(self, health: dict[str, Any],
                             counts: dict[str, dict[str, int]]) -> dict[str, Any]:

@@ -181,3 +181,29 @@ def test_an_ended_procedure_takes_no_more_images(parts: Parts) -> None:
     procedure_id = result.procedure["procedure_id"]
     with pytest.raises(AcquisitionError, match="is completed"):
         station.acquire(AcquireRequest(1, OrderChoice(procedure_id=procedure_id)))
+
+
+@pytest.mark.parametrize(("days", "expired", "warning"), [
+    (365, False, ""), (10, False, "expires in 10 day(s)"), (365, True, "expired")])
+def test_status_shows_our_certificate_and_warns_30_days_ahead(
+        tmp_path: Path, days: int, expired: bool, warning: str) -> None:
+    from support.certs import TestCA
+
+    from agent.station import Station as StationClass
+
+    ca = TestCA.create(tmp_path / "ca")
+    pair = ca.issue("modality1", days=days, expired=expired)
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(
+        f'[agent]\nae_title = "MOD"\nspool_dir = "{tmp_path / "spool"}"\n'
+        '[device]\ndriver = "simulated"\n'
+        f'[tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.private_key}"\n'
+        f'ca_file = "{pair.ca_file}"\n'
+        '[[destinations]]\nname = "pacs"\nhost = "127.0.0.1"\nport = 104\n'
+        'called_ae = "PACS"\n')
+    parts = Parts(config=load_config(config_path), queue=None,  # type: ignore[arg-type]
+                  acquisition=None, forwarder=None, listener=None,  # type: ignore[arg-type]
+                  procedures=None)  # type: ignore[arg-type]
+    shown = StationClass(parts, StationLimits())._tls_status()
+    assert shown is not None and "CN=modality1" in shown["subject"]
+    assert warning in shown["warning"] and bool(shown["warning"]) == bool(warning)
