@@ -203,6 +203,7 @@ def cmd_worklist(config: AgentConfig, args: argparse.Namespace) -> int:
         snapshot = api_call(config, "GET", "/api/worklist?refresh=1", timeout_s=60)
     except DaemonUnavailable:
         # the daemon is down: ask the RIS ourselves, falling back to its cache
+        from agent.net.tls import peer_tls
         from agent.worklist import WorklistService
 
         wl = config.worklist
@@ -210,7 +211,8 @@ def cmd_worklist(config: AgentConfig, args: argparse.Namespace) -> int:
             wl, ae_title=config.agent.ae_title, modality=config.modality.modality,
             cache_dir=config.agent.spool_dir / "worklist", max_results=wl.max_results,
             days_before=wl.days_before, days_after=wl.days_after,
-            fallback_charsets=wl.fallback_charsets, timeout_s=wl.timeout_s)
+            fallback_charsets=wl.fallback_charsets, timeout_s=wl.timeout_s,
+            tls=peer_tls(config, wl))
         snapshot = service.refresh_now().as_json()
     if args.json:
         _out(json.dumps(snapshot, ensure_ascii=False))
@@ -280,21 +282,24 @@ def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
 
 def cmd_echo(config: AgentConfig, args: argparse.Namespace) -> int:
     from agent.net.echo import echo
+    from agent.net.tls import peer_tls
 
-    peers = [(d.name, d.host, d.port, d.called_ae) for d in config.destinations]
+    peers = [(d.name, d.host, d.port, d.called_ae, peer_tls(config, d))
+             for d in config.destinations]
     if config.worklist is not None:
         peers.append(("worklist", config.worklist.host, config.worklist.port,
-                      config.worklist.called_ae))
+                      config.worklist.called_ae, peer_tls(config, config.worklist)))
     if config.mpps is not None:
-        peers.append(("mpps", config.mpps.host, config.mpps.port, config.mpps.called_ae))
+        peers.append(("mpps", config.mpps.host, config.mpps.port, config.mpps.called_ae,
+                      peer_tls(config, config.mpps)))
     if args.destination:
         peers = [p for p in peers if p[0] == args.destination]
         if not peers:
             raise AgentError(f"no configured peer named {args.destination!r}")
     failures = 0
     results = []
-    for name, host, port, called_ae in peers:
-        ok, detail, elapsed_s = echo(config.agent.ae_title, host, port, called_ae)
+    for name, host, port, called_ae, tls in peers:
+        ok, detail, elapsed_s = echo(config.agent.ae_title, host, port, called_ae, tls=tls)
         failures += not ok
         results.append({"name": name, "ok": ok, "detail": detail,
                         "ms": round(elapsed_s * 1000, 1)})

@@ -20,7 +20,7 @@ from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder
 from agent.iod import UIDSource, encoder_status
 from agent.listener import CommitmentReportHandler, Listener
 from agent.mpps import MppsClient
-from agent.net.tls import check_tls
+from agent.net.tls import check_tls, peer_tls, server_context, tls_identity
 from agent.procedures import Procedures
 from agent.queue import QueueStore
 from agent.queue.store import read_counts
@@ -94,10 +94,14 @@ class Daemon:
             self.queue, config.destinations,
             retry_commit_s=config.queue.retry_initial_s, on_change=self._notify,
         )
+        identity = tls_identity(config)
         self.listener = Listener(
             ae_title=config.agent.ae_title, host=config.listener.host,
             port=config.listener.port, destinations=config.destinations,
             report_handler=self.report_handler,
+            # a TLS listener accepts only TLS, from certificates our CAs signed (issue 14)
+            ssl_context=(server_context(identity)
+                         if config.listener.tls and identity is not None else None),
         )
         workers = []
         for d in config.destinations:
@@ -107,7 +111,7 @@ class Daemon:
                                   queue_config=config.queue, uids=self.uids,
                                   report_handler=self.report_handler.handle_report,
                                   on_change=self._notify,
-                                  index=i, health=health)
+                                  index=i, health=health, tls=peer_tls(config, d))
                 # one association per worker: associations are not thread-safe
                 for i in range(d.max_associations)
             ]
@@ -126,6 +130,7 @@ class Daemon:
                 station_name=config.modality.station_name,
                 retry_initial_s=config.queue.retry_initial_s,
                 retry_max_s=config.queue.retry_max_s,
+                tls=peer_tls(config, config.mpps),
             )
         # the procedures file is read when the spool is open and locked (start())
         self.procedures: Procedures | None = None
@@ -150,7 +155,7 @@ class Daemon:
                 cache_dir=config.agent.spool_dir / "worklist", max_results=wl.max_results,
                 days_before=wl.days_before, days_after=wl.days_after,
                 fallback_charsets=wl.fallback_charsets, timeout_s=wl.timeout_s,
-                acquired=procedures.was_acquired,
+                acquired=procedures.was_acquired, tls=peer_tls(config, wl),
             )
         api = config.api
         station = Station(

@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.config import WorklistSection
 from agent.errors import AgentError
+from agent.net.tls import PeerTls
 from agent.worklist.cache import CachedWorklist, WorklistCache
 from agent.worklist.charset import DEFAULT_FALLBACK
 from agent.worklist.errors import (
@@ -109,6 +110,7 @@ class WorklistService:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         jitter_fraction: float = DEFAULT_JITTER_FRACTION,
         error_backoff_s: float = DEFAULT_ERROR_BACKOFF_S,
+        tls: PeerTls | None = None,
         rng: random.Random | None = None,
         today: Callable[[], date] = date.today,
         wall_clock: Callable[[], float] = time.time,
@@ -132,6 +134,8 @@ class WorklistService:
         self.days_after = days_after
         self.fallback_charsets = tuple(fallback_charsets)
         self.timeout_s = timeout_s
+        #: DICOM TLS to the RIS ([worklist] tls = true); never a plaintext fallback
+        self.tls = tls
         self.jitter_fraction = jitter_fraction
         self.error_backoff_s = error_backoff_s
         self.cache = WorklistCache(cache_dir)
@@ -256,7 +260,7 @@ class WorklistService:
                 result = find_worklist(self.config, query, ae_title=self.ae_title,
                                        max_results=self.max_results,
                                        fallback_charsets=self.fallback_charsets,
-                                       timeout_s=self.timeout_s)
+                                       timeout_s=self.timeout_s, tls=self.tls)
             except WorklistQueryError as err:
                 self._record_failure(str(err))
             else:
@@ -328,7 +332,7 @@ class WorklistService:
         result = find_worklist(self.config, query, ae_title=self.ae_title,
                                max_results=self.max_results,
                                fallback_charsets=self.fallback_charsets,
-                               timeout_s=self.timeout_s)
+                               timeout_s=self.timeout_s, tls=self.tls)
         marked, problems = self._mark(result.items)
         return dataclasses.replace(result, items=marked, problems=result.problems + problems)
 
