@@ -1,12 +1,14 @@
-"""DICOM objects from frames: UIDs, IOD modules, the SC family and DX, Part 10 bytes in
-Explicit VR Little Endian or a lossless compressed transfer syntax.
+"""DICOM objects from frames: UIDs, IOD modules, the SC family, DX and Video Photographic,
+Part 10 bytes in Explicit VR Little Endian or a lossless compressed transfer syntax. Each IOD is
+a module table (`agent.iod.iods.IODS`); builders add module by module and never delete.
 
 No I/O here (no sockets, files or clock reads): UIDs and times are arguments, so the output
 can be checked byte by byte. Never imports agent.net, agent.queue or pynetdicom.
 """
 
 from agent.iod.images import KNOWN_IODS, MULTIFRAME_IODS, build_image
-from agent.iod.modules import SC_IMAGE_STORAGE, SPECIFIC_CHARACTER_SET, ConversionType
+from agent.iod.iods import IODS, SC_IMAGE_STORAGE, IODSpec, ModuleUsage, Usage
+from agent.iod.modules import ConversionType
 from agent.iod.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -26,10 +28,12 @@ from agent.iod.transfer_syntax import (
     transfer_syntax_uid,
 )
 from agent.iod.uids import UIDSource, is_valid_uid
+from agent.iod.valuerep import SPECIFIC_CHARACTER_SET
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "IODS",
     "KNOWN_IODS",
     "KNOWN_TRANSFER_SYNTAXES",
     "MULTIFRAME_IODS",
@@ -37,7 +41,10 @@ __all__ = [
     "SPECIFIC_CHARACTER_SET",
     "ConversionType",
     "EncoderStatus",
+    "IODSpec",
+    "ModuleUsage",
     "UIDSource",
+    "Usage",
     "build_image",
     "build_secondary_capture",
     "compressed_copy",

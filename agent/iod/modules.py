@@ -8,37 +8,45 @@ up in a log, and patient data must not (STYLE.md, Logging).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from datetime import datetime, tzinfo
+from datetime import datetime
 from enum import StrEnum
 
 import numpy as np
-from pydicom import config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.valuerep import format_number_as_ds
 
 from agent.errors import IODError
-from agent.iod.uids import is_valid_uid
+from agent.iod.iods import (
+    DX_FOR_PRESENTATION,
+    MULTIFRAME_GRAYSCALE_BYTE_SC,
+    MULTIFRAME_GRAYSCALE_WORD_SC,
+    MULTIFRAME_TRUE_COLOR_SC,
+    SC_IMAGE_STORAGE,
+    VIDEO_PHOTOGRAPHIC_IMAGE,
+)
+from agent.iod.valuerep import (
+    MAX_IS,
+    MAX_VALUE_LENGTH,
+    SPECIFIC_CHARACTER_SET,
+    check_cs,
+    check_dt,
+    check_integer,
+    check_pn,
+    check_text,
+    check_uid,
+    date_part,
+    format_dt,
+    local_datetime,
+    put,
+    time_part,
+)
 from agent.records import Code, DeviceInfo, Order, SeriesContext, SOPReference
 from drivers.frame import Frame
 
-#: Secondary Capture Image Storage (PS3.4 B.5)
-SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-
-#: UTF-8 (PS3.3 C.12.1.1.2): every name a worklist can send us is representable
-SPECIFIC_CHARACTER_SET = "ISO_IR 192"
-
 #: Type of Patient ID (0010,0022) defined terms (PS3.3 C.7.1.1)
 TYPES_OF_PATIENT_ID = ("TEXT", "RFID", "BARCODE")
-
-#: largest value of an IS attribute (PS3.5 Table 6.2-1: a signed 32-bit integer)
-MAX_IS = 2**31 - 1
-
-#: largest even value length a 32-bit length field can carry (0xFFFFFFFF means undefined)
-MAX_VALUE_LENGTH = 0xFFFFFFFE
 
 
 class ConversionType(StrEnum):
@@ -54,144 +62,11 @@ class ConversionType(StrEnum):
     SYNTHETIC_IMAGE = "SYN"
 
 
-# --- value checks -------------------------------------------------------------------------
-
-#: control characters, and the backslash that separates values (PS3.5 6.2: not allowed in
-#: SH, LO, PN, CS); ESC is a control character too, and ISO_IR 192 never needs it
-_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f\\]")
-_CS_PATTERN = re.compile(r"[A-Z0-9 _]*")
-_DT_PATTERN = re.compile(r"\d{14}(\.\d{1,6})?")
-
-
-def check_text(module: str, keyword: str, value: object, max_chars: int, *,
-               phi: bool = False, required: bool = False) -> None:
-    """Raise IODError unless `value` is an SH (16) / LO (64) style value: a str of at most
-    `max_chars` characters, without control characters or backslash, encodable in UTF-8.
-    With `phi`, the message leaves the value out."""
-    shown = "" if phi else f" {value!r}"
-    if not isinstance(value, str):
-        raise IODError(f"{module}: {keyword} must be text, got {type(value).__name__}")
-    if required and not value.strip():
-        raise IODError(f"{module}: {keyword} is Type 1 and must not be empty")
-    if len(value) > max_chars:
-        raise IODError(
-            f"{module}: {keyword}{shown} has {len(value)} characters, at most {max_chars} allowed"
-        )
-    if _FORBIDDEN_IN_TEXT.search(value):
-        raise IODError(
-            f"{module}: {keyword}{shown} contains a control character or a backslash"
-        )
-    _check_utf8(module, keyword, value)
-
-
-def _check_utf8(module: str, keyword: str, value: str) -> None:
-    """Every str can be written in ISO_IR 192 except one holding lone surrogates (e.g. bytes
-    decoded with errors="surrogateescape"); catch those here, not halfway through writing."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise IODError(
-            f"{module}: {keyword} holds a character at position {err.start} that UTF-8 "
-            f"({SPECIFIC_CHARACTER_SET}) cannot encode"
-        ) from err
-
-
-def _check_cs(module: str, keyword: str, value: object, *, required: bool = False) -> None:
-    """CS: at most 16 of A-Z, 0-9, space, underscore (PS3.5 Table 6.2-1)."""
-    check_text(module, keyword, value, 16, required=required)
-    if not isinstance(value, str) or not _CS_PATTERN.fullmatch(value):
-        raise IODError(
-            f"{module}: {keyword} {value!r} may hold only upper-case letters, digits, space "
-            "and underscore"
-        )
-
-
-def _check_pn(module: str, keyword: str, value: object) -> None:
-    """PN: up to 3 component groups (alphabetic=ideographic=phonetic) of up to 64 characters
-    and 5 components each (PS3.5 6.2.1). Never shows the value: it is a person's name."""
-    if not isinstance(value, str):
-        raise IODError(f"{module}: {keyword} must be text, got {type(value).__name__}")
-    if _FORBIDDEN_IN_TEXT.search(value):
-        raise IODError(f"{module}: {keyword} contains a control character or a backslash")
-    _check_utf8(module, keyword, value)
-    groups = value.split("=")
-    if len(groups) > 3:
-        raise IODError(f"{module}: {keyword} has {len(groups)} component groups, at most 3")
-    for group in groups:
-        if len(group) > 64:
-            raise IODError(
-                f"{module}: {keyword} has a component group of {len(group)} characters, "
-                "at most 64"
-            )
-        if group.count("^") > 4:
-            raise IODError(
-                f"{module}: {keyword} has {group.count('^') + 1} components, at most 5 "
-                "(Family^Given^Middle^Prefix^Suffix)"
-            )
-
-
-def check_uid(module: str, keyword: str, value: object) -> None:
-    """Raise IODError unless `value` is a valid UID (PS3.5 §9.1)."""
-    if not is_valid_uid(value):
-        raise IODError(
-            f"{module}: {keyword} {value!r} is not a valid UID (digits and dots, no leading "
-            "zeros in a component, 1-64 characters)"
-        )
-
-
-def _check_dt(module: str, keyword: str, value: object) -> None:
-    """A DT without offset, YYYYMMDDHHMMSS[.FFFFFF], that names a real instant."""
-    if not isinstance(value, str) or not _DT_PATTERN.fullmatch(value):
-        raise IODError(f"{module}: {keyword} {value!r} is not YYYYMMDDHHMMSS[.FFFFFF]")
-    try:
-        datetime.strptime(value[:14], "%Y%m%d%H%M%S")
-    except ValueError as err:
-        raise IODError(f"{module}: {keyword} {value!r} is not a valid date and time") from err
-
-
-def check_integer(module: str, keyword: str, value: object, low: int, high: int) -> None:
-    """Raise IODError unless `value` is an int (not a bool) in low..high."""
-    # bool is an int: reject it explicitly (STYLE.md, Config)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise IODError(f"{module}: {keyword} must be an integer {low}..{high}, got {value!r}")
-
-
-def _put(ds: Dataset, keyword: str, value: object, *, vr: str | None = None) -> None:
-    """Set one attribute, validated with RAISE: pydicom checks a new element against its
-    *reading* validation mode (WARN by default), which would let a bad value through with
-    only a warning."""
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise IODError(f"{keyword} is not a DICOM keyword")  # a bug in this module
-    ds[tag] = DataElement(tag, vr or dictionary_VR(tag), value, validation_mode=config.RAISE)
-
-
-# --- times -----------------------------------------------------------------------------
-
-def local_datetime(t_wall: float, tz: tzinfo | None = None) -> datetime:
-    """The wall-clock time `t_wall` (seconds since the epoch) in `tz`, or in this machine's
-    local zone when `tz` is None. A conversion, not a clock read."""
-    return datetime.fromtimestamp(t_wall, tz=tz)
-
-
-def format_dt(moment: datetime) -> str:
-    """DICOM DT without offset: YYYYMMDDHHMMSS.FFFFFF (the wall-clock fields of `moment`)."""
-    return moment.strftime("%Y%m%d%H%M%S.%f")
-
-
-def _date_part(dt_value: str) -> str:
-    return dt_value[:8]
-
-
-def _time_part(dt_value: str) -> str:
-    return dt_value[8:]
-
-
 # --- Patient (C.7.1.1) ---------------------------------------------------------------------
 
 def check_patient(order: Order) -> None:
     """Patient Name/ID/Birth Date/Sex are Type 2 (may be empty); the rest must be valid."""
-    _check_pn("Patient", "PatientName", order.patient_name)
+    check_pn("Patient", "PatientName", order.patient_name)
     check_text("Patient", "PatientID", order.patient_id, 64, phi=True)
     check_text("Patient", "IssuerOfPatientID", order.issuer_of_patient_id, 64)
     birth_date = order.patient_birth_date
@@ -220,22 +95,22 @@ def check_patient(order: Order) -> None:
 
 def add_patient_module(ds: Dataset, order: Order) -> None:
     """Patient module: copied from the order (IHE SWF: from the worklist, unchanged)."""
-    _put(ds, "PatientName", order.patient_name)
-    _put(ds, "PatientID", order.patient_id)
+    put(ds, "PatientName", order.patient_name)
+    put(ds, "PatientID", order.patient_id)
     if order.issuer_of_patient_id:
-        _put(ds, "IssuerOfPatientID", order.issuer_of_patient_id)
-    _put(ds, "PatientBirthDate", order.patient_birth_date)
-    _put(ds, "PatientSex", order.patient_sex)
+        put(ds, "IssuerOfPatientID", order.issuer_of_patient_id)
+    put(ds, "PatientBirthDate", order.patient_birth_date)
+    put(ds, "PatientSex", order.patient_sex)
     if order.other_patient_ids:
         items = []
         for other in order.other_patient_ids:
             item = Dataset()
-            _put(item, "PatientID", other.patient_id)
+            put(item, "PatientID", other.patient_id)
             if other.issuer_of_patient_id:
-                _put(item, "IssuerOfPatientID", other.issuer_of_patient_id)
-            _put(item, "TypeOfPatientID", other.type_of_patient_id)
+                put(item, "IssuerOfPatientID", other.issuer_of_patient_id)
+            put(item, "TypeOfPatientID", other.type_of_patient_id)
             items.append(item)
-        _put(ds, "OtherPatientIDsSequence", items)
+        put(ds, "OtherPatientIDsSequence", items)
 
 
 # --- Patient Study (C.7.2.2) ---------------------------------------------------------------
@@ -248,7 +123,7 @@ def check_patient_study(order: Order) -> None:
 def add_patient_study_module(ds: Dataset, order: Order) -> None:
     """Patient Study module: only Admission ID, copied from the worklist when it has one."""
     if order.admission_id:
-        _put(ds, "AdmissionID", order.admission_id)
+        put(ds, "AdmissionID", order.admission_id)
 
 
 # --- Code Sequence Macro (PS3.3 Table 8.8-1) and SOP Instance Reference (Table 10-11) --------
@@ -273,11 +148,11 @@ def code_sequence(codes: tuple[Code, ...]) -> list[Dataset]:
     items = []
     for code in codes:
         item = Dataset()
-        _put(item, "CodeValue", code.value)
-        _put(item, "CodingSchemeDesignator", code.scheme)
+        put(item, "CodeValue", code.value)
+        put(item, "CodingSchemeDesignator", code.scheme)
         if code.scheme_version:
-            _put(item, "CodingSchemeVersion", code.scheme_version)
-        _put(item, "CodeMeaning", code.meaning)
+            put(item, "CodingSchemeVersion", code.scheme_version)
+        put(item, "CodeMeaning", code.meaning)
         items.append(item)
     return items
 
@@ -307,8 +182,8 @@ def check_general_study(order: Order, series: SeriesContext) -> None:
             "General Study: StudyInstanceUID of the series differs from the scheduled "
             f"order's {order.study_instance_uid!r}; a scheduled study keeps the worklist's UID"
         )
-    _check_dt("General Study", "StudyDateTime", series.study_datetime)
-    _check_pn("General Study", "ReferringPhysicianName", order.referring_physician_name)
+    check_dt("General Study", "StudyDateTime", series.study_datetime)
+    check_pn("General Study", "ReferringPhysicianName", order.referring_physician_name)
     check_text("General Study", "StudyID", series.study_id, 16)
     check_text("General Study", "AccessionNumber", order.accession_number, 16)
     check_text("General Study", "StudyDescription", order.requested_procedure_description, 64)
@@ -329,38 +204,38 @@ def check_general_study(order: Order, series: SeriesContext) -> None:
 def add_general_study_module(ds: Dataset, order: Order, series: SeriesContext) -> None:
     """General Study module; Study Description from the Requested Procedure Description
     (RAD TF-2x Appendix A)."""
-    _put(ds, "StudyInstanceUID", series.study_instance_uid)
-    _put(ds, "StudyDate", _date_part(series.study_datetime))
-    _put(ds, "StudyTime", _time_part(series.study_datetime))
-    _put(ds, "ReferringPhysicianName", order.referring_physician_name)
-    _put(ds, "StudyID", series.study_id)
-    _put(ds, "AccessionNumber", order.accession_number if order.scheduled else "")
+    put(ds, "StudyInstanceUID", series.study_instance_uid)
+    put(ds, "StudyDate", date_part(series.study_datetime))
+    put(ds, "StudyTime", time_part(series.study_datetime))
+    put(ds, "ReferringPhysicianName", order.referring_physician_name)
+    put(ds, "StudyID", series.study_id)
+    put(ds, "AccessionNumber", order.accession_number if order.scheduled else "")
     if order.requested_procedure_description:
-        _put(ds, "StudyDescription", order.requested_procedure_description)
+        put(ds, "StudyDescription", order.requested_procedure_description)
     if order.referenced_studies:
         # Type 3; copied from the worklist unchanged (RAD TF-2x Appendix A)
         references = []
         for reference in order.referenced_studies:
             item = Dataset()
-            _put(item, "ReferencedSOPClassUID", reference.sop_class_uid)
-            _put(item, "ReferencedSOPInstanceUID", reference.sop_instance_uid)
+            put(item, "ReferencedSOPClassUID", reference.sop_class_uid)
+            put(item, "ReferencedSOPInstanceUID", reference.sop_instance_uid)
             references.append(item)
-        _put(ds, "ReferencedStudySequence", references)
+        put(ds, "ReferencedStudySequence", references)
     if order.requested_procedure_codes:
         # Procedure Code Sequence from the Requested Procedure Code Sequence (Appendix A)
-        _put(ds, "ProcedureCodeSequence", code_sequence(order.requested_procedure_codes))
+        put(ds, "ProcedureCodeSequence", code_sequence(order.requested_procedure_codes))
 
 
 # --- General Series (C.7.3.1) -----------------------------------------------------------
 
 def check_general_series(order: Order, device: DeviceInfo, series: SeriesContext) -> None:
     """Modality is Type 1; a scheduled order must carry the IDs of its Request Attributes."""
-    _check_cs("General Series", "Modality", device.modality, required=True)
+    check_cs("General Series", "Modality", device.modality, required=True)
     check_uid("General Series", "SeriesInstanceUID", series.series_instance_uid)
     if series.series_instance_uid == series.study_instance_uid:
         raise IODError("General Series: SeriesInstanceUID equals the StudyInstanceUID")
     check_integer("General Series", "SeriesNumber", series.series_number, 0, MAX_IS)
-    _check_dt("General Series", "SeriesDateTime", series.series_datetime)
+    check_dt("General Series", "SeriesDateTime", series.series_datetime)
     if order.scheduled:
         # Request Attributes Macro (PS3.3 Table 10-9): both IDs are 1C, "required if
         # procedure was scheduled"
@@ -375,47 +250,53 @@ def check_general_series(order: Order, device: DeviceInfo, series: SeriesContext
 
 
 def add_general_series_module(ds: Dataset, order: Order, device: DeviceInfo,
-                              series: SeriesContext) -> None:
-    """General Series module, with the Request Attributes Sequence for a scheduled order."""
-    _put(ds, "Modality", device.modality)
-    _put(ds, "SeriesInstanceUID", series.series_instance_uid)
-    _put(ds, "SeriesNumber", series.series_number)
-    # Type 2C (required for paired body parts when Image Laterality is absent). We cannot
-    # know the body part; present-but-empty says "unknown", while absence makes dciodvfy
-    # report an error for SC (PEERS.md, dciodvfy).
-    _put(ds, "Laterality", "")
-    _put(ds, "SeriesDate", _date_part(series.series_datetime))
-    _put(ds, "SeriesTime", _time_part(series.series_datetime))
+                              series: SeriesContext, *, modality: str | None = None,
+                              laterality_unknown: bool = True) -> None:
+    """General Series module, with the Request Attributes Sequence for a scheduled order.
+
+    `modality`: the value the IOD fixes (DX, XC), else the device's. `laterality_unknown`:
+    write Laterality empty. It is Type 2C, required for paired body parts when Image
+    Laterality is absent; when we know neither the body part nor an Image Laterality,
+    present-but-empty says "unknown", while absence makes dciodvfy report an error for SC
+    (PEERS.md, dciodvfy). An IOD with Image Laterality (DX) or a named region (VL) leaves
+    it out: dciodvfy refuses it next to either."""
+    put(ds, "Modality", modality or device.modality)
+    put(ds, "SeriesInstanceUID", series.series_instance_uid)
+    put(ds, "SeriesNumber", series.series_number)
+    if laterality_unknown:
+        put(ds, "Laterality", "")
+    put(ds, "SeriesDate", date_part(series.series_datetime))
+    put(ds, "SeriesTime", time_part(series.series_datetime))
     if order.scheduled:
         item = Dataset()
-        _put(item, "RequestedProcedureID", order.requested_procedure_id)
+        put(item, "RequestedProcedureID", order.requested_procedure_id)
         if order.accession_number:
-            _put(item, "AccessionNumber", order.accession_number)
-        _put(item, "StudyInstanceUID", series.study_instance_uid)
+            put(item, "AccessionNumber", order.accession_number)
+        put(item, "StudyInstanceUID", series.study_instance_uid)
         if order.requested_procedure_description:
-            _put(item, "RequestedProcedureDescription", order.requested_procedure_description)
-        _put(item, "ScheduledProcedureStepID", order.sps_id)
+            put(item, "RequestedProcedureDescription", order.requested_procedure_description)
+        put(item, "ScheduledProcedureStepID", order.sps_id)
         if order.requested_procedure_codes:
-            _put(item, "RequestedProcedureCodeSequence",
+            put(item, "RequestedProcedureCodeSequence",
                  code_sequence(order.requested_procedure_codes))
         if order.sps_description:
-            _put(item, "ScheduledProcedureStepDescription", order.sps_description)
+            put(item, "ScheduledProcedureStepDescription", order.sps_description)
         if order.scheduled_protocol_codes:
-            _put(item, "ScheduledProtocolCodeSequence",
+            put(item, "ScheduledProtocolCodeSequence",
                  code_sequence(order.scheduled_protocol_codes))
-        _put(ds, "RequestAttributesSequence", [item])
+        put(ds, "RequestAttributesSequence", [item])
     pps = order.performed_procedure_step
     if pps is not None:
         # RAD TF-2x Appendix A: every image names its MPPS; a series never spans two
         reference = Dataset()
-        _put(reference, "ReferencedSOPClassUID", pps.referenced_sop_class_uid)
-        _put(reference, "ReferencedSOPInstanceUID", pps.referenced_sop_instance_uid)
-        _put(ds, "ReferencedPerformedProcedureStepSequence", [reference])
-        _put(ds, "PerformedProcedureStepID", pps.pps_id)
-        _put(ds, "PerformedProcedureStepStartDate", pps.pps_start_date)
-        _put(ds, "PerformedProcedureStepStartTime", pps.pps_start_time)
+        put(reference, "ReferencedSOPClassUID", pps.referenced_sop_class_uid)
+        put(reference, "ReferencedSOPInstanceUID", pps.referenced_sop_instance_uid)
+        put(ds, "ReferencedPerformedProcedureStepSequence", [reference])
+        put(ds, "PerformedProcedureStepID", pps.pps_id)
+        put(ds, "PerformedProcedureStepStartDate", pps.pps_start_date)
+        put(ds, "PerformedProcedureStepStartTime", pps.pps_start_time)
         if pps.pps_description:
-            _put(ds, "PerformedProcedureStepDescription", pps.pps_description)
+            put(ds, "PerformedProcedureStepDescription", pps.pps_description)
 
 
 # --- General Equipment (C.7.5.1) and SC Equipment (C.8.6.1) ------------------------------
@@ -433,7 +314,7 @@ def check_general_equipment(device: DeviceInfo) -> None:
 
 def add_general_equipment_module(ds: Dataset, device: DeviceInfo) -> None:
     """General Equipment module: Manufacturer is Type 2, the rest Type 3 (left out if empty)."""
-    _put(ds, "Manufacturer", device.manufacturer)
+    put(ds, "Manufacturer", device.manufacturer)
     optional = (("InstitutionName", device.institution_name),
                 ("StationName", device.station_name),
                 ("ManufacturerModelName", device.model_name),
@@ -441,7 +322,7 @@ def add_general_equipment_module(ds: Dataset, device: DeviceInfo) -> None:
                 ("SoftwareVersions", device.software_versions))
     for keyword, value in optional:
         if value:
-            _put(ds, keyword, value)
+            put(ds, keyword, value)
 
 
 def check_sc_equipment(conversion_type: object) -> ConversionType:
@@ -457,7 +338,7 @@ def check_sc_equipment(conversion_type: object) -> ConversionType:
 
 def add_sc_equipment_module(ds: Dataset, conversion_type: ConversionType) -> None:
     """SC Equipment module. Its Modality (0008,0060) is General Series' attribute too."""
-    _put(ds, "ConversionType", conversion_type.value)
+    put(ds, "ConversionType", conversion_type.value)
 
 
 # --- General Image (C.7.6.1) -------------------------------------------------------------
@@ -468,24 +349,34 @@ def check_general_image(instance_number: object) -> None:
 
 
 def add_general_image_module(ds: Dataset, *, instance_number: int, content_datetime: str,
-                             derived: bool, monochrome: bool) -> None:
+                             derived: bool, monochrome: bool,
+                             patient_orientation: tuple[str, str] | None = None) -> None:
     """General Image module. ORIGINAL: the pixels are the device's own acquisition (C.7.6.1.1.2);
     DERIVED for pixels made from other images (e.g. an imported screenshot). Grayscale gets
     Presentation LUT Shape IDENTITY (Type 3 here, C.7.6.1.1.11): display as stored,
     MONOCHROME2 = low values dark, as C.8.6.3 asks of grayscale SC."""
-    _put(ds, "InstanceNumber", instance_number)
-    # Type 2C: SC has no Image Orientation (Patient), and we do not know the orientation
-    _put(ds, "PatientOrientation", "")
-    _put(ds, "ContentDate", _date_part(content_datetime))
-    _put(ds, "ContentTime", _time_part(content_datetime))
-    _put(ds, "AcquisitionDateTime", content_datetime)
-    _put(ds, "ImageType", ["DERIVED" if derived else "ORIGINAL", "PRIMARY"])
+    put(ds, "InstanceNumber", instance_number)
+    # Type 2C: no Image Orientation (Patient) here; empty when we do not know it (Type 1 in
+    # DX Image, where the caller must know it)
+    put(ds, "PatientOrientation",
+        "" if patient_orientation is None else list(patient_orientation))
+    put(ds, "ContentDate", date_part(content_datetime))
+    put(ds, "ContentTime", time_part(content_datetime))
+    put(ds, "ImageType", ["DERIVED" if derived else "ORIGINAL", "PRIMARY"])
     # the frame carries no text burned in by us; a device that overlays text would say YES
-    _put(ds, "BurnedInAnnotation", "NO")
+    put(ds, "BurnedInAnnotation", "NO")
     # never lossy here; a later lossy re-encode must set "01" and never reset it (C.7.6.1.1.5)
-    _put(ds, "LossyImageCompression", "00")
+    put(ds, "LossyImageCompression", "00")
     if monochrome:
-        _put(ds, "PresentationLUTShape", "IDENTITY")
+        put(ds, "PresentationLUTShape", "IDENTITY")
+
+
+# --- General Acquisition (C.7.10.1) -----------------------------------------------------
+
+def add_general_acquisition_module(ds: Dataset, *, acquisition_datetime: str) -> None:
+    """General Acquisition module: Acquisition DateTime (Type 3), when the first frame was
+    read out."""
+    put(ds, "AcquisitionDateTime", acquisition_datetime)
 
 
 # --- Image Pixel (C.7.6.3) ---------------------------------------------------------------
@@ -562,20 +453,32 @@ def pixel_data_bytes(frame: Frame) -> bytes:
     return data
 
 
-def add_image_pixel_module(ds: Dataset, frame: Frame) -> None:
-    """Image Pixel module: unsigned samples, OB for 8-bit and OW for 16-bit Pixel Data."""
+def add_image_pixel_module(ds: Dataset, frames: Frame | Sequence[Frame]) -> None:
+    """Image Pixel module: unsigned samples, OB for 8-bit and OW for 16-bit Pixel Data; with
+    several frames, concatenated frame after frame (PS3.5 §8.2)."""
+    frames = [frames] if isinstance(frames, Frame) else list(frames)
+    frame = frames[0]
     bits_allocated = frame.pixels.dtype.itemsize * 8
-    _put(ds, "SamplesPerPixel", frame.samples_per_pixel)
-    _put(ds, "PhotometricInterpretation", frame.photometric_interpretation)
-    _put(ds, "Rows", frame.rows)
-    _put(ds, "Columns", frame.columns)
-    _put(ds, "BitsAllocated", bits_allocated)
-    _put(ds, "BitsStored", frame.bits_stored)
-    _put(ds, "HighBit", frame.bits_stored - 1)
-    _put(ds, "PixelRepresentation", 0)
+    put(ds, "SamplesPerPixel", frame.samples_per_pixel)
+    put(ds, "PhotometricInterpretation", frame.photometric_interpretation)
+    put(ds, "Rows", frame.rows)
+    put(ds, "Columns", frame.columns)
+    put(ds, "BitsAllocated", bits_allocated)
+    put(ds, "BitsStored", frame.bits_stored)
+    put(ds, "HighBit", frame.bits_stored - 1)
+    put(ds, "PixelRepresentation", 0)
     if frame.samples_per_pixel > 1:
-        _put(ds, "PlanarConfiguration", 0)
-    _put(ds, "PixelData", pixel_data_bytes(frame), vr="OB" if bits_allocated == 8 else "OW")
+        put(ds, "PlanarConfiguration", 0)
+    data = pixel_data_bytes(frame) if len(frames) == 1 else _stacked_bytes(frames)
+    put(ds, "PixelData", data, vr="OB" if bits_allocated == 8 else "OW")
+
+
+def _stacked_bytes(frames: Sequence[Frame]) -> bytes:
+    pixels = np.stack([frame.pixels for frame in frames])
+    data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+    if len(data) % 2:
+        data += b"\x00"
+    return data
 
 
 # --- SC Image (C.8.6.2) ------------------------------------------------------------------
@@ -599,7 +502,7 @@ def add_sc_image_module(ds: Dataset, frame: Frame) -> None:
     own frames, so it is left out."""
     if frame.pixel_spacing_mm is not None:
         spacing = [format_number_as_ds(float(value)) for value in frame.pixel_spacing_mm]
-        _put(ds, "PixelSpacing", spacing)
+        put(ds, "PixelSpacing", spacing)
 
 
 # --- Modality LUT (C.11.1) ---------------------------------------------------------------
@@ -609,9 +512,9 @@ def add_modality_lut_module(ds: Dataset, frame: Frame) -> None:
     single-frame SC the module is optional and says the same: stored values are the output):
     intercept 0, slope 1, unspecified units "US". Colour images have no Modality LUT."""
     if frame.photometric_interpretation == "MONOCHROME2":
-        _put(ds, "RescaleIntercept", "0")
-        _put(ds, "RescaleSlope", "1")
-        _put(ds, "RescaleType", "US")
+        put(ds, "RescaleIntercept", "0")
+        put(ds, "RescaleSlope", "1")
+        put(ds, "RescaleType", "US")
 
 
 # --- SOP Common (C.12.1) -----------------------------------------------------------------
@@ -625,21 +528,14 @@ def add_sop_common_module(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: 
                           created_datetime: str) -> None:
     """SOP Common module. Specific Character Set (0008,0005) governs every text value of the
     object (PS3.5 §6.1); ISO_IR 192 is UTF-8."""
-    _put(ds, "SpecificCharacterSet", SPECIFIC_CHARACTER_SET)
-    _put(ds, "SOPClassUID", sop_class_uid)
-    _put(ds, "SOPInstanceUID", sop_instance_uid)
-    _put(ds, "InstanceCreationDate", _date_part(created_datetime))
-    _put(ds, "InstanceCreationTime", _time_part(created_datetime))
+    put(ds, "SpecificCharacterSet", SPECIFIC_CHARACTER_SET)
+    put(ds, "SOPClassUID", sop_class_uid)
+    put(ds, "SOPInstanceUID", sop_instance_uid)
+    put(ds, "InstanceCreationDate", date_part(created_datetime))
+    put(ds, "InstanceCreationTime", time_part(created_datetime))
 
 
 # --- Multi-frame (C.7.6.6), Cine (C.7.6.5), SC Multi-frame Image (C.8.6.3) ------------------
-
-#: SOP classes of the Secondary Capture family (PS3.4 B.5)
-MULTIFRAME_GRAYSCALE_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
-MULTIFRAME_GRAYSCALE_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
-MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
-#: Digital X-Ray Image Storage - For Presentation
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
 #: two frame intervals closer than this (ms) count as one Frame Time; otherwise the exact
 #: intervals go into Frame Time Vector (C.7.6.5.1.2)
@@ -693,48 +589,59 @@ def frame_intervals_ms(frames: Sequence[Frame]) -> list[float]:
     return [(frames[i].t_mono - frames[i - 1].t_mono) * 1000.0 for i in range(1, len(frames))]
 
 
-def add_multiframe_and_cine_modules(ds: Dataset, frames: Sequence[Frame]) -> None:
-    """Number of Frames; with more than one frame, Frame Increment Pointer to Frame Time (equal
-    intervals) or Frame Time Vector, and the Cine module they require (PS3.3 A.8.5.3)."""
-    _put(ds, "NumberOfFrames", len(frames))
-    if len(frames) < 2:
-        # Frame Increment Pointer is 1C, required only when Number of Frames > 1 (C.8.6.3)
-        return
+def _equal_intervals(frames: Sequence[Frame]) -> bool:
     intervals = frame_intervals_ms(frames)
     mean = sum(intervals) / len(intervals)
-    if max(abs(value - mean) for value in intervals) <= FRAME_TIME_TOLERANCE_MS:
-        _put(ds, "FrameIncrementPointer", tag_for_keyword("FrameTime"))
-        _put(ds, "FrameTime", format_number_as_ds(round(mean, 3)))
+    return max(abs(value - mean) for value in intervals) <= FRAME_TIME_TOLERANCE_MS
+
+
+def add_multiframe_module(ds: Dataset, frames: Sequence[Frame]) -> None:
+    """Multi-frame module: Number of Frames; with more than one frame, Frame Increment Pointer
+    to Frame Time (equal intervals) or Frame Time Vector (the Cine module writes them). One
+    frame: no pointer (1C, required only when Number of Frames > 1, C.8.6.3)."""
+    put(ds, "NumberOfFrames", len(frames))
+    if len(frames) < 2:
+        return
+    pointer = "FrameTime" if _equal_intervals(frames) else "FrameTimeVector"
+    put(ds, "FrameIncrementPointer", tag_for_keyword(pointer))
+
+
+def add_cine_module(ds: Dataset, frames: Sequence[Frame]) -> None:
+    """Cine module (PS3.3 A.8.5.3 requires it when the pointer names a frame time): Frame Time,
+    the mean interval, or Frame Time Vector; Recommended Display Frame Rate."""
+    intervals = frame_intervals_ms(frames)
+    mean = sum(intervals) / len(intervals)
+    if _equal_intervals(frames):
+        put(ds, "FrameTime", format_number_as_ds(round(mean, 3)))
     else:
-        _put(ds, "FrameIncrementPointer", tag_for_keyword("FrameTimeVector"))
         # C.7.6.5.1.2: the first value is 0, each next one the time since the frame before
-        _put(ds, "FrameTimeVector",
+        put(ds, "FrameTimeVector",
              ["0"] + [format_number_as_ds(round(value, 3)) for value in intervals])
-    _put(ds, "RecommendedDisplayFrameRate", max(1, round(1000.0 / mean)))
+    put(ds, "RecommendedDisplayFrameRate", max(1, round(1000.0 / mean)))
+
+
+def add_multiframe_and_cine_modules(ds: Dataset, frames: Sequence[Frame]) -> None:
+    """Multi-frame, and Cine when there is more than one frame (kept for older callers)."""
+    add_multiframe_module(ds, frames)
+    if len(frames) > 1:
+        add_cine_module(ds, frames)
 
 
 def add_sc_multiframe_image_module(ds: Dataset, frame: Frame) -> None:
     """SC Multi-frame Image module: Burned In Annotation (Type 1, written by General Image as
     well); for grayscale, Presentation LUT Shape IDENTITY and an identity rescale (1C,
     C.8.6.3), which `add_general_image_module` and `add_modality_lut_module` write."""
-    _put(ds, "BurnedInAnnotation", "NO")
+    put(ds, "BurnedInAnnotation", "NO")
     if frame.photometric_interpretation == "MONOCHROME2":
-        _put(ds, "PresentationLUTShape", "IDENTITY")
-        _put(ds, "RescaleIntercept", "0")
-        _put(ds, "RescaleSlope", "1")
-        _put(ds, "RescaleType", "US")
+        put(ds, "PresentationLUTShape", "IDENTITY")
+        put(ds, "RescaleIntercept", "0")
+        put(ds, "RescaleSlope", "1")
+        put(ds, "RescaleType", "US")
 
 
 def add_multiframe_pixel_data(ds: Dataset, frames: Sequence[Frame]) -> None:
-    """Image Pixel module for all frames, concatenated frame after frame (PS3.5 §8.2)."""
-    add_image_pixel_module(ds, frames[0])
-    if len(frames) == 1:
-        return
-    pixels = np.stack([frame.pixels for frame in frames])
-    data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
-    if len(data) % 2:
-        data += b"\x00"
-    _put(ds, "PixelData", data, vr="OB" if pixels.dtype.itemsize == 1 else "OW")
+    """Image Pixel module for all frames (kept for older callers)."""
+    add_image_pixel_module(ds, frames)
 
 
 # --- DX (PS3.3 A.26, C.8.11) -----------------------------------------------------------
@@ -767,9 +674,10 @@ def check_dx_frame(frame: Frame) -> None:
 
 
 def add_dx_series_module(ds: Dataset) -> None:
-    """DX Series: Modality DX (Type 1, enumerated), Presentation Intent Type."""
-    _put(ds, "Modality", "DX")
-    _put(ds, "PresentationIntentType", "FOR PRESENTATION")
+    """DX Series: Modality DX (Type 1, enumerated; the IOD table fixes it, General Series
+    writes it), Presentation Intent Type."""
+    put(ds, "Modality", "DX")
+    put(ds, "PresentationIntentType", "FOR PRESENTATION")
 
 
 def check_patient_orientation(value: object) -> tuple[str, str]:
@@ -788,39 +696,43 @@ def check_patient_orientation(value: object) -> tuple[str, str]:
 def add_dx_anatomy_imaged_module(ds: Dataset, anatomic_region: Code | None) -> None:
     """DX Anatomy Imaged: Image Laterality is Type 1; we cannot know the side, so "U"
     (unpaired/unknown); Anatomic Region Sequence (Type 2) holds the caller's code or is empty.
-    General Series Laterality must then be absent (2C)."""
-    if "Laterality" in ds:
-        del ds["Laterality"]
-    _put(ds, "ImageLaterality", "U")
-    _put(ds, "AnatomicRegionSequence",
+    General Series Laterality must then be absent (2C): the IOD table says Image Laterality,
+    so General Series leaves it out."""
+    put(ds, "ImageLaterality", "U")
+    put(ds, "AnatomicRegionSequence",
          [] if anatomic_region is None else code_sequence((anatomic_region,)))
 
 
 def add_dx_image_module(ds: Dataset, frame: Frame) -> None:
     """DX Image: the pixel values are linear in X-ray intensity, higher = more intensity;
     identity rescale and Presentation LUT Shape IDENTITY (MONOCHROME2), a full-range window
-    (VOI LUT is required For Presentation, A.26.1)."""
-    _put(ds, "PixelIntensityRelationship", "LIN")
-    _put(ds, "PixelIntensityRelationshipSign", 1)
-    _put(ds, "RescaleIntercept", "0")
-    _put(ds, "RescaleSlope", "1")
-    _put(ds, "RescaleType", "US")
-    _put(ds, "PresentationLUTShape", "IDENTITY")
-    _put(ds, "BurnedInAnnotation", "NO")
-    _put(ds, "LossyImageCompression", "00")
+    (see `add_voi_lut_module`). Patient Orientation (Type 1 here) is General Image's."""
+    put(ds, "PixelIntensityRelationship", "LIN")
+    put(ds, "PixelIntensityRelationshipSign", 1)
+    put(ds, "RescaleIntercept", "0")
+    put(ds, "RescaleSlope", "1")
+    put(ds, "RescaleType", "US")
+    put(ds, "PresentationLUTShape", "IDENTITY")
+    put(ds, "BurnedInAnnotation", "NO")
+    put(ds, "LossyImageCompression", "00")
+
+
+def add_voi_lut_module(ds: Dataset, frame: Frame) -> None:
+    """VOI LUT (required For Presentation, A.26.1): a full-range window, centre 2^(bits-1),
+    width 2^bits."""
     largest = (1 << frame.bits_stored) - 1
-    _put(ds, "WindowCenter", format_number_as_ds((largest + 1) / 2))
-    _put(ds, "WindowWidth", format_number_as_ds(float(largest + 1)))
+    put(ds, "WindowCenter", format_number_as_ds((largest + 1) / 2))
+    put(ds, "WindowWidth", format_number_as_ds(float(largest + 1)))
 
 
 def add_dx_detector_module(ds: Dataset, frame: Frame) -> None:
     """DX Detector: Detector Type Type 2 (unknown: empty); Imager Pixel Spacing from the
     frame (checked present by `check_dx_frame`)."""
-    _put(ds, "DetectorType", "")
+    put(ds, "DetectorType", "")
     if frame.pixel_spacing_mm is None:
         raise IODError("DX Detector: ImagerPixelSpacing is Type 1 and missing")
     spacing = [format_number_as_ds(float(value)) for value in frame.pixel_spacing_mm]
-    _put(ds, "ImagerPixelSpacing", spacing)
+    put(ds, "ImagerPixelSpacing", spacing)
 
 
 def add_xray_acquisition_dose_module(ds: Dataset, frame: Frame) -> None:
@@ -828,26 +740,23 @@ def add_xray_acquisition_dose_module(ds: Dataset, frame: Frame) -> None:
     device_parameters; a parameter the device did not report is left out."""
     parameters = frame.device_parameters
     if parameters.get("kvp") is not None:
-        _put(ds, "KVP", format_number_as_ds(float(parameters["kvp"])))
+        put(ds, "KVP", format_number_as_ds(float(parameters["kvp"])))
     if parameters.get("exposure_ms") is not None:
         exposure_ms = float(parameters["exposure_ms"])
-        _put(ds, "ExposureTime", max(1, round(exposure_ms)))              # IS, ms
-        _put(ds, "ExposureTimeInuS", format_number_as_ds(exposure_ms * 1000))  # DS, us
+        put(ds, "ExposureTime", max(1, round(exposure_ms)))              # IS, ms
+        put(ds, "ExposureTimeInuS", format_number_as_ds(exposure_ms * 1000))  # DS, us
     if parameters.get("mas") is not None:
         mas = float(parameters["mas"])
-        _put(ds, "Exposure", max(1, round(mas)))                            # IS, mAs
-        _put(ds, "ExposureInuAs", round(mas * 1000))                        # IS, uAs
+        put(ds, "Exposure", max(1, round(mas)))                            # IS, mAs
+        put(ds, "ExposureInuAs", round(mas * 1000))                        # IS, uAs
 
 
 def add_acquisition_context_module(ds: Dataset) -> None:
     """Acquisition Context: the sequence is Type 2; we describe no context."""
-    _put(ds, "AcquisitionContextSequence", [])
+    put(ds, "AcquisitionContextSequence", [])
 
 
 # --- Video Photographic Image (PS3.3 A.32.7): VL Image (C.8.12.1), Cine, Multi-frame ----------
-
-#: Video Photographic Image Storage
-VIDEO_PHOTOGRAPHIC_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
 
 
 def check_vl_frames(frames: Sequence[Frame]) -> None:
@@ -879,9 +788,16 @@ def add_vl_image_module(ds: Dataset, anatomic_region: Code) -> None:
     """VL Image module: the Modality of a Video Photographic image is XC (external camera);
     Lossy Image Compression "00"; the anatomic region the caller names (one item). General
     Series Laterality (2C) is for paired body parts when Image Laterality is absent; we do not
-    know the side, and dciodvfy refuses it present for an unpaired region, so it is left out."""
-    if "Laterality" in ds:
-        del ds["Laterality"]
-    _put(ds, "Modality", "XC")
-    _put(ds, "LossyImageCompression", "00")
-    _put(ds, "AnatomicRegionSequence", code_sequence((anatomic_region,)))
+    know the side, and dciodvfy refuses it present for an unpaired region, so General Series
+    leaves it out (the region is named). Modality XC is fixed by the IOD table."""
+    put(ds, "LossyImageCompression", "00")
+    put(ds, "AnatomicRegionSequence", code_sequence((anatomic_region,)))
+
+
+# the names these had before agent.iod.valuerep and agent.iod.iods existed (agent.mpps uses some)
+__all__ = [
+    "DX_FOR_PRESENTATION", "MAX_IS", "MAX_VALUE_LENGTH", "MULTIFRAME_GRAYSCALE_BYTE_SC",
+    "MULTIFRAME_GRAYSCALE_WORD_SC", "MULTIFRAME_TRUE_COLOR_SC", "SC_IMAGE_STORAGE",
+    "SPECIFIC_CHARACTER_SET", "VIDEO_PHOTOGRAPHIC_IMAGE", "check_integer", "check_text",
+    "check_uid", "format_dt", "local_datetime",
+]

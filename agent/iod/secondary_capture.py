@@ -3,24 +3,17 @@ and the checks an SC image must pass before it is queued."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, tzinfo
 
-import numpy as np
 from pydicom.dataset import Dataset
 
 from agent.errors import IODError
 from agent.iod import modules
-from agent.iod.modules import (
-    SC_IMAGE_STORAGE,
-    ConversionType,
-    check_uid,
-    format_dt,
-    local_datetime,
-)
+from agent.iod.images import build_image
+from agent.iod.modules import ConversionType
 from agent.iod.uids import UIDSource
 from agent.iod.validation import validate_image
+from agent.iod.valuerep import check_uid, format_dt
 from agent.records import DeviceInfo, Order, SeriesContext
 from drivers.frame import Frame
 
@@ -138,69 +131,11 @@ def build_secondary_capture(
         the IOD module and the attribute, e.g. "Image Pixel: BitsStored 17 exceeds
         BitsAllocated 16".
     """
-    # every check first: a half-built dataset is never returned
-    modules.check_image_pixel(frame)
-    modules.check_sc_image(frame)
-    modules.check_patient(order)
-    modules.check_patient_study(order)
-    modules.check_general_study(order, series)
-    modules.check_general_series(order, device, series)
-    modules.check_general_equipment(device)
-    conversion = modules.check_sc_equipment(conversion_type)
-    modules.check_general_image(instance_number)
-    modules.check_sop_common(sop_instance_uid)
-    if sop_instance_uid in (series.study_instance_uid, series.series_instance_uid):
-        raise IODError("SOP Common: SOPInstanceUID equals the study or series UID")
-    if not isinstance(frame.t_wall, int | float) or not np.isfinite(frame.t_wall):
-        raise IODError(f"General Image: ContentTime: frame t_wall {frame.t_wall!r} is not a time")
-    try:
-        content_dt = format_dt(local_datetime(frame.t_wall, tz))
-    except (OverflowError, OSError, ValueError) as err:
-        raise IODError(
-            f"General Image: ContentTime: frame t_wall {frame.t_wall!r} is out of range"
-        ) from err
-
-    ds = Dataset()
-    with _building("SOP Common"):
-        modules.add_sop_common_module(ds, sop_class_uid=SC_IMAGE_STORAGE,
-                                      sop_instance_uid=sop_instance_uid,
-                                      created_datetime=content_dt)
-    with _building("Patient"):
-        modules.add_patient_module(ds, order)
-    with _building("Patient Study"):
-        modules.add_patient_study_module(ds, order)
-    with _building("General Study"):
-        modules.add_general_study_module(ds, order, series)
-    with _building("General Series"):
-        modules.add_general_series_module(ds, order, device, series)
-    with _building("General Equipment"):
-        modules.add_general_equipment_module(ds, device)
-    with _building("SC Equipment"):
-        modules.add_sc_equipment_module(ds, conversion)
-    with _building("General Image"):
-        modules.add_general_image_module(
-            ds, instance_number=instance_number, content_datetime=content_dt,
-            derived=derived, monochrome=frame.photometric_interpretation == "MONOCHROME2")
-    with _building("Image Pixel"):
-        modules.add_image_pixel_module(ds, frame)
-    with _building("SC Image"):
-        modules.add_sc_image_module(ds, frame)
-    with _building("Modality LUT"):
-        modules.add_modality_lut_module(ds, frame)
-    return ds
-
-
-@contextmanager
-def _building(module: str) -> Iterator[None]:
-    """A safety net behind the checks: pydicom refused a value (every element is created with
-    validation RAISE, see modules._put)."""
-    try:
-        yield
-    except ValueError as err:
-        # pydicom's message may quote the value; a Patient value must not reach a log
-        detail = "" if module in ("Patient", "Patient Study") else f": {err}"
-        raise IODError(f"{module}: pydicom rejected a value{detail}") from err
-
+    # one frame of the "secondary-capture" table; every check runs before building
+    return build_image(
+        "secondary-capture", [frame], order=order, device=device, series=series,
+        instance_number=instance_number, sop_instance_uid=sop_instance_uid,
+        conversion_type=conversion_type, derived=derived, tz=tz)
 
 
 # validate_image moved to agent.iod.validation (it covers every IOD now); kept importable here

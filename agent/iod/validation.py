@@ -11,17 +11,18 @@ from pydicom.encaps import parse_fragments
 from pydicom.tag import Tag
 
 from agent.errors import IODError
-from agent.iod.modules import (
+from agent.iod.iods import (
     DX_FOR_PRESENTATION,
+    IODS_BY_SOP_CLASS,
     MULTIFRAME_GRAYSCALE_BYTE_SC,
     MULTIFRAME_GRAYSCALE_WORD_SC,
     MULTIFRAME_TRUE_COLOR_SC,
     SC_IMAGE_STORAGE,
-    SPECIFIC_CHARACTER_SET,
     VIDEO_PHOTOGRAPHIC_IMAGE,
-    ConversionType,
 )
+from agent.iod.modules import ConversionType
 from agent.iod.uids import is_valid_uid
+from agent.iod.valuerep import SPECIFIC_CHARACTER_SET
 
 #: (module, keyword, type) of what every image we send must carry. Type 1: present and not
 #: empty; type 2: present, may be empty. 2C/1C attributes that we always write are listed with
@@ -98,19 +99,23 @@ _VIDEO_PHOTOGRAPHIC: tuple[tuple[str, str, int], ...] = (
     ("Acquisition Context", "AcquisitionContextSequence", 2),
 )
 
-#: SOP class -> (name, extra required attributes)
-_IODS: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = {
-    SC_IMAGE_STORAGE: ("Secondary Capture Image Storage", _SC),
-    MULTIFRAME_GRAYSCALE_BYTE_SC: ("Multi-frame Grayscale Byte SC", _SC_MULTIFRAME),
-    MULTIFRAME_GRAYSCALE_WORD_SC: ("Multi-frame Grayscale Word SC", _SC_MULTIFRAME),
-    MULTIFRAME_TRUE_COLOR_SC: ("Multi-frame True Color SC", _SC_MULTIFRAME),
-    DX_FOR_PRESENTATION: ("Digital X-Ray Image For Presentation", _DX),
-    VIDEO_PHOTOGRAPHIC_IMAGE: ("Video Photographic Image", _VIDEO_PHOTOGRAPHIC),
+#: `[modality] iod` name -> the attributes, beyond _COMMON, that its objects must carry
+_EXTRA: dict[str, tuple[tuple[str, str, int], ...]] = {
+    "secondary-capture": _SC,
+    "multiframe-grayscale-byte-sc": _SC_MULTIFRAME,
+    "multiframe-grayscale-word-sc": _SC_MULTIFRAME,
+    "multiframe-true-color-sc": _SC_MULTIFRAME,
+    "dx": _DX,
+    "video-photographic": _VIDEO_PHOTOGRAPHIC,
 }
 
+#: SOP class -> (title, extra required attributes), for the IODs of agent.iod.iods
+_IODS: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = {
+    uid: (spec.title, _EXTRA[spec.name]) for uid, spec in IODS_BY_SOP_CLASS.items()}
+
 #: SOP classes with an SC Equipment module (Conversion Type)
-_SC_FAMILY = frozenset({SC_IMAGE_STORAGE, MULTIFRAME_GRAYSCALE_BYTE_SC,
-                        MULTIFRAME_GRAYSCALE_WORD_SC, MULTIFRAME_TRUE_COLOR_SC})
+_SC_FAMILY = frozenset(uid for uid, spec in IODS_BY_SOP_CLASS.items()
+                       if spec.usage_of("sc-equipment") is not None)
 
 #: Photometric Interpretation -> Samples per Pixel; YBR_RCT only in reversible JPEG 2000
 _SAMPLES_FOR = {"MONOCHROME2": 1, "RGB": 3, "YBR_RCT": 3}
