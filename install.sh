@@ -5,6 +5,10 @@
 #   ./install.sh --dev    also the test tools and the real peers the tests use:
 #                         Debian packages dcmtk orthanc dicom3tools, and chromium, the real
 #                         browser the hostile-page tests load pages in (root: apt)
+#   ./install.sh --system [--uninstall [--purge]]   (root) the agent as a systemd service:
+#                         /opt/modality-agent, user modality-agent, /etc/modality-agent/agent.toml
+#                         (never overwritten), spool /var/lib/modality-agent (0700), the unit;
+#                         --uninstall keeps the spool and /etc/modality-agent unless --purge
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,18 +17,42 @@ cd "$here"
 current_step="start"
 want_dev=0
 want_demo=0
+want_system=0
+want_uninstall=0
+want_purge=0
 for arg in "$@"; do
   case "$arg" in
     --dev) want_dev=1; want_demo=1 ;;
     --demo) want_demo=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
-    *) echo "install.sh: unknown option $arg (use --demo or --dev)" >&2; exit 2 ;;
+    --system) want_system=1 ;;
+    --uninstall) want_uninstall=1 ;;
+    --purge) want_purge=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (use --demo, --dev or --system)" >&2; exit 2 ;;
   esac
 done
+if [ "$want_system" = 1 ] && [ "$want_demo" = 1 ]; then
+  echo "install.sh: --system installs the service only; run --demo or --dev separately" >&2
+  exit 2
+fi
+if [ "$want_system" = 0 ] && [ $((want_uninstall + want_purge)) -gt 0 ]; then
+  echo "install.sh: --uninstall and --purge go with --system" >&2; exit 2
+fi
+if [ "$want_purge" = 1 ] && [ "$want_uninstall" = 0 ]; then
+  echo "install.sh: --purge goes with --uninstall (install.sh --system --uninstall --purge)" >&2
+  exit 2
+fi
 
 step() { echo "==> $*"; }
 fail() { echo "install.sh: FAILED at step: $current_step" >&2; exit 1; }
 trap fail ERR
+
+if [ "$want_system" = 1 ]; then
+  # shellcheck source=packaging/system-install.sh
+  . "$here/packaging/system-install.sh"
+  if [ "$want_uninstall" = 1 ]; then system_uninstall; else system_install; fi
+  exit 0
+fi
 
 apt_packages=()
 [ "$want_demo" = 1 ] && apt_packages+=(orthanc)
