@@ -17,7 +17,7 @@ from agent.iod import modules
 from agent.iod.building import building
 from agent.iod.iods import IODS, IODSpec, writes
 from agent.iod.modules import ConversionType
-from agent.iod.valuerep import format_dt, local_datetime
+from agent.iod.valuerep import check_timezone_offset, format_dt, local_datetime, utc_offset_of
 from agent.records import Code, DeviceInfo, Order, SeriesContext
 from drivers.frame import Frame
 
@@ -42,6 +42,7 @@ class ImageRequest:
     conversion: ConversionType
     derived: bool
     content_datetime: str               #: DT of the first frame, local time
+    timezone_offset: str                #: "+HHMM": the zone of content_datetime and the rest
     patient_orientation: tuple[str, str] | None
     anatomic_region: Code | None
 
@@ -68,7 +69,8 @@ def _general_image(ds: Dataset, r: ImageRequest) -> None:
 def _sop_common(ds: Dataset, r: ImageRequest) -> None:
     modules.add_sop_common_module(ds, sop_class_uid=r.iod.sop_class_uid,
                                   sop_instance_uid=r.sop_instance_uid,
-                                  created_datetime=r.content_datetime)
+                                  created_datetime=r.content_datetime,
+                                  timezone_offset=r.timezone_offset)
 
 
 def _vl_image(ds: Dataset, r: ImageRequest) -> None:
@@ -162,15 +164,28 @@ def _check_region(spec: IODSpec, region: Code | None) -> Code | None:
     return region
 
 
-def _content_datetime(frame: Frame, tz: tzinfo | None) -> str:
+def _content_time(frame: Frame, tz: tzinfo | None,
+                  timezone_offset: str | None) -> tuple[str, str]:
+    """Content Date/Time of the first frame in `tz`, and the UTC offset of that zone then.
+
+    A given `timezone_offset` must be the zone's: the offset describes every DA/TM value of
+    the object (C.12.1.1.8), and one that disagrees with them would shift the study in time."""
     if not isinstance(frame.t_wall, int | float) or not np.isfinite(frame.t_wall):
         raise IODError(f"General Image: ContentTime: frame t_wall {frame.t_wall!r} is not a time")
     try:
-        return format_dt(local_datetime(frame.t_wall, tz))
+        moment = local_datetime(frame.t_wall, tz)
+        offset = utc_offset_of(moment)
     except (OverflowError, OSError, ValueError) as err:
         raise IODError(
             f"General Image: ContentTime: frame t_wall {frame.t_wall!r} is out of range"
         ) from err
+    if timezone_offset is not None:
+        check_timezone_offset("SOP Common", timezone_offset)
+        if timezone_offset != offset:
+            raise IODError(f"SOP Common: TimezoneOffsetFromUTC {timezone_offset!r} disagrees "
+                           f"with the zone the times are written in ({offset} at the first "
+                           "frame); pass the same zone as tz")
+    return format_dt(moment), offset
 
 
 def _check_common(spec: IODSpec, frames: Sequence[Frame], order: Order, device: DeviceInfo,
@@ -205,6 +220,7 @@ def build_image(
     tz: tzinfo | None = None,
     patient_orientation: tuple[str, str] | None = None,
     anatomic_region: Code | None = None,
+    timezone_offset: str | None = None,
 ) -> Dataset:
     """Build one image object of the IOD named `iod` from `frames`.
 
@@ -216,7 +232,7 @@ def build_image(
     frames
         The frames, in acquisition order; all with the same size, dtype, bits stored and
         photometric interpretation, and strictly increasing t_mono (Frame Time comes from it).
-    order, device, series, instance_number, sop_instance_uid, derived, tz
+    order, device, series, instance_number, sop_instance_uid, derived
         As for `build_secondary_capture`. Modality is the device's, except where the IOD
         fixes it (DX for "dx", XC for "video-photographic").
     conversion_type
@@ -231,6 +247,12 @@ def build_image(
         The body part imaged, one code (e.g. ``Code("51185008", "SCT", "Chest")``): required
         for "video-photographic" (VL Image, Type 1C), written into DX's Anatomic Region
         Sequence when given (empty otherwise, Type 2), ignored by the SC family.
+    tz
+        The zone of "local time" for every date and time the object holds; None means this
+        machine's zone. Timezone Offset From UTC (0008,0201) is written in every object: the
+        offset of this zone at the first frame (no clock is read).
+    timezone_offset
+        "+HHMM"/"-HHMM": optional, a cross-check; it must equal the offset `tz` gives.
 
     Returns
     -------
@@ -257,11 +279,12 @@ def build_image(
     conversion = modules.check_sc_equipment(
         ConversionType.DIGITAL_INTERFACE if conversion_type is None else conversion_type) \
         if spec.usage_of("sc-equipment") is not None else ConversionType.DIGITAL_INTERFACE
+    content_datetime, offset = _content_time(frames[0], tz, timezone_offset)
     request = ImageRequest(
         iod=spec, frames=tuple(frames), order=order, device=device, series=series,
         instance_number=instance_number, sop_instance_uid=sop_instance_uid,
         conversion=conversion, derived=derived,
-        content_datetime=_content_datetime(frames[0], tz),
+        content_datetime=content_datetime, timezone_offset=offset,
         patient_orientation=orientation, anatomic_region=region)
     return assemble(request)
 

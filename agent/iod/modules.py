@@ -525,14 +525,18 @@ def check_sop_common(sop_instance_uid: object) -> None:
 
 
 def add_sop_common_module(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str,
-                          created_datetime: str) -> None:
+                          created_datetime: str, timezone_offset: str | None = None) -> None:
     """SOP Common module. Specific Character Set (0008,0005) governs every text value of the
-    object (PS3.5 §6.1); ISO_IR 192 is UTF-8."""
+    object (PS3.5 §6.1); ISO_IR 192 is UTF-8. Timezone Offset From UTC (0008,0201, Type 3):
+    the zone of every DA/TM/DT value in the object, which are local times without an offset
+    (C.12.1.1.8); without it a reader cannot place them in time (issue 16 item 3)."""
     put(ds, "SpecificCharacterSet", SPECIFIC_CHARACTER_SET)
     put(ds, "SOPClassUID", sop_class_uid)
     put(ds, "SOPInstanceUID", sop_instance_uid)
     put(ds, "InstanceCreationDate", date_part(created_datetime))
     put(ds, "InstanceCreationTime", time_part(created_datetime))
+    if timezone_offset is not None:
+        put(ds, "TimezoneOffsetFromUTC", timezone_offset)
 
 
 # --- Multi-frame (C.7.6.6), Cine (C.7.6.5), SC Multi-frame Image (C.8.6.3) ------------------

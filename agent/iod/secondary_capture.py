@@ -91,6 +91,7 @@ def build_secondary_capture(
     conversion_type: ConversionType | str = ConversionType.DIGITAL_INTERFACE,
     derived: bool = False,
     tz: tzinfo | None = None,
+    timezone_offset: str | None = None,
 ) -> Dataset:
     """Build a single-frame Secondary Capture Image Storage instance from one frame.
 
@@ -117,7 +118,10 @@ def build_secondary_capture(
         images (e.g. an imported file) rather than acquired by the device.
     tz
         The zone of "local time" for Content/Acquisition/Instance Creation Date and Time;
-        None means this machine's zone.
+        None means this machine's zone. Timezone Offset From UTC (0008,0201) is this zone's
+        offset at the frame's time.
+    timezone_offset
+        Optional cross-check, "+HHMM"/"-HHMM"; must equal the offset `tz` gives.
 
     Returns
     -------
@@ -135,7 +139,8 @@ def build_secondary_capture(
     return build_image(
         "secondary-capture", [frame], order=order, device=device, series=series,
         instance_number=instance_number, sop_instance_uid=sop_instance_uid,
-        conversion_type=conversion_type, derived=derived, tz=tz)
+        conversion_type=conversion_type, derived=derived, tz=tz,
+        timezone_offset=timezone_offset)
 
 
 # validate_image moved to agent.iod.validation (it covers every IOD now); kept importable here

@@ -164,3 +164,32 @@ def date_part(dt_value: str) -> str:
 
 def time_part(dt_value: str) -> str:
     return dt_value[8:]
+
+
+#: Timezone Offset From UTC (0008,0201): "+HHMM" or "-HHMM" (PS3.3 C.12.1.1.8)
+_OFFSET_PATTERN = re.compile(r"[+-](\d{2})(\d{2})")
+
+
+def check_timezone_offset(module: str, value: object) -> str:
+    """Raise IODError unless `value` is a UTC offset "+HHMM"/"-HHMM" within -1200..+1400."""
+    match = _OFFSET_PATTERN.fullmatch(value) if isinstance(value, str) else None
+    if match is None or int(match.group(2)) >= 60 \
+            or not -12 * 60 <= _offset_minutes(value) <= 14 * 60:   # type: ignore[arg-type]
+        raise IODError(f"{module}: TimezoneOffsetFromUTC {value!r} is not +HHMM or -HHMM "
+                       "between -1200 and +1400")
+    return value   # type: ignore[return-value]
+
+
+def _offset_minutes(value: str) -> int:
+    minutes = int(value[1:3]) * 60 + int(value[3:5])
+    return -minutes if value[0] == "-" else minutes
+
+
+def utc_offset_of(moment: datetime) -> str:
+    """The UTC offset "+HHMM"/"-HHMM" of `moment`; a naive `moment` is taken as this machine's
+    local time (as `local_datetime` with no zone makes it). A conversion, not a clock read."""
+    offset = (moment if moment.tzinfo is not None else moment.astimezone()).utcoffset()
+    minutes = 0 if offset is None else round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+
