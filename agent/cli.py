@@ -372,6 +372,43 @@ def cmd_import(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if refused or not files else EXIT_OK
 
 
+def _store_test_object(config: AgentConfig, wait_s: float) -> Any:
+    """Through the running daemon: the marked test object, followed to committed (or
+    stored, where a destination has no commitment)."""
+    from agent.selftest import Check
+
+    started = time.monotonic()
+    try:
+        queued = api_call(config, "POST", "/api/selftest/test-object", {})["object"]
+    except DaemonUnavailable as err:
+        return Check("test object", False, f"{err}: it is stored through the daemon")
+    [done] = _wait_until_done(config, [queued["queue_id"]], wait_s)
+    detail = (f"queue item {done['queue_id']} {done['sop_instance_uid']}: {done['state']} "
+              f"at {', '.join(f'{d} {s}' for d, s in done['destinations'].items())}")
+    if done["errors"]:
+        detail += f" ({'; '.join(done['errors'])})"
+    return Check("test object", bool(done["done"]), detail,
+                 (time.monotonic() - started) * 1000)
+
+
+def cmd_selftest(config: AgentConfig, args: argparse.Namespace) -> int:
+    from agent.selftest import run_selftest
+
+    checks = run_selftest(config)
+    if args.store_test_object:
+        checks.append(_store_test_object(config, args.wait))
+    failed = [c for c in checks if not c.ok]
+    if args.json:
+        _out(json.dumps({"ok": not failed, "checks": [c.as_json() for c in checks]}))
+    else:
+        for check in checks:
+            _out(check.line())
+    if failed:
+        _err(f"selftest failed: {', '.join(c.name for c in failed)}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def cmd_spool(config: AgentConfig, args: argparse.Namespace) -> int:
     """`spool backup PATH` (online, consistent) and `spool verify` (read-only): no daemon
     needed, the agent's user's rights are (the spool is 0700)."""
@@ -458,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="queue existing DICOM files (folders: every file in them)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("selftest", help="site acceptance test against the configured peers")
+    p.add_argument("--store-test-object", action="store_true",
+                   help="also store one marked test object through the running daemon and "
+                        "wait for its commitment")
+    p.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait for the test object's commitment (default 120)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("spool", help="back up or verify the spool (works while the daemon runs)")
     ssub = p.add_subparsers(dest="spool_command", required=True)
     q = ssub.add_parser("backup", help="a consistent copy of the queue database and its files "
@@ -482,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "run": cmd_run, "check-config": cmd_check_config, "acquire": cmd_acquire,
     "status": cmd_status, "worklist": cmd_worklist, "echo": cmd_echo, "queue": cmd_queue,
-    "import": cmd_import, "spool": cmd_spool,
+    "import": cmd_import, "spool": cmd_spool, "selftest": cmd_selftest,
 }
 
 

@@ -163,7 +163,9 @@ class Daemon:
                   forwarder=self.forwarder, listener=self.listener, procedures=procedures,
                   worklist=self.worklist, mpps=self.mpps, thread_health=self.thread_health),
             StationLimits(max_frames=api.max_frames, import_folders=api.import_folders,
-                          max_import_files=api.max_import_files))
+                          max_import_files=api.max_import_files),
+            device=device_info(config.modality, f"modality-agent {__version__}"),
+            uids=self.uids)
         if config.watch_folder is not None:
             wf = config.watch_folder
             self.watch_folder = WatchFolder(

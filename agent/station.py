@@ -19,23 +19,26 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from agent import __version__
-from agent.acquisition import Acquisition
+from agent.acquisition import Acquisition, device_info
 from agent.config import AgentConfig
 from agent.errors import AcquisitionError, AgentError
 from agent.forwarder import Forwarder
 from agent.importer import collect_import_files, read_dicom_file
+from agent.iod import KNOWN_TRANSFER_SYNTAXES, UIDSource, encode_part10
+from agent.iod.test_object import build_test_object
 from agent.listener import Listener
 from agent.mpps import MppsClient
 from agent.net.tls import EXPIRY_WARNING_DAYS, TlsConfigError, read_certificate
 from agent.procedures import EndStatus, Procedure, ProcedureError, Procedures, check_end
 from agent.queue import QueueStore
-from agent.records import DELIVERED_STATES, DeliveryState, Order, SOPReference
+from agent.records import DELIVERED_STATES, DeliveryState, DeviceInfo, Order, SOPReference
 from agent.worklist import WorklistError, WorklistItem, WorklistService
 
 logger = logging.getLogger(__name__)
@@ -227,6 +230,8 @@ class StationService(Protocol):
 
     def import_files(self, request: ImportRequest) -> list[ImportedFile]: ...
 
+    def store_test_object(self) -> ObjectView: ...
+
     def last_frame(self) -> LastFrame | None: ...
 
 
@@ -289,7 +294,8 @@ class Station:
     """The use cases of this station over the parts the daemon built. Thread-safe as its parts
     are; the API calls it from worker threads, never from the event loop."""
 
-    def __init__(self, parts: Parts, limits: StationLimits) -> None:
+    def __init__(self, parts: Parts, limits: StationLimits, *,
+                 device: DeviceInfo | None = None, uids: UIDSource | None = None) -> None:
         self._parts = parts
         self._config = parts.config
         self._queue = parts.queue
@@ -299,6 +305,8 @@ class Station:
         self._worklist = parts.worklist
         self._limits = limits
         self._final = final_state_by_destination(parts.config)
+        self._device = device or device_info(parts.config.modality, f"modality-agent {__version__}")
+        self._uids = uids or UIDSource(parts.config.agent.uid_root)
         self.started_at = time.time()
 
     @property
@@ -525,6 +533,28 @@ class Station:
             results.append(ImportedFile(str(path), queued.queue_id, queued.sop_instance_uid))
         self._forwarder.wake()
         return results
+
+    def store_test_object(self) -> ObjectView:
+        """Queue the site acceptance test's object (`selftest --store-test-object`): built, not
+        acquired (a selftest never fires the device), marked as a test in patient, study, series
+        and comments; it goes to every destination and is committed like any image.
+
+        Raises
+        ------
+        AgentError
+            If it cannot be built or queued (spool full, ...).
+        """
+        ds = build_test_object(device=self._device, uids=self._uids,
+                               now=datetime.now().astimezone())
+        payload = encode_part10(ds, "explicit-little")
+        queued = self._queue.enqueue(payload, sop_instance_uid=str(ds.SOPInstanceUID),
+                                     sop_class_uid=str(ds.SOPClassUID),
+                                     transfer_syntax_uid=KNOWN_TRANSFER_SYNTAXES[
+                                         "explicit-little"])
+        self._forwarder.wake()
+        logger.info("queue item %d: selftest object %s", queued.queue_id,
+                    queued.sop_instance_uid)
+        return self.objects([queued.queue_id])[0]
 
     def objects(self, queue_ids: Sequence[int]) -> list[ObjectView]:
         by_object: dict[int, dict[str, DeliveryState]] = {q: {} for q in queue_ids}

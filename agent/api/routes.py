@@ -295,6 +295,15 @@ async def post_acquire(request: Request) -> Response:
     return _json(200, result.as_json())
 
 
+@_guarded
+async def post_selftest_object(request: Request) -> Response:
+    """`selftest --store-test-object`: queue the marked test object; its queue id comes back
+    and `GET /api/objects` follows it to committed."""
+    await _body(request)
+    view = await run_in_threadpool(_station(request).store_test_object)
+    return _json(200, {"object": view.as_json()})
+
+
 # -- what the console adds ---------------------------------------------------------------------
 @_guarded
 async def post_console_worklist(request: Request) -> Response:
@@ -400,6 +409,7 @@ def create_app(station: StationService, policy: SecurityPolicy,
         Route("/api/objects", get_objects, methods=["GET"]),
         Route("/api/acquire", post_acquire, methods=["POST"]),
         Route("/api/import", post_import, methods=["POST"]),
+        Route("/api/selftest/test-object", post_selftest_object, methods=["POST"]),
         Route("/api/console/worklist", post_console_worklist, methods=["POST"]),
         Route("/api/reasons", get_reasons, methods=["GET"]),
         Route("/api/queue", get_queue, methods=["GET"]),

@@ -156,6 +156,10 @@ class FakeStation:
     def last_frame(self) -> LastFrame | None:
         return self.frame
 
+    def store_test_object(self) -> ObjectView:
+        self.calls.append(("test-object", None))
+        return view(42)
+
 
 @pytest.fixture
 def station() -> FakeStation:

@@ -1,0 +1,151 @@
+"""`modality-agent selftest`: the site acceptance test a service engineer runs before handing
+the device over. One check per line; each names what it tried, against whom, and what happened.
+
+Checks: C-ECHO to every destination, the worklist and the MPPS peer (over TLS where configured,
+so the handshake is tested too), a worklist query actually answered, our certificate's expiry,
+the spool writable with free space, the clock sane, the audit receiver (not configured yet: said
+so), and optionally one marked test object stored and committed through the running daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.config import AgentConfig
+from agent.errors import AgentError
+from agent.net.echo import echo
+from agent.net.tls import EXPIRY_WARNING_DAYS, TlsConfigError, peer_tls, read_certificate
+
+#: the clock is "sane" when it is past this agent's release and before this
+_EARLIEST = datetime(2026, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    ms: float = 0.0
+    skipped: bool = False
+
+    def line(self) -> str:
+        verdict = "SKIP" if self.skipped else ("OK" if self.ok else "FAILED")
+        timing = f" ({self.ms:.0f} ms)" if self.ms else ""
+        return f"{verdict:6} {self.name}: {self.detail}{timing}"
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _timed(name: str, run: Callable[[], tuple[bool, str]]) -> Check:
+    started = time.monotonic()
+    try:
+        ok, detail = run()
+    except AgentError as err:
+        ok, detail = False, str(err)
+    return Check(name, ok, detail, (time.monotonic() - started) * 1000)
+
+
+def echo_checks(config: AgentConfig) -> list[Check]:
+    """C-ECHO to each configured peer; with `tls = true` the echo goes over TLS."""
+    peers = [(f"destination {d.name}", d.host, d.port, d.called_ae, peer_tls(config, d))
+             for d in config.destinations]
+    if config.worklist is not None:
+        peers.append(("worklist", config.worklist.host, config.worklist.port,
+                      config.worklist.called_ae, peer_tls(config, config.worklist)))
+    if config.mpps is not None:
+        peers.append(("mpps", config.mpps.host, config.mpps.port, config.mpps.called_ae,
+                      peer_tls(config, config.mpps)))
+    checks = []
+    for name, host, port, called_ae, tls in peers:
+        how = f"C-ECHO {called_ae}@{host}:{port}{' over TLS' if tls else ''}"
+        ok, detail, elapsed_s = echo(config.agent.ae_title, host, port, called_ae, tls=tls)
+        checks.append(Check(f"{name} echo", ok, f"{how}: {detail}", elapsed_s * 1000))
+    return checks
+
+
+def worklist_check(config: AgentConfig) -> Check:
+    """A real broad query (this station, today): answered by the RIS, not from a cache."""
+    if config.worklist is None:
+        return Check("worklist query", True, "no [worklist] configured", skipped=True)
+    from agent.worklist import WorklistService
+
+    wl = config.worklist
+
+    def run() -> tuple[bool, str]:
+        with tempfile.TemporaryDirectory(prefix="selftest-worklist-") as cache:
+            service = WorklistService(
+                wl, ae_title=config.agent.ae_title, modality=config.modality.modality,
+                cache_dir=Path(cache), max_results=wl.max_results,
+                days_before=wl.days_before, days_after=wl.days_after,
+                fallback_charsets=wl.fallback_charsets, timeout_s=wl.timeout_s,
+                tls=peer_tls(config, wl))
+            snapshot = service.refresh_now()
+        if snapshot.source != "ris":
+            return False, f"the RIS did not answer: {snapshot.error}"
+        return True, f"answered: {len(snapshot.items)} item(s) for this station today"
+    return _timed("worklist query", run)
+
+
+def certificate_check(config: AgentConfig, now: datetime | None = None) -> Check:
+    if config.tls is None:
+        return Check("certificate", True, "no [tls] configured", skipped=True)
+    try:
+        info = read_certificate(config.tls.certificate)
+    except TlsConfigError as err:
+        return Check("certificate", False, str(err))
+    days = info.days_left(now)
+    if days < 0:
+        return Check("certificate", False, f"{info.subject} expired {-days:.0f} day(s) ago")
+    ok = days >= EXPIRY_WARNING_DAYS
+    return Check("certificate", ok, f"{info.subject} valid for {days:.0f} more day(s)"
+                 + ("" if ok else ": renew it now"))
+
+
+def spool_check(config: AgentConfig) -> Check:
+    """The spool can be written and has more free space than `[queue] min_free_mb`."""
+    spool = Path(config.agent.spool_dir)
+
+    def run() -> tuple[bool, str]:
+        if not spool.is_dir():
+            return False, f"{spool} does not exist (the daemon creates it at its first start)"
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".selftest-", dir=spool)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            return False, f"{spool} is not writable by this user: {err.strerror}"
+        stats = os.statvfs(spool)
+        free_mb = stats.f_bavail * stats.f_frsize // 2**20
+        need = config.queue.min_free_mb
+        if free_mb < need:
+            return False, f"{free_mb} MB free, below [queue] min_free_mb = {need:g}"
+        return True, f"writable, {free_mb} MB free (capture stops below {need:g} MB)"
+    return _timed("spool", run)
+
+
+def clock_check(now: datetime | None = None) -> Check:
+    moment = now or datetime.now(UTC)
+    if not _EARLIEST <= moment < _LATEST:
+        return Check("clock", False, f"the system clock says {moment:%Y-%m-%d %H:%M} UTC: "
+                     f"set it (NTP); DICOM dates and certificate checks depend on it")
+    offset = datetime.now().astimezone().strftime("%z")
+    return Check("clock", True, f"{moment:%Y-%m-%d %H:%M:%S} UTC, local offset {offset}")
+
+
+def audit_check(config: AgentConfig) -> Check:
+    return Check("audit receiver", True, "no [audit] configured (audit trail not available "
+                 "in this version)", skipped=True)
+
+
+def run_selftest(config: AgentConfig) -> list[Check]:
+    """Every check that needs no running daemon."""
+    return [*echo_checks(config), worklist_check(config), certificate_check(config),
+            spool_check(config), clock_check(), audit_check(config)]
