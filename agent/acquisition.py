@@ -15,6 +15,7 @@ from datetime import datetime
 
 from agent.config import ModalitySection
 from agent.errors import AcquisitionError, AgentError, IODError, SpoolFullError
+from agent.heartbeat import Heartbeat, stall_point
 from agent.iod import (
     KNOWN_TRANSFER_SYNTAXES,
     MULTIFRAME_IODS,
@@ -128,6 +129,9 @@ class Acquisition:
         self._on_queued = on_queued
         self._lock = threading.Lock()
         self.last_error = ""
+        #: progress of a running acquisition, for the systemd watchdog; idle between them
+        self.heartbeat = Heartbeat("acquisition", limit_s=2 * FRAME_TIMEOUT_S + 30)
+        self.heartbeat.idle()
 
     def open(self) -> None:
         """Open the device; a failure is kept for `status` and retried at the next acquire."""
@@ -176,7 +180,11 @@ class Acquisition:
                 self._uids, order, started_at=datetime.now().astimezone().replace(tzinfo=None),
                 series_number=1, study_id=order.requested_procedure_id[:16],
             )
-            captured, dropped, error = self._run_capture(order, series, frames)
+            self.heartbeat.beat()
+            try:
+                captured, dropped, error = self._run_capture(order, series, frames)
+            finally:
+                self.heartbeat.idle()
             self.dropped_total += dropped
             if dropped:
                 error = error or (f"{dropped} of {frames} frames dropped: the spool could not "
@@ -202,7 +210,9 @@ class Acquisition:
                 for _ in range(frames):
                     if stop.is_set():
                         return
+                    stall_point("acquisition")
                     frame = self._driver.read_frame(timeout=FRAME_TIMEOUT_S)
+                    self.heartbeat.beat()
                     try:
                         buffer.put_nowait(frame)
                     except queue.Full:

@@ -24,6 +24,8 @@ from agent.net.tls import check_tls, peer_tls, server_context, tls_identity
 from agent.procedures import Procedures
 from agent.queue import QueueStore
 from agent.queue.store import read_counts
+from agent.sdnotify import NotifyError, notify, watchdog_interval_s
+from agent.service_watchdog import ServiceWatchdog
 from agent.spool_location import check_spool_location
 from agent.station import (
     Parts,
@@ -139,6 +141,7 @@ class Daemon:
         self.station: Station | None = None
         self.api: ApiServer | None = None
         self._purge_thread: threading.Thread | None = None
+        self._service_watchdog: ServiceWatchdog | None = None
 
     def _build_after_lock(self) -> Station:
         """The parts that read spool files: built once the spool is locked by this process,
@@ -219,8 +222,24 @@ class Daemon:
         logger.info("modality-agent %s running: AE %s, listener %s:%d, API http://%s:%d/",
                     __version__, self.config.agent.ae_title, self.config.listener.host,
                     self.listener.port, self.config.api.host, self.api.port)
+        # systemd (Type=notify): ready only now that every stage runs and the API answers;
+        # the watchdog pings only while no stage is stalled (not merely while we live)
+        interval_s = watchdog_interval_s()
+        if interval_s is not None:
+            self._service_watchdog = ServiceWatchdog(self.stalled_stages, interval_s)
+            self._service_watchdog.start()
+        try:
+            notify("READY=1", "STATUS=running")
+        except NotifyError as err:
+            logger.error("%s", err)
 
     def stop(self) -> None:
+        try:
+            notify("STOPPING=1")
+        except NotifyError as err:
+            logger.error("%s", err)            # stop() must still stop everything
+        if self._service_watchdog is not None:
+            self._service_watchdog.stop()
         self._stop.set()
         if self.api is not None:
             self.api.stop()
@@ -264,6 +283,17 @@ class Daemon:
                 # reported in status; the next pass tries again
                 self._thread_errors["purge"] = f"{type(err).__name__}: {err}"
                 logger.error("purge failed: %s", self._thread_errors["purge"])
+
+    def stalled_stages(self) -> list[str]:
+        """The stages that stopped making progress: a forwarder round without an outcome for
+        far longer than its timeouts allow, a listener whose thread ended, an acquisition
+        whose device read hangs, a background thread that died. An archive that is merely
+        down is not a stall (its backoff is a declared wait). No patient data."""
+        problems = [*self.forwarder.stalled(), self.listener.stalled(),
+                    self.acquisition.heartbeat.stalled()]
+        problems += [f"{name}: thread ended" for name, h in self.thread_health().items()
+                     if not h.get("alive", True)]
+        return [p for p in problems if p]
 
     def thread_health(self) -> dict[str, dict[str, Any]]:
         """The background threads, for `status`: each alive, and its last error if any."""

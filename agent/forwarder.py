@@ -26,6 +26,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 from agent import crashpoints
 from agent.config import DestinationSection, QueueSection
 from agent.errors import AgentError, AssociationError
+from agent.heartbeat import Heartbeat, stall_point
 from agent.iod.uids import UIDSource
 from agent.net import status as dimse_status
 from agent.net.status import StoreVerdict, classify_store_status
@@ -55,6 +56,9 @@ BATCH_BYTES = 16 * 2**20
 MAX_CONTEXTS = 126
 #: how often an idle worker looks for due work and expired commitment transactions
 IDLE_POLL_S = 1.0
+#: added to 3 x dimse_timeout_s: how long a round may go without an outcome before the
+#: systemd watchdog counts the worker as stalled (a 100 MB object at 1 MB/s fits)
+STALL_SLACK_S = 120.0
 #: sends of one object in a row that end with no answer (the archive aborts the association,
 #: or it times out) before that object is failed (issue 13, finding 9c). An archive that
 #: crashes or aborts on one malformed object would otherwise get it again forever, with
@@ -138,6 +142,11 @@ class DestinationWorker:
         self._thread: threading.Thread | None = None
         self._sender = StoreProcess(f"forwarder {destination.name} #{index}",
                                     report_handler=report_handler)
+        # the longest a healthy round goes without an outcome: associating (ACSE) and one
+        # object's C-STORE or the N-ACTION each wait at most dimse_timeout_s, plus slack for a
+        # large object on a slow link
+        self.heartbeat = Heartbeat(f"forwarder {destination.name} #{index}",
+                                   limit_s=STALL_SLACK_S + 3 * destination.dimse_timeout_s)
 
     # -- thread ------------------------------------------------------------------------------
     def launch(self) -> None:
@@ -152,6 +161,12 @@ class DestinationWorker:
             daemon=True
         )
         self._thread.start()
+
+    def stalled(self) -> str:
+        """"" or why this worker counts as stalled (for the systemd watchdog)."""
+        if self._thread is not None and not self._thread.is_alive():
+            return f"forwarder {self.destination.name} #{self.index}: thread ended"
+        return self.heartbeat.stalled()
 
     def stop(self) -> None:
         self._stop.set()
@@ -178,6 +193,8 @@ class DestinationWorker:
     def _run(self) -> None:
         interrupted = False
         while not self._stop.is_set():
+            self.heartbeat.beat()
+            stall_point("forwarder")
             try:
                 if interrupted and self._claimed:
                     # rows this worker claimed in the round that failed (e.g. the disk was
@@ -189,16 +206,21 @@ class DestinationWorker:
             except AgentError as err:
                 logger.error("forwarder %s: %s; retrying", self.destination.name, err)
                 interrupted, worked = True, False
-                self._stop.wait(self._next_backoff(str(err)))
+                self._wait_backoff(self._next_backoff(str(err)))
             except Exception:
                 # the worker must outlive any one bad batch; the rows stay in the queue
                 logger.exception("forwarder %s: unexpected error; retrying",
                                  self.destination.name)
                 interrupted, worked = True, False
-                self._stop.wait(self._next_backoff("internal error"))
+                self._wait_backoff(self._next_backoff("internal error"))
             if not worked:
+                self.heartbeat.waiting(IDLE_POLL_S)
                 self._wake.wait(IDLE_POLL_S)
                 self._wake.clear()
+
+    def _wait_backoff(self, delay_s: float) -> None:
+        self.heartbeat.waiting(delay_s)
+        self._stop.wait(delay_s)
 
     def _next_backoff(self, reason: str) -> float:
         with self.health.lock:
@@ -310,6 +332,7 @@ class DestinationWorker:
         lost: list[int] = []
         items = [(d.delivery_id, self._queue.object_path(d.queue_id)) for d in batch]
         for outcome in self._sender.store(items):
+            self.heartbeat.beat()            # each object's outcome is progress
             delivery = by_id[outcome.key]
             if outcome.not_sent:
                 lost.append(delivery.delivery_id)
@@ -450,6 +473,10 @@ class Forwarder:
     def wake(self) -> None:
         for worker in self.workers:
             worker.wake()
+
+    def stalled(self) -> list[str]:
+        """The workers that stopped making progress (systemd watchdog)."""
+        return [reason for w in self.workers if (reason := w.stalled())]
 
     def health(self) -> list[dict[str, Any]]:
         """One entry per destination (its workers share one DestinationHealth)."""

@@ -158,6 +158,12 @@ class Listener:
         self._server: AllowListServer | None = None
         self._thread: threading.Thread | None = None
 
+    def stalled(self) -> str:
+        """"" or why the listener no longer accepts (for the systemd watchdog)."""
+        if self._thread is not None and not self._thread.is_alive():
+            return "listener: its thread ended; commitment reports cannot arrive"
+        return ""
+
     def start(self) -> None:
         """Bind and serve in a background thread.
 

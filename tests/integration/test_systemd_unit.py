@@ -238,8 +238,6 @@ def api_answers(agent: AgentProcess) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="until daemon wiring: READY=1 after Daemon.start(), "
-                                       "a ServiceWatchdog, STOPPING=1 at stop")
 def test_started_as_the_unit_it_is_ready_only_when_the_api_answers(
         tmp_path: Path, storescp: Peer, notify_socket: NotifySocket) -> None:
     agent = start_as_unit(tmp_path, storescp, env={
@@ -279,6 +277,39 @@ def test_started_as_the_unit_it_is_ready_only_when_the_api_answers(
         wait_until(lambda: ready() or any("STOPPING=1" in m.splitlines() for m in received), 30,
                    f"STOPPING=1 at SIGTERM (received {received})")
         assert agent.process.wait(timeout=30) == 0, agent.log()
+    finally:
+        agent.stop()
+
+
+def test_the_watchdog_stops_when_a_stage_is_stalled_on_purpose(
+        tmp_path: Path, storescp: Peer, notify_socket: NotifySocket) -> None:
+    """AGENT_STALLPOINT=forwarder blocks the forwarder's loop for good (AGENT_STALL_AFTER_S=2
+    makes that count after 2 s): the daemon still lives and answers, but the pings stop and
+    STATUS says which stage, so systemd restarts it."""
+    agent = start_as_unit(tmp_path, storescp, env={
+        "NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "1000000",
+        "AGENT_STALLPOINT": "forwarder", "AGENT_STALL_AFTER_S": "2"})
+    try:
+        received: list[str] = []
+
+        def stalled_status() -> bool:
+            received.extend(notify_socket.pending())
+            return any(m.startswith("STATUS=stalled") for m in received)
+
+        wait_until(stalled_status, 40, f"STATUS=stalled (received {received}; "
+                                       f"log: {agent.log()[-2000:]})")
+        assert any("READY=1" in m.splitlines() for m in received)
+        status = next(m for m in received if m.startswith("STATUS=stalled"))
+        assert "forwarder scp #0: no progress" in status
+        # from here on: no more pings, while the daemon itself still answers
+        notify_socket.pending()
+        deadline = time.monotonic() + 3
+        late: list[str] = []
+        while time.monotonic() < deadline:
+            late.extend(notify_socket.pending())
+            time.sleep(0.1)
+        assert "WATCHDOG=1" not in late, late
+        assert api_answers(agent)
     finally:
         agent.stop()
 
