@@ -56,7 +56,9 @@ fi
 
 apt_packages=()
 [ "$want_demo" = 1 ] && apt_packages+=(orthanc)
-[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools chromium)
+# chromium: the hostile-page and console tests; systemd (systemd-analyze) and libseccomp2: the
+# service unit tests
+[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools chromium systemd libseccomp2)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   missing=()
