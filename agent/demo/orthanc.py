@@ -81,10 +81,13 @@ class RegisteredModality:
     ae_title: str
     host: str
     port: int
+    #: Orthanc opens its associations to this peer (the commitment report) with DICOM TLS;
+    #: needs `OrthancTls` on the server (Orthanc 1.9+)
+    use_tls: bool = False
 
     def orthanc_config(self) -> dict[str, Any]:
         """The JSON object Orthanc expects for this peer (config file and PUT /modalities)."""
-        return {
+        config: dict[str, Any] = {
             "AET": self.ae_title,
             "Host": self.host,
             "Port": self.port,
@@ -92,6 +95,34 @@ class RegisteredModality:
             "AllowStore": True,
             "AllowFindWorklist": True,
             "AllowStorageCommitment": True,
+        }
+        if self.use_tls:
+            config["UseDicomTls"] = True
+        return config
+
+
+@dataclass(frozen=True)
+class OrthancTls:
+    """Orthanc's DICOM TLS (its `DicomTls*` options): with it, Orthanc's DICOM port speaks only
+    TLS, and associations it opens to a modality with `use_tls` use the same certificate.
+
+    PEM files. Orthanc 1.10 offers TLS 1.2 and 1.3 with OpenSSL's default suites; an RSA
+    certificate is the safe choice for a peer whose profile has only RSA suites in TLS 1.2
+    (docs/tls.md).
+    """
+
+    certificate: Path
+    private_key: Path
+    trusted_certificates: Path          # the CA (or certificates) peers' certificates must chain to
+    remote_certificate_required: bool = True
+
+    def orthanc_config(self) -> dict[str, Any]:
+        return {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(self.certificate),
+            "DicomTlsPrivateKey": str(self.private_key),
+            "DicomTlsTrustedCertificates": str(self.trusted_certificates),
+            "DicomTlsRemoteCertificateRequired": self.remote_certificate_required,
         }
 
 
@@ -304,8 +335,10 @@ def orthanc_config(
     http_port: int,
     modalities: Sequence[RegisteredModality] = (),
     worklist_dir: Path | None = None,
+    tls: OrthancTls | None = None,
 ) -> dict[str, Any]:
-    """The JSON configuration `start_orthanc` writes: local-only, no auth, data inside workdir."""
+    """The JSON configuration `start_orthanc` writes: local-only, no auth, data inside workdir;
+    with `tls`, DICOM only over TLS."""
     config: dict[str, Any] = {
         "Name": f"modality-agent {ae_title}",
         "DicomAet": ae_title,
@@ -320,6 +353,8 @@ def orthanc_config(
         "DeidentifyLogs": True,
         "DicomModalities": {m.name: m.orthanc_config() for m in modalities},
     }
+    if tls is not None:
+        config.update(tls.orthanc_config())
     if worklist_dir is not None:
         if WORKLIST_PLUGIN.is_file():
             config["Plugins"] = [str(WORKLIST_PLUGIN)]
@@ -343,12 +378,14 @@ def start_orthanc(
     worklist_dir: Path | None = None,
     timeout_s: float = 30,
     log_path: Path | None = None,
+    tls: OrthancTls | None = None,
 ) -> OrthancServer:
     """Write a config into `workdir`, start Orthanc on it and wait until it serves.
 
     Ready means: `GET /system` answers and the DICOM port accepts TCP. Orthanc's stdout and
     stderr go to `log_path` (default ``workdir/orthanc.log``). The process gets
-    ``TCP_NODELAY=1``: without it, DCMTK-based peers wait ~40 ms per DIMSE exchange.
+    ``TCP_NODELAY=1``: without it, DCMTK-based peers wait ~40 ms per DIMSE exchange. With
+    `tls` its DICOM port speaks only DICOM TLS (ready still means "accepts TCP").
 
     Raises
     ------
@@ -371,6 +408,7 @@ def start_orthanc(
         http_port=http_port,
         modalities=modalities,
         worklist_dir=worklist_dir,
+        tls=tls,
     )
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

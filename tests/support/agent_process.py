@@ -29,6 +29,28 @@ class Destination:
     commitment_timeout_s: float = 60.0
     dimse_timeout_s: float = 60.0
     commitment_report_wait_s: float = 0.0
+    #: DICOM TLS to this destination (needs `tls` in write_config); None: the key is left out
+    tls: bool | None = None
+    verify_hostname: bool | None = None
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The `[tls]` section: this station's certificate, key and the CA file it trusts."""
+
+    certificate: Path
+    private_key: Path
+    ca_file: Path
+    profile: str = "bcp195-nd"
+
+    def toml(self) -> list[str]:
+        return ["[tls]", f'certificate = "{self.certificate}"',
+                f'private_key = "{self.private_key}"', f'ca_file = "{self.ca_file}"',
+                f'profile = "{self.profile}"']
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def write_config(
@@ -45,10 +67,16 @@ def write_config(
     extra_toml: str = "",
     device_toml: str = "",
     import_folders: Sequence[Path] = (),
+    tls: TlsFiles | None = None,
+    listener_tls: bool = False,
 ) -> Path:
+    """An agent.toml for the tests. `tls` writes a `[tls]` section; `listener_tls` sets
+    `tls = true` in `[listener]`, `Destination.tls` in its `[[destinations]]`; sections given
+    in `extra_toml` ([worklist], [mpps]) set their own `tls`."""
     lines = [
         "[agent]", f'ae_title = "{AGENT_AE}"', f'spool_dir = "{spool_dir}"', 'log_level = "INFO"',
         "[listener]", f'host = "{LOCALHOST}"', f"port = {listener_port}",
+        *([f"tls = {_bool(listener_tls)}"] if listener_tls else []),
         "[api]", f'host = "{LOCALHOST}"', f"port = {api_port}",
         "import_folders = [" + ", ".join(f'"{folder}"' for folder in import_folders) + "]",
         *(device_toml.splitlines() or [
@@ -58,6 +86,7 @@ def write_config(
         "[modality]", 'modality = "OT"', 'station_name = "TESTROOM"',
         "[queue]", "retry_initial_s = 0.2", f"retry_max_s = {retry_max_s}",
         "retention_s = 86400", f"min_free_mb = {min_free_mb}",
+        *(tls.toml() if tls is not None else []),
     ]
     for d in destinations:
         lines += [
@@ -68,6 +97,10 @@ def write_config(
             f"dimse_timeout_s = {d.dimse_timeout_s}",
             f"commitment_report_wait_s = {d.commitment_report_wait_s}",
         ]
+        if d.tls is not None:
+            lines.append(f"tls = {_bool(d.tls)}")
+        if d.verify_hostname is not None:
+            lines.append(f"verify_hostname = {_bool(d.verify_hostname)}")
     path.write_text("\n".join(lines) + "\n" + extra_toml)
     return path
 

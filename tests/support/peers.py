@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -137,3 +138,150 @@ def start_storescp(
         stop_process(process)
         raise
     return process
+
+
+def storescp_tls_args(private_key: Path, certificate: Path, ca_file: Path,
+                      profile: str = "") -> list[str]:
+    """storescp/storescu options for DICOM TLS with mutual authentication: our key and
+    certificate (PEM), the CA the other side's certificate must chain to, the peer's
+    certificate required (`--require-peer-cert`, DCMTK's default, spelt out). `profile` is a
+    DCMTK profile option (`+px`, `+pz`); the default is BCP 195 non-downgrading (`+py`)."""
+    return ["+tls", str(private_key), str(certificate), "+cf", str(ca_file),
+            "--require-peer-cert", *([profile] if profile else [])]
+
+
+def start_storescp_tls(
+    out_dir: Path, port: int, *, private_key: Path, certificate: Path, ca_file: Path,
+    ae_title: str = "STORESCP", profile: str = "", extra_args: Sequence[str] = (),
+    timeout_s: float = 10,
+) -> subprocess.Popen[bytes]:
+    """DCMTK `storescp +tls` (TLS only, the client's certificate required and verified against
+    `ca_file`), writing every received object into `out_dir`; as `start_storescp`.
+
+    Ready means it accepts TCP (a TLS peer too: the handshake comes after the connection).
+    """
+    return start_storescp(
+        out_dir, port, ae_title=ae_title, timeout_s=timeout_s,
+        extra_args=[*storescp_tls_args(private_key, certificate, ca_file, profile),
+                    *extra_args])
+
+
+@dataclass
+class RelayedConnection:
+    """What crossed one connection through a `RecordingRelay`, each direction whole."""
+
+    upstream: bytearray         # client → server (what the agent sent)
+    downstream: bytearray       # server → client
+
+
+class RecordingRelay:
+    """A TCP relay on loopback that keeps every byte of every connection, both ways: a test
+    reads from it what the agent really put on the wire. `upstream_port` may be changed at any
+    time (new connections go there), so a test can swap the peer behind a fixed address.
+    Threads, closed with `close()`."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._server = socket.create_server((LOCALHOST, 0))
+        self.port: int = self._server.getsockname()[1]
+        self._lock = threading.Lock()
+        self._connections: list[RelayedConnection] = []
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = threading.Event()
+        self._spawn(self._accept_loop)
+
+    def connections(self) -> list[RelayedConnection]:
+        """Every connection so far, oldest first (copies)."""
+        with self._lock:
+            return [RelayedConnection(bytearray(c.upstream), bytearray(c.downstream))
+                    for c in self._connections]
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return                              # closed
+            try:
+                upstream = socket.create_connection((LOCALHOST, self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            record = RelayedConnection(bytearray(), bytearray())
+            with self._lock:
+                self._connections.append(record)
+                self._sockets += [client, upstream]
+            self._spawn(self._pump, client, upstream, record.upstream)
+            self._spawn(self._pump, upstream, client, record.downstream)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, kept: bytearray) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            with self._lock:
+                kept.extend(data)
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+        # one side closed: close the other way too, as a plain connection would
+        for sock in (sink, source):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> RecordingRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: TLS record content types (RFC 8446 5.1): change_cipher_spec, alert, handshake, application
+_TLS_RECORD_TYPES = frozenset({20, 21, 22, 23})
+
+
+def tls_stream_problem(data: bytes) -> str:
+    """Why `data` (one direction of a connection) is not a sequence of TLS records from its
+    first byte, or "" if it is: each record a known type, version 3.x and a length that lands
+    on the next header. A DICOM PDU (an A-ASSOCIATE-RQ starts 01 00) fails at byte 0. A last
+    record cut short by a closed connection is allowed."""
+    offset = 0
+    while offset < len(data):
+        header = data[offset:offset + 5]
+        if header[0] not in _TLS_RECORD_TYPES:
+            return f"byte {offset}: 0x{header[0]:02x} is no TLS record type"
+        if len(header) >= 2 and header[1] != 3:
+            return f"byte {offset + 1}: version 0x{header[1]:02x}.. is no TLS version"
+        if len(header) < 5:
+            return ""
+        offset += 5 + int.from_bytes(header[3:5], "big")
+    return ""
