@@ -299,13 +299,11 @@ _PROCESS_COUNTERS = (
 
 def _process_counters(destinations: Sequence[DestinationMetrics]) -> Iterator[Metric]:
     for attribute, name, doc in _PROCESS_COUNTERS:
-        values = [(d.name, getattr(d, attribute)) for d in destinations]
-        if all(value is None for _, value in values):
-            continue                      # not wired: absent rather than a false zero
         family = CounterMetricFamily(PREFIX + name, doc, labels=["destination"])
-        for dest, value in values:
-            if value is not None:
-                family.add_metric([dest], value)
+        for d in destinations:
+            value = getattr(d, attribute)
+            if value is not None:         # not counted: absent rather than a false zero
+                family.add_metric([d.name], value)
         yield family
 
 
