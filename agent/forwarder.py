@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,7 @@ STALL_SLACK_S = 120.0
 MAX_UNKNOWN_OUTCOMES = 5
 
 __all__ = ["DestinationHealth", "DestinationWorker", "Forwarder", "backoff_s",
-           "uncompressed_copy"]
+           "proposed_contexts", "uncompressed_copy"]
 
 
 def backoff_s(failures: int, *, initial_s: float, max_s: float,
@@ -78,6 +78,28 @@ def backoff_s(failures: int, *, initial_s: float, max_s: float,
         return 0.0
     delay = min(max_s, initial_s * (2 ** min(failures - 1, 30)))
     return delay * (0.5 + 0.5 * rng())
+
+
+def proposed_contexts(
+    pairs: Iterable[tuple[str, str]], *, storage_commitment: bool,
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The presentation contexts an association for objects of these (SOP Class UID, Transfer
+    Syntax UID) pairs proposes: (abstract syntax, (transfer syntax,)) each. Pure; the
+    conformance statement (agent.conformance) lists what this returns."""
+    contexts: list[tuple[str, tuple[str, ...]]] = []
+    unique = sorted(set(pairs))
+    classes = sorted({sop_class for sop_class, _ in unique})
+    for sop_class, syntax in unique[: MAX_CONTEXTS - len(classes) - 1]:
+        # the spooled syntax alone, so the file can be streamed unchanged...
+        contexts.append((sop_class, (syntax,)))
+    for sop_class in classes[: MAX_CONTEXTS - len(contexts) - 1]:
+        # ...and Implicit VR LE, which every SCP must accept (PS3.5 §10.1): pynetdicom
+        # converts an uncompressed file to it when the archive refuses the spooled one
+        if (sop_class, ImplicitVRLittleEndian) not in unique:
+            contexts.append((sop_class, (ImplicitVRLittleEndian,)))
+    if storage_commitment:
+        contexts.append((StorageCommitmentPushModel, (ImplicitVRLittleEndian,)))
+    return tuple(contexts)
 
 
 @dataclass
@@ -250,20 +272,8 @@ class DestinationWorker:
         return True
 
     def _contexts(self, batch: Sequence[Delivery]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        contexts: list[tuple[str, tuple[str, ...]]] = []
-        pairs = sorted({(d.sop_class_uid, d.transfer_syntax_uid) for d in batch})
-        classes = sorted({sop_class for sop_class, _ in pairs})
-        for sop_class, syntax in pairs[: MAX_CONTEXTS - len(classes) - 1]:
-            # the spooled syntax alone, so the file can be streamed unchanged...
-            contexts.append((sop_class, (syntax,)))
-        for sop_class in classes[: MAX_CONTEXTS - len(contexts) - 1]:
-            # ...and Implicit VR LE, which every SCP must accept (PS3.5 §10.1): pynetdicom
-            # converts an uncompressed file to it when the archive refuses the spooled one
-            if (sop_class, ImplicitVRLittleEndian) not in pairs:
-                contexts.append((sop_class, (ImplicitVRLittleEndian,)))
-        if self.destination.storage_commitment:
-            contexts.append((StorageCommitmentPushModel, (ImplicitVRLittleEndian,)))
-        return tuple(contexts)
+        return proposed_contexts(((d.sop_class_uid, d.transfer_syntax_uid) for d in batch),
+                                 storage_commitment=self.destination.storage_commitment)
 
     def _associate(self, batch: Sequence[Delivery]) -> float | None:
         """None when the association is up, else the delay before the next attempt."""

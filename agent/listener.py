@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydicom import Dataset
-from pynetdicom import evt
+from pynetdicom import DEFAULT_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import (
     StorageCommitmentPushModel,
     Verification,
@@ -54,6 +54,17 @@ STATUS_UNRECOGNISED_OPERATION = dimse_status.UNRECOGNISED_OPERATION
 #: the maximum PDU we announce; a longer PDU is refused before its body is read
 MAX_PDU_BYTES = 1 << 20
 LISTENER_ACSE_TIMEOUT_S = 5.0
+#: associations the listener serves at once
+LISTENER_MAX_ASSOCIATIONS = 8
+#: the presentation contexts the listener accepts, each with pynetdicom's default transfer
+#: syntaxes and default roles (the conformance statement lists them from here)
+ACCEPTED_SOP_CLASSES: tuple[str, ...] = (str(StorageCommitmentPushModel), str(Verification))
+
+
+def accepted_contexts() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(abstract syntax, transfer syntaxes) of each context the listener accepts. Pure."""
+    return tuple((sop_class, tuple(DEFAULT_TRANSFER_SYNTAXES))
+                 for sop_class in ACCEPTED_SOP_CLASSES)
 
 
 class CommitmentReportHandler:
@@ -174,7 +185,7 @@ class Listener:
         """
         ae = AgentAE(self.ae_title)
         ae.maximum_pdu_size = MAX_PDU_BYTES
-        ae.maximum_associations = 8
+        ae.maximum_associations = LISTENER_MAX_ASSOCIATIONS
         # an archive sends its A-ASSOCIATE-RQ at once; a connection that says nothing for this
         # long is dropped, so idle connections cannot keep a real report out for long
         ae.acse_timeout = LISTENER_ACSE_TIMEOUT_S
@@ -182,8 +193,8 @@ class Listener:
         ae.require_calling_aet = sorted({d.called_ae for d in self._destinations})
         # default roles: Orthanc proposes SCP-only for the report association, and
         # scu_role=True/scp_role=False would reject that context (DICOM-NOTES.md §4)
-        ae.add_supported_context(StorageCommitmentPushModel)
-        ae.add_supported_context(Verification)
+        for sop_class, syntaxes in accepted_contexts():
+            ae.add_supported_context(sop_class, list(syntaxes))
         handlers: list[Any] = [
             (evt.EVT_N_EVENT_REPORT, self._handler),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
