@@ -283,15 +283,18 @@ class Workspace:
         return fallback, "/dev/shm"
 
     # -- receivers ---------------------------------------------------------------------
-    def storescp(self, out_dir: Path, ae_title: str = "STORESCP") -> tuple[int, int]:
+    def storescp(self, out_dir: Path, ae_title: str = "STORESCP",
+                 tls: BenchTls | None = None) -> tuple[int, int]:
         """DCMTK storescp writing into `out_dir`, TCP_NODELAY=1, a process per association
         (`--fork`: without it storescp serves one association at a time, and a second one
         waits for the first to be released — the receiver, not the sender, would be what is
-        measured); returns (pid, port)."""
+        measured); with `tls`, `+tls` only (BCP 195 non-downgrading, the client's certificate
+        required); returns (pid, port)."""
         port = free_port()
         process = self.popen(
             [str(STORESCP), "--aetitle", ae_title, "--output-directory", str(out_dir),
-             "--prefer-little", "--fork", str(port)],
+             "--prefer-little", "--fork", *(tls.dcmtk_args("server") if tls else []),
+             str(port)],
             log=self.root / f"storescp-{port}.log", env=nodelay_env(),
         )
         wait_until(lambda: process.poll() is not None or accepts_tcp(LOCALHOST, port), 10,
@@ -315,6 +318,67 @@ class Workspace:
                                http_port=http_port, modalities=modalities)
         self.on_close(f"Orthanc pid {server.pid}", server.stop)
         return Orthanc(server.pid, dicom_port, http_port)
+
+
+@dataclass(frozen=True)
+class BenchTls:
+    """A CA and the two certificates (RSA) the TLS comparison uses: "server" for storescp +tls,
+    "client" for the agent and storescu +tls; both name 127.0.0.1."""
+
+    folder: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / "ca.crt"
+
+    def certificate(self, name: str) -> Path:
+        return self.folder / f"{name}.crt"
+
+    def private_key(self, name: str) -> Path:
+        return self.folder / f"{name}.key"
+
+    def dcmtk_args(self, name: str) -> list[str]:
+        """storescp/storescu options: TLS with `name`'s pair, the peer verified against the
+        CA (DCMTK's default profile, BCP 195 non-downgrading)."""
+        return ["+tls", str(self.private_key(name)), str(self.certificate(name)),
+                "+cf", str(self.ca_file), "--require-peer-cert"]
+
+
+def make_bench_tls(folder: Path) -> BenchTls:
+    """Make the CA, server and client certificates with the openssl command line. RSA: over
+    TLS 1.2 the default profile has only RSA suites, and DCMTK and the agent both speak
+    TLS 1.3 anyway (docs/tls.md)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tls = BenchTls(folder)
+
+    def openssl(*args: str) -> None:
+        result = subprocess.run(["openssl", *args], capture_output=True, text=True,
+                                check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+    def key(name: str) -> str:
+        path = tls.private_key(name)
+        openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                "-out", str(path))
+        os.chmod(path, 0o600)       # the agent refuses a key others may read
+        return str(path)
+
+    openssl("req", "-x509", "-new", "-key", key("ca"), "-subj", "/CN=Bench CA", "-days", "2",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign", "-out", str(tls.ca_file))
+    extensions = folder / "leaf.ext"
+    extensions.write_text("basicConstraints = critical, CA:FALSE\n"
+                          "extendedKeyUsage = serverAuth, clientAuth\n"
+                          "subjectAltName = DNS:localhost, IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        request = folder / f"{name}.csr"
+        openssl("req", "-new", "-key", key(name), "-subj", f"/CN=bench-{name}",
+                "-out", str(request))
+        openssl("x509", "-req", "-in", str(request), "-CA", str(tls.ca_file),
+                "-CAkey", str(tls.private_key("ca")), "-CAcreateserial", "-days", "2",
+                "-extfile", str(extensions), "-out", str(tls.certificate(name)))
+    return tls
 
 
 def _umount(target: Path) -> None:

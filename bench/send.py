@@ -2,6 +2,11 @@
 DCMTK storescp writing to tmpfs, by the agent's forwarder and by the reference tools, on the
 same spooled files, in one run, plus the loopback TCP ceiling.
 
+DICOM TLS (issue 14): a third receiver, storescp +tls (tmpfs too), gets the same files from the
+agent over TLS and from DCMTK storescu +tls. What TLS costs the agent is judged against what it
+costs DCMTK on the same data and machine: (agent TLS rate / agent plaintext rate) divided by
+(storescu TLS rate / storescu plaintext rate), the "ratio of ratios"; the target is >= 0.9.
+
 Each repeat runs every tool once per receiver (the order rotates between repeats); the receiver
 is emptied before each run and checked to hold every object after it. Orthanc must be emptied:
 it keeps the first copy of a UID, so a resend would skip the fsync and look faster.
@@ -25,11 +30,13 @@ from bench.common import (
     MB,
     REPO,
     STORESCU,
+    BenchTls,
     Orthanc,
     Workspace,
     clear_folder,
     count_files,
     fill_spool,
+    make_bench_tls,
     make_objects,
     nodelay_env,
     profile_prefix,
@@ -46,6 +53,10 @@ DEFAULT_ASSOCIATIONS: int = DestinationSection.__dataclass_fields__["max_associa
 TOOLS = ("agent", "agent-1", "agent-2", "agent-4", "storescu", "pynetdicom-one",
          "pynetdicom-per-object")
 QUICK_TOOLS = ("agent", "storescu", "pynetdicom-one", "pynetdicom-per-object")
+#: what runs into storescp +tls: the agent (as configured by default) and its reference
+TLS_TOOLS = ("agent", "storescu")
+#: issue 14: the agent's TLS rate, relative to its plaintext rate, within 10 % of storescu's
+TLS_TARGET = 0.9
 TOOL_LABELS = {
     "agent": f"agent forwarder ({DEFAULT_ASSOCIATIONS} assoc)",
     "agent-1": "agent forwarder, 1 assoc",
@@ -76,6 +87,8 @@ class Receiver:
     ae_title: str
     count: Any           # () -> int
     clear: Any           # () -> None
+    tls: BenchTls | None = None     # a DICOM TLS receiver: senders use the "client" pair
+    tools: tuple[str, ...] | None = None   # None: every tool of the run
 
 
 @dataclass
@@ -89,6 +102,7 @@ class Row:
     max_pdu: int | None = None
     ok: bool = True
     note: str = ""
+    receiver_name: str = ""     # Receiver.name: "storescp", "storescp-tls"...
 
     def stats(self) -> dict[str, float]:
         return summary(self.seconds)
@@ -139,8 +153,9 @@ def _run_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, files: 
     """Run one send; returns (seconds, problem or "", the receiver's max PDU if known)."""
     log = ws.root / f"send-{tool}.log"
     if tool == "storescu":
+        tls_args = receiver.tls.dcmtk_args("client") if receiver.tls else []
         args = [str(STORESCU), "-aet", "BENCHDCMTK", "-aec", receiver.ae_title, "-nh",
-                LOCALHOST, str(receiver.port), *map(str, files)]
+                *tls_args, LOCALHOST, str(receiver.port), *map(str, files)]
         with log.open("ab") as out:
             t0 = time.perf_counter()
             result = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=out,
@@ -181,6 +196,10 @@ def _run_python_tool(ws: Workspace, tool: str, receiver: Receiver, spool: Path, 
         args += ["--spool", str(spool), "--destination", receiver.name]
         if tool != "agent":
             args += ["--max-associations", tool.split("-")[1]]
+        if receiver.tls:
+            args += ["--tls-certificate", str(receiver.tls.certificate("client")),
+                     "--tls-key", str(receiver.tls.private_key("client")),
+                     "--tls-ca", str(receiver.tls.ca_file)]
     else:
         args += ["--files", str(file_list)]
     with log.open("ab") as err:
@@ -200,11 +219,18 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     say(f"send: Orthanc pid {orthanc.pid} on port {orthanc.dicom_port}")
     scp_pid, scp_port = ws.storescp(scp_dir)
     say(f"send: storescp pid {scp_pid} on port {scp_port}, writing to {scp_kind} {scp_dir}")
+    tls = make_bench_tls(ws.path("tls"))
+    tls_dir, tls_kind = ws.tmpfs("storescp-tls-out", size_mb=1024)
+    tls_pid, tls_port = ws.storescp(tls_dir, tls=tls)
+    say(f"send: storescp +tls pid {tls_pid} on port {tls_port}, writing to {tls_kind}")
     receivers = [
         Receiver("orthanc", "Orthanc (fsync)", orthanc.dicom_port, orthanc.ae_title,
                  orthanc.count, orthanc.clear),
         Receiver("storescp", f"storescp ({scp_kind})", scp_port, "STORESCP",
                  lambda: count_files(scp_dir), lambda: clear_folder(scp_dir)),
+        Receiver("storescp-tls", f"storescp +tls ({tls_kind})", tls_port, "STORESCP",
+                 lambda: count_files(tls_dir), lambda: clear_folder(tls_dir), tls=tls,
+                 tools=TLS_TOOLS),
     ]
     tools = QUICK_TOOLS if quick else TOOLS
     rows: list[Row] = []
@@ -221,12 +247,13 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         file_list.write_text("\n".join(map(str, files)) + "\n")
         say(f"send: {count} objects of {total_bytes / count / MB:.2f} MB spooled in "
             f"{time.perf_counter() - t_prep:.1f} s")
-        by_key = {(r.name, t): Row(size.label, r.label, t, count, total_bytes)
-                  for r in receivers for t in tools}
+        by_key = {(r.name, t): Row(size.label, r.label, t, count, total_bytes,
+                                   receiver_name=r.name)
+                  for r in receivers for t in tools if t in (r.tools or tools)}
         for repeat in range(repeats):
             order = tools[repeat % len(tools):] + tools[:repeat % len(tools)]
             for receiver in receivers:
-                for tool in order:
+                for tool in (t for t in order if t in (receiver.tools or tools)):
                     receiver.clear()
                     seconds, problem, max_pdu = _run_tool(ws, tool, receiver, spool, files,
                                                           file_list)
@@ -243,8 +270,8 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
                     else:
                         row.seconds.append(seconds)
                     say(f"send: {size.label} → {receiver.name}: {tool} {seconds:.2f} s")
-        receivers[0].clear()
-        receivers[1].clear()
+        for receiver in receivers:
+            receiver.clear()
         rows.extend(by_key.values())
     ceilings = [loopback_ceiling(ceiling_total) for _ in range(max(repeats, 2))]
     return _report(rows, ceilings, ceiling_total, scp_kind, quick, repeats)
@@ -311,4 +338,53 @@ def _report(rows: list[Row], ceilings: list[float], ceiling_total: int, scp_kind
             + ", ".join(sorted({f"{r.receiver} {r.max_pdu}" for r in rows if r.max_pdu})),
         ],
     )
-    return {"ratio_vs_storescu": smallest, "rows": json_rows}, [text]
+    tls_result, tls_text = _tls_report(rows)
+    return ({"ratio_vs_storescu": smallest, "rows": json_rows, "tls": tls_result},
+            [text, tls_text])
+
+
+def _median_s(rows: list[Row], size: str, receiver: str, tool: str) -> float | None:
+    for row in rows:
+        if (row.size, row.receiver_name, row.tool) == (size, receiver, tool) and row.seconds:
+            return row.stats()["median"]
+    return None
+
+
+def _tls_report(rows: list[Row]) -> tuple[dict[str, Any], str]:
+    """Issue 14 item 6: per size, what TLS costs the agent (TLS rate / plaintext rate, both
+    into storescp on tmpfs) against what it costs storescu, and their ratio."""
+    json_rows: list[dict[str, Any]] = []
+    table_rows: list[list[Any]] = []
+    for size in dict.fromkeys(row.size for row in rows):
+        entry: dict[str, Any] = {"size": size}
+        cells: list[Any] = [size]
+        for tool in TLS_TOOLS:
+            plain = _median_s(rows, size, "storescp", tool)
+            secure = _median_s(rows, size, "storescp-tls", tool)
+            nbytes = next(r.bytes for r in rows if r.size == size)
+            share = plain / secure if plain and secure else None
+            entry[tool] = {"plain_mb_s": nbytes / MB / plain if plain else None,
+                           "tls_mb_s": nbytes / MB / secure if secure else None,
+                           "tls_vs_plain": share}
+            cells += [entry[tool]["plain_mb_s"], entry[tool]["tls_mb_s"],
+                      f"{share:.0%}" if share else "-"]
+        agent_share, dcmtk_share = entry["agent"]["tls_vs_plain"], entry["storescu"]["tls_vs_plain"]
+        ratio = agent_share / dcmtk_share if agent_share and dcmtk_share else None
+        entry["ratio_of_ratios"] = ratio
+        cells += [f"{ratio:.2f}" if ratio else "-",
+                  "-" if ratio is None else "met" if ratio >= TLS_TARGET else "NOT MET"]
+        json_rows.append(entry)
+        table_rows.append(cells)
+    ratios = [r["ratio_of_ratios"] for r in json_rows]
+    smallest = min(ratios) if ratios and all(r is not None for r in ratios) else None
+    text = table(
+        "send over DICOM TLS (storescp +tls vs plain storescp, same files, same run)",
+        ["size", "agent plain MB/s", "agent TLS MB/s", "agent TLS/plain",
+         "storescu plain MB/s", "storescu TLS MB/s", "storescu TLS/plain", "ratio of ratios",
+         f"≥ {TLS_TARGET}"],
+        table_rows, left=1,
+        notes=["ratio of ratios = (agent TLS/plain) / (storescu TLS/plain); both receivers are "
+               "storescp --fork on tmpfs; TLS: BCP 195 non-downgrading profile on both sides "
+               "(TLS 1.3 negotiated), RSA 2048 certificates, mutual authentication",
+               "the agent sends with its default number of associations, storescu with one"])
+    return {"ratio_of_ratios": smallest, "target": TLS_TARGET, "rows": json_rows}, text

@@ -11,7 +11,9 @@ agent
     The agent's forwarder (agent.forwarder.DestinationWorker), as the daemon builds it: as many
     workers as the destination's `max_associations`, started on their threads, sending the
     rows of one destination of a spool filled by QueueStore. Every row is reset to pending
-    first, through the queue's own API, so each repeat sends the same spooled bytes.
+    first, through the queue's own API, so each repeat sends the same spooled bytes. With
+    `--tls-certificate/--tls-key/--tls-ca` the workers get a PeerTls, so each sending process
+    opens its association through agent.net.ae.associate(tls=...) exactly as the daemon does.
 pynetdicom-one / pynetdicom-per-object
     Plain pynetdicom as a user would write it (dcmread, send_c_store), over one association
     or a new association per object; its sockets get TCP_NODELAY, as everywhere in the bench.
@@ -84,7 +86,7 @@ def send_pynetdicom(paths: list[Path], host: str, port: int, called_ae: str, *,
 
 
 def send_agent(spool: Path, destination: str, host: str, port: int, called_ae: str,
-               max_associations: int | None) -> dict[str, Any]:
+               max_associations: int | None, tls: Any = None) -> dict[str, Any]:
     from agent.config import DestinationSection, QueueSection
     from agent.forwarder import DestinationHealth, DestinationWorker
     from agent.iod import UIDSource
@@ -127,6 +129,8 @@ def send_agent(spool: Path, destination: str, host: str, port: int, called_ae: s
         workers = []
         for index in range(n_workers):
             extra: dict[str, Any] = {"index": index, "health": health} if several else {}
+            if tls is not None:
+                extra["tls"] = tls
             workers.append(DestinationWorker(
                 section, ae_title="MODALITY1", queue=store, queue_config=QueueSection(),
                 uids=UIDSource(), report_handler=lambda report: 0x0000,
@@ -152,6 +156,15 @@ def send_agent(spool: Path, destination: str, host: str, port: int, called_ae: s
         store.close()
 
 
+def _peer_tls(args: argparse.Namespace) -> Any:
+    """The PeerTls of `--tls-*`, None without them."""
+    if args.tls_certificate is None:
+        return None
+    from agent.net.tls import PeerTls, TlsIdentity
+
+    return PeerTls(TlsIdentity(args.tls_certificate, args.tls_key, args.tls_ca))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sender")
     parser.add_argument("tool", choices=["agent", "pynetdicom-one", "pynetdicom-per-object"])
@@ -162,12 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--destination", help="agent: the destination name in the spool")
     parser.add_argument("--max-associations", type=int)
     parser.add_argument("--files", type=Path, help="pynetdicom: a file listing one path per line")
+    parser.add_argument("--tls-certificate", type=Path, help="agent: DICOM TLS with this "
+                        "certificate (with --tls-key and --tls-ca)")
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--tls-ca", type=Path)
     parser.add_argument("--result", type=Path, required=True, help="where to write the JSON")
     args = parser.parse_args(argv)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if args.tool == "agent":
         result = send_agent(args.spool, args.destination, args.host, args.port, args.called_ae,
-                            args.max_associations)
+                            args.max_associations, _peer_tls(args))
     else:
         paths = [Path(p) for p in args.files.read_text().split("\n") if p]
         result = send_pynetdicom(paths, args.host, args.port, args.called_ae,
