@@ -57,8 +57,8 @@ fi
 apt_packages=()
 [ "$want_demo" = 1 ] && apt_packages+=(orthanc)
 # chromium: the hostile-page and console tests; systemd (systemd-analyze) and libseccomp2: the
-# service unit tests
-[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools chromium systemd libseccomp2)
+# service unit tests; prometheus: promtool for the metrics and alert-rule tests
+[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools chromium systemd libseccomp2 prometheus)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   missing=()
@@ -73,6 +73,11 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
       # the Debian orthanc package would start its own service on a systemd host: the
       # agent's demo and tests start their own Orthanc on free ports, so it is not needed
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+      # Debian's prometheus package starts a server on :9090 where systemd runs: the tests only
+      # need its promtool
+      if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+      fi
     else
       echo "install.sh: needs Debian packages: ${missing[*]}" >&2
       echo "  run as root, or first: sudo apt-get install ${missing[*]}" >&2

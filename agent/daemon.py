@@ -19,10 +19,12 @@ from agent.config import AgentConfig
 from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder
 from agent.iod import UIDSource, encoder_status
 from agent.listener import CommitmentReportHandler, Listener
+from agent.metrics import LatencyHistogram
 from agent.mpps import MppsClient
 from agent.net.tls import check_tls, peer_tls, server_context, tls_identity
 from agent.procedures import Procedures
 from agent.queue import QueueStore
+from agent.queue.spool import observe_fsync
 from agent.queue.store import read_counts
 from agent.sdnotify import NotifyError, notify, watchdog_interval_s
 from agent.service_watchdog import ServiceWatchdog
@@ -90,6 +92,9 @@ class Daemon:
         self._changed = threading.Condition()
         self._thread_errors: dict[str, str] = {}
         self.uids = UIDSource(config.agent.uid_root)
+        # every spool fsync timed, for /api/metrics (the queue knows no metrics: it gets a timer)
+        self.fsync_histogram = LatencyHistogram()
+        observe_fsync(self.fsync_histogram)
         self.queue = QueueStore(config.agent.spool_dir, [d.name for d in config.destinations],
                                 min_free_bytes=int(config.queue.min_free_mb * 2**20))
         self.report_handler = CommitmentReportHandler(
@@ -164,7 +169,8 @@ class Daemon:
         station = Station(
             Parts(config=config, queue=self.queue, acquisition=self.acquisition,
                   forwarder=self.forwarder, listener=self.listener, procedures=procedures,
-                  worklist=self.worklist, mpps=self.mpps, thread_health=self.thread_health),
+                  worklist=self.worklist, mpps=self.mpps, thread_health=self.thread_health,
+                  fsync_histogram=self.fsync_histogram),
             StationLimits(max_frames=api.max_frames, import_folders=api.import_folders,
                           max_import_files=api.max_import_files),
             device=device_info(config.modality, f"modality-agent {__version__}"),

@@ -25,7 +25,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from agent import crashpoints
 from agent.config import DestinationSection, QueueSection
-from agent.errors import AgentError, AssociationError
+from agent.errors import AgentError, AssociationError, TlsHandshakeError
 from agent.heartbeat import Heartbeat, stall_point
 from agent.iod.uids import UIDSource
 from agent.net import status as dimse_status
@@ -113,7 +113,17 @@ class DestinationHealth:
     last_error: str = ""
     last_success_at: float | None = None
     negotiated_max_pdu: int | None = None
+    # totals since start, for /api/metrics (Prometheus counters)
+    association_failures_total: int = 0
+    tls_failures_total: int = 0
+    stored_total: int = 0
+    failed_total: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, **increments: int) -> None:
+        with self.lock:
+            for name, n in increments.items():
+                setattr(self, name, getattr(self, name) + n)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +133,10 @@ class DestinationHealth:
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,
             "last_success_at": self.last_success_at,
+            "association_failures_total": self.association_failures_total,
+            "tls_failures_total": self.tls_failures_total,
+            "stored_total": self.stored_total,
+            "failed_total": self.failed_total,
         }
 
 
@@ -286,6 +300,8 @@ class DestinationWorker:
             ))
         except AssociationError as err:
             # unreachable, TLS handshake failed, rejected or aborted: all wait and retry
+            self.health.count(association_failures_total=1,
+                              tls_failures_total=int(isinstance(err, TlsHandshakeError)))
             return self._unreachable(f"{dest.name}: {err}")
         with self.health.lock:
             self.health.negotiated_max_pdu = self._sender.max_pdu
@@ -376,6 +392,7 @@ class DestinationWorker:
         if outcome.error is SendError.NO_CONTEXT:
             # nothing the archive accepted fits this object (e.g. a compressed syntax it
             # refused): not a network fault, so no hot retry
+            self.health.count(failed_total=1)
             self._queue.mark_failed(delivery.delivery_id,
                                     f"{dest.name} accepted no presentation context "
                                     f"for {delivery.sop_class_uid} in "
@@ -384,6 +401,7 @@ class DestinationWorker:
                          delivery.queue_id, dest.name)
             return False
         if outcome.error is SendError.UNREADABLE:
+            self.health.count(failed_total=1)
             self._queue.mark_failed(delivery.delivery_id,
                                     f"spool file unreadable: {outcome.detail}")
             logger.error("queue item %d: spool file unreadable: %s", delivery.queue_id,
@@ -394,6 +412,7 @@ class DestinationWorker:
         if result.verdict is StoreVerdict.STORED:
             self._queue.mark_sent(delivery.delivery_id,
                                   "" if result.status == 0 else result.text)
+            self.health.count(stored_total=1)
             crashpoints.reached("after_store_recorded")
             logger.info("queue item %d: stored at %s (%s) as %s", delivery.queue_id,
                         dest.name, result.text, delivery.sop_instance_uid)
@@ -401,6 +420,7 @@ class DestinationWorker:
         if result.verdict is StoreVerdict.FAILED:
             self._queue.mark_failed(delivery.delivery_id,
                                     f"{dest.name} refused C-STORE: {result.text}")
+            self.health.count(failed_total=1)
             logger.error("queue item %d: %s refused C-STORE (%s); kept, not retried",
                          delivery.queue_id, dest.name, result.text)
             return False
@@ -414,6 +434,7 @@ class DestinationWorker:
                 max_unknown=MAX_UNKNOWN_OUTCOMES,
                 failed_reason=f"archive aborted the association {MAX_UNKNOWN_OUTCOMES} times "
                               "while receiving this object"):
+            self.health.count(failed_total=1)
             logger.error("queue item %d: %s gave no answer %d times in a row for %s; "
                          "failed, kept for `queue retry`", delivery.queue_id, dest.name,
                          MAX_UNKNOWN_OUTCOMES, delivery.sop_instance_uid)

@@ -34,6 +34,7 @@ from agent.importer import collect_import_files, read_dicom_file
 from agent.iod import KNOWN_TRANSFER_SYNTAXES, UIDSource, encode_part10
 from agent.iod.test_object import build_test_object
 from agent.listener import Listener
+from agent.metrics import LatencyHistogram, render_metrics, snapshot_from_status
 from agent.mpps import MppsClient
 from agent.net.tls import EXPIRY_WARNING_DAYS, TlsConfigError, read_certificate
 from agent.procedures import EndStatus, Procedure, ProcedureError, Procedures, check_end
@@ -232,6 +233,8 @@ class StationService(Protocol):
 
     def store_test_object(self) -> ObjectView: ...
 
+    def metrics(self) -> bytes: ...
+
     def last_frame(self) -> LastFrame | None: ...
 
 
@@ -288,6 +291,8 @@ class Parts:
     #: background threads' health for `status`: name -> {"alive": bool, "error": str}
     thread_health: Callable[[], dict[str, dict[str, Any]]] = field(
         default=lambda: {})
+    #: every spool fsync's latency, for /api/metrics
+    fsync_histogram: LatencyHistogram | None = None
 
 
 class Station:
@@ -582,6 +587,13 @@ class Station:
         return result
 
     # -- status ----------------------------------------------------------------------------
+    def metrics(self) -> bytes:
+        """The Prometheus exposition of `status()` (so both always agree) and the fsync
+        latency histogram; no patient data in any label."""
+        histogram = self._parts.fsync_histogram
+        return render_metrics(snapshot_from_status(
+            self.status(), fsync=None if histogram is None else histogram.snapshot()))
+
     def status(self) -> dict[str, Any]:
         config = self._config
         counts = self._queue.counts()
@@ -653,6 +665,7 @@ class Station:
     def _spool_status(self) -> dict[str, Any]:
         free = self._queue.free_bytes()
         return {"path": str(self._config.agent.spool_dir), "free_mb": free // 2**20,
+                "free_bytes": free, "min_free_bytes": self._queue.min_free_bytes,
                 "min_free_mb": self._config.queue.min_free_mb,
                 "capture_blocked": free < self._queue.min_free_bytes}
 

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp
 from agent.api.console.thumbnail import DEFAULT_MAX_SIDE, thumbnail_png
 from agent.api.security import SecurityMiddleware, SecurityPolicy
 from agent.errors import AcquisitionError, AgentError, UnknownQueueItemError
+from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.mpps import DISCONTINUATION_REASONS
 from agent.procedures import EndStatus, ProcedureError
 from agent.records import Order
@@ -339,6 +340,14 @@ async def get_procedure(request: Request) -> Response:
     return _json(200, {"procedure": procedure})
 
 
+@_guarded
+async def get_metrics(request: Request) -> Response:
+    """Prometheus text format; under /api/ so the token and Host checks apply (Prometheus
+    scrapes with `authorization: credentials_file`, see docs/monitoring.md)."""
+    body = await run_in_threadpool(_station(request).metrics)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+
 async def get_reasons(request: Request) -> Response:
     """The discontinuation reasons (DICOM CID 9300) the console offers."""
     return _json(200, {"reasons": [
@@ -412,6 +421,7 @@ def create_app(station: StationService, policy: SecurityPolicy,
         Route("/api/selftest/test-object", post_selftest_object, methods=["POST"]),
         Route("/api/console/worklist", post_console_worklist, methods=["POST"]),
         Route("/api/reasons", get_reasons, methods=["GET"]),
+        Route("/api/metrics", get_metrics, methods=["GET"]),
         Route("/api/queue", get_queue, methods=["GET"]),
         Route("/api/retry", post_retry, methods=["POST"]),
         Route("/api/last-frame.png", get_last_frame, methods=["GET"]),

@@ -6,7 +6,9 @@ import errno
 import fcntl
 import logging
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
 from agent.errors import QueueError, SpoolLockedError
 
@@ -31,11 +33,36 @@ def _agent_name(name: str) -> bool:
         name.startswith((".api-token.", ".procedures.json.")) and name.endswith(".tmp"))
 
 
+class FsyncTimer(Protocol):
+    """Anything that times a block (agent.metrics.LatencyHistogram): the queue does not
+    import the metrics, the daemon hands it one."""
+
+    def time(self) -> AbstractContextManager[object]: ...
+
+
+_fsync_timer: FsyncTimer | None = None
+
+
+def observe_fsync(timer: FsyncTimer | None) -> None:
+    """Time every fsync of the spool with `timer` (the daemon's metrics); None: stop."""
+    global _fsync_timer
+    _fsync_timer = timer
+
+
+def _fsync(fd: int) -> None:
+    timer = _fsync_timer
+    if timer is None:
+        os.fsync(fd)
+        return
+    with timer.time():
+        os.fsync(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in `path` durable."""
     dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dir_fd)
+        _fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -50,7 +77,7 @@ def write_synced(path: Path, payload: bytes) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        _fsync(fd)
     finally:
         os.close(fd)
 

@@ -156,6 +156,9 @@ class FakeStation:
     def last_frame(self) -> LastFrame | None:
         return self.frame
 
+    def metrics(self) -> bytes:
+        return b"# HELP modality_agent_up 1\n"
+
     def store_test_object(self) -> ObjectView:
         self.calls.append(("test-object", None))
         return view(42)
