@@ -35,7 +35,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from agent import __version__
 from agent.acquisition import device_info
-from agent.config import AgentConfig, DestinationSection
+from agent.config import AgentConfig, DestinationSection, WorklistSection
 from agent.errors import AgentError
 from agent.forwarder import MAX_CONTEXTS, proposed_contexts
 from agent.iod import (
@@ -816,7 +816,7 @@ def _iod_sections(config: AgentConfig) -> list[Section]:
             Table(("IE", "Module", "Usage", "Attribute", "Source", "Value / detail"),
                   tuple(rows)),)))
     if config.worklist is not None:
-        sections.append(_worklist_keys(config))
+        sections.append(_worklist_keys(config, config.worklist))
     sections.append(Section("8.3", "Private attributes, coded terminology, extensions", (
         "No private attributes, no private SOP classes or transfer syntaxes, no standard "
         "extended or specialized SOP classes. Codes are copied from the worklist item, and "
@@ -824,9 +824,8 @@ def _iod_sections(config: AgentConfig) -> list[Section]:
     return sections
 
 
-def _worklist_keys(config: AgentConfig) -> Section:
+def _worklist_keys(config: AgentConfig, worklist: WorklistSection) -> Section:
     """The C-FIND identifier the agent sends, from the query builder itself."""
-    assert config.worklist is not None
     query = BroadQuery(config.agent.ae_title, config.modality.modality, date(2000, 1, 1))
     identifier = build_identifier(query)
     rows: list[tuple[str, str, str]] = []
@@ -840,8 +839,8 @@ def _worklist_keys(config: AgentConfig) -> Section:
                     walk(item, prefix + "> ")
                 continue
             if element.keyword == "ScheduledProcedureStepStartDate":
-                rows.append((name, "matching", f"today, from {config.worklist.days_before} "
-                             f"days before to {config.worklist.days_after} after"))
+                rows.append((name, "matching", f"today, from {worklist.days_before} days "
+                             f"before to {worklist.days_after} after"))
             elif element.value not in ("", None):
                 rows.append((name, "matching", str(element.value)))
             else:
