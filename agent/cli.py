@@ -409,6 +409,14 @@ def cmd_selftest(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_conformance(config: AgentConfig, args: argparse.Namespace) -> int:
+    """The DICOM Conformance Statement (PS3.2) for this configuration, offline."""
+    from agent.conformance import render_conformance
+
+    sys.stdout.write(render_conformance(config, args.format))
+    return EXIT_OK
+
+
 def cmd_spool(config: AgentConfig, args: argparse.Namespace) -> int:
     """`spool backup PATH` (online, consistent) and `spool verify` (read-only): no daemon
     needed, the agent's user's rights are (the spool is 0700)."""
@@ -495,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="queue existing DICOM files (folders: every file in them)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("conformance", help="the DICOM Conformance Statement (PS3.2) for this "
+                                           "configuration")
+    p.add_argument("--format", choices=("md", "html"), default="md")
     p = sub.add_parser("selftest", help="site acceptance test against the configured peers")
     p.add_argument("--store-test-object", action="store_true",
                    help="also store one marked test object through the running daemon and "
@@ -527,6 +538,7 @@ COMMANDS = {
     "run": cmd_run, "check-config": cmd_check_config, "acquire": cmd_acquire,
     "status": cmd_status, "worklist": cmd_worklist, "echo": cmd_echo, "queue": cmd_queue,
     "import": cmd_import, "spool": cmd_spool, "selftest": cmd_selftest,
+    "conformance": cmd_conformance,
 }
 
 
