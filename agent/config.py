@@ -132,6 +132,22 @@ class TlsSection:
 
 
 @dataclass(frozen=True)
+class AuditSection:
+    """Where DICOM audit messages (PS3.15 A.5) go: an audit record repository over syslog."""
+
+    host: str
+    port: int
+    transport: str = "tls"              # one of AUDIT_TRANSPORTS; tls uses the [tls] identity
+    verify_hostname: bool = True        # (tls) the repository's certificate must name `host`
+    # the oldest undelivered message older than this is an error in status and the console
+    backlog_alert_s: float = 3600.0
+    # (udp) a larger datagram is held in the spool, never truncated (RFC 5426 section 3.2)
+    udp_max_bytes: int = 8192
+    retry_initial_s: float = 1.0        # first wait after the repository could not be reached
+    retry_max_s: float = 60.0           # the wait doubles up to this
+
+
+@dataclass(frozen=True)
 class WatchFolderSection:
     path: Path                          # resolved against the config file's folder
     settle_s: float = 1.0               # unchanged this long = completely written
@@ -165,6 +181,7 @@ class AgentConfig:
     queue: QueueSection
     watch_folder: WatchFolderSection | None = None
     tls: TlsSection | None = None             # None: no [tls]; then no section may set tls = true
+    audit: AuditSection | None = None         # None: no [audit], no audit trail
 
 
 KNOWN_IODS: tuple[str, ...] = (
@@ -183,6 +200,10 @@ checked at start (check-config)."""
 TLS_PROFILES: tuple[str, ...] = ("bcp195-nd", "bcp195", "bcp195-extended")
 """Values accepted for `[tls] profile`: PS3.15 B.10 Non-Downgrading BCP 195 (the default), B.9 BCP
 195, B.11 Extended BCP 195 (agent.net.tls builds them; config does not import the network)."""
+
+AUDIT_TRANSPORTS: tuple[str, ...] = ("tls", "tcp", "udp")
+"""Values accepted for `[audit] transport`: syslog over TLS (RFC 5425, PS3.15 A.6), over TCP with
+octet counting (RFC 6587) or over UDP (RFC 5426, PS3.15 A.7)."""
 
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -642,8 +663,9 @@ def _section_table(
 
 
 _SECTIONS: tuple[str, ...] = (
-    "agent", "listener", "api", "device", "modality", "worklist", "destinations", "mpps", "queue",
-    "watch_folder", "tls",
+    # "audit" before "destinations": the listing in the unknown-section message keeps its tail
+    "agent", "listener", "api", "device", "modality", "worklist", "audit", "destinations", "mpps",
+    "queue", "watch_folder", "tls",
 )
 
 
@@ -686,6 +708,14 @@ def _check_document(
         tls = _check_tls(_section_table(document, "tls", problems), problems, config_dir)
     else:
         _require_tls_section(listener, worklist, destinations, mpps, problems)
+    audit = None
+    if "audit" in document:
+        audit = _check_audit(_section_table(document, "audit", problems), problems)
+        if audit is not None and audit.transport == "tls" and "tls" not in document:
+            # syslog over TLS presents this station's certificate: without one, never plaintext
+            problems.add("[audit] transport",
+                         'a [tls] section (certificate, private_key, ca_file) when transport = '
+                         '"tls", or transport = "tcp" / "udp"', "no [tls] section")
 
     # Each section is None only if it had a problem; the explicit checks are for the type checker.
     if (
@@ -711,6 +741,7 @@ def _check_document(
         queue=queue,
         watch_folder=watch_folder,
         tls=tls,
+        audit=audit,
     )
 
 
@@ -775,6 +806,25 @@ def _require_tls_section(
             problems.add(f"{label} tls",
                          "a [tls] section (certificate, private_key, ca_file) when tls = true",
                          "no [tls] section")
+
+
+def _check_audit(table: dict[str, Any] | None, problems: _Problems) -> AuditSection | None:
+    if table is None:
+        return None
+    section = _Table(problems, "[audit]", table, AuditSection)
+    section.take("host", _HOST)
+    section.take("port", _PORT)
+    section.take("transport", _one_of(AUDIT_TRANSPORTS))
+    section.take("verify_hostname", _BOOL)
+    section.take("backlog_alert_s", _number(10, 30 * 86_400))
+    # 480 octets: what every IPv4 receiver must take; 65507: the largest UDP/IPv4 payload
+    section.take("udp_max_bytes", _integer(480, 65_507))
+    initial = section.take("retry_initial_s", _number(0.1, 3600))
+    maximum = section.take("retry_max_s", _number(0.1, 3600))
+    if initial is not _INVALID and maximum is not _INVALID and maximum < initial:
+        section.report("retry_max_s", f"a number >= retry_initial_s ({initial:g})",
+                       _show(table.get("retry_max_s", maximum)))
+    return section.build()
 
 
 def _check_api(
