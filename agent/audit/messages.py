@@ -176,6 +176,9 @@ def _access_point_type(host: str) -> str:
     return "2"          # IP address
 
 
+_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -210,7 +213,9 @@ def _message(event: _Event, participants: list[_Participant], node: Node,
     # 2 = data acquisition device or instrument (A.5.1.2.1)
     ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": "2"})
     root.extend(objects)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    # one line: no line break after the declaration either, since a syslog receiver may escape
+    # or split on it (rsyslog writes #012) and then the XML no longer parses
+    return _DECLARATION + ET.tostring(root, encoding="unicode").encode("utf-8")
 
 
 def _participant_element(participant: _Participant) -> ET.Element:

@@ -187,3 +187,10 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="NumberOfInstances"):
         m.begin_transferring(NODE, PACS, WHEN, patient_id="P", study_uid=STUDY,
                              sop_classes={SC: -1})
+
+
+def test_every_message_is_one_line() -> None:
+    # a receiver may escape line breaks (rsyslog writes #012), which breaks the XML
+    for name, document in every_message().items():
+        assert b"\n" not in document and b"\r" not in document, name
+        assert document.startswith(b'<?xml version="1.0" encoding="UTF-8"?><AuditMessage>')

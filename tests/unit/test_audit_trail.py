@@ -176,3 +176,20 @@ def test_an_event_that_cannot_be_recorded_raises(tmp_path: Path) -> None:
     trail.stop()
     with pytest.raises(AuditUnavailable, match="stopped"):
         trail.application_stop()
+
+
+def test_patient_data_never_reaches_the_operational_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    config = write_config(tmp_path, '[audit]\nhost = "127.0.0.1"\nport = 9\n'
+                                    'transport = "udp"\nudp_max_bytes = 480\n')
+    trail = AuditTrail(config, node=NODE)
+    trail.start()
+    try:
+        trail.instances_transferred(PACS, patient_id="PHI^SENTINEL", study_uid="1.2.3",
+                                    sop_classes={}, outcome=Outcome.SUCCESS)
+        wait_until(lambda: trail.status()["held"] == 1, 10, "the oversize message held")
+    finally:
+        trail.stop()
+    assert caplog.records, "the held message should have been logged"
+    assert not [r for r in caplog.records if "PHI^SENTINEL" in r.getMessage()]
