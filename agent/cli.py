@@ -277,6 +277,15 @@ def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
         blocked = " -- CAPTURE STOPPED: disk space" if spool["capture_blocked"] else ""
         _out(f"spool {spool['path']}: {spool['free_mb']} MB free "
              f"(limit {spool['min_free_mb']:g} MB){blocked}")
+    tls = status.get("tls")
+    if tls:
+        if tls.get("error"):
+            _out(f"certificate: ERROR {tls['error']}")
+        else:
+            _out(f"certificate {tls['subject']}: {tls['days_left']:.0f} day(s) left"
+                 + (f" -- {tls['warning'].upper()}" if tls.get("warning") else ""))
+    for problem in agent.get("errors") or []:
+        _out(f"ERROR {problem}")
     return EXIT_OK
 
 
