@@ -90,9 +90,41 @@ def _add_unknown_outcomes(conn: sqlite3.Connection) -> None:
                      "DEFAULT 0")
 
 
+#: IHE IOCM rejection (issue 16 item 2), in tables of their own so that no released table
+#: changes shape: what was rejected and why; delivery rows cancelled by a rejection (never to
+#: be sent, kept until retention); and the rows of a rejection note that must wait until the
+#: rejected object is final at the same destination (an archive refuses a note naming an
+#: instance it does not hold)
+_REJECTION_TABLES = (
+    """CREATE TABLE IF NOT EXISTS rejections (
+    queue_id      INTEGER PRIMARY KEY REFERENCES objects(queue_id),
+    reason        TEXT NOT NULL,  -- quality | patient-safety | incorrect-modality-worklist
+    rejected_at   REAL NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS cancellations (
+    delivery_id   INTEGER PRIMARY KEY REFERENCES deliveries(delivery_id),
+    cancelled_at  REAL NOT NULL,
+    state_before  TEXT NOT NULL             -- pending | failed
+)""",
+    """CREATE TABLE IF NOT EXISTS note_waits (
+    delivery_id    INTEGER NOT NULL REFERENCES deliveries(delivery_id),
+    after_queue_id INTEGER NOT NULL REFERENCES objects(queue_id),
+    until_state    TEXT NOT NULL,           -- committed | sent, at the note row's destination
+    PRIMARY KEY (delivery_id, after_queue_id)
+)""",
+)
+
+
+def _add_rejection_tables(conn: sqlite3.Connection) -> None:
+    for statement in _REJECTION_TABLES:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "deliveries.unknown_outcomes: consecutive sends with no answer, bounded",
               _add_unknown_outcomes),
+    Migration(2, "rejections, cancellations, note_waits: IOCM rejection before and after "
+                 "sending (issue 16 item 2)", _add_rejection_tables),
 )
 
 #: the newest schema this code knows

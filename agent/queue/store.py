@@ -24,7 +24,13 @@ from agent import crashpoints
 from agent.errors import AlreadyQueuedError, QueueError, SpoolFullError, UnknownQueueItemError
 from agent.queue import schema
 from agent.queue.spool import Spool, install_synced, write_synced
-from agent.records import CommitmentResult, Delivery, DeliveryState, QueuedObject
+from agent.records import (
+    DELIVERED_STATES,
+    CommitmentResult,
+    Delivery,
+    DeliveryState,
+    QueuedObject,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,65 @@ _DELIVERY_COLUMNS = """
 """
 
 
+#: a rejection's row: never sent, counted apart in `counts` (not as a failure)
+REJECTED = "rejected"
+
+
+class RejectionConflict(QueueError, ValueError):
+    """A rejection cannot be recorded as planned; nothing was changed."""
+
+
+class ObjectInFlightError(RejectionConflict):
+    """An object to reject is being sent right now: whether the archive got it is unknown
+    until the send ends."""
+
+
+class StaleRejectionError(RejectionConflict):
+    """A row changed between planning a rejection and recording it (e.g. it was just sent):
+    plan again."""
+
+
+@dataclass(frozen=True)
+class NoteToQueue:
+    """A rejection note for some destinations: its Part 10 bytes and, per destination, the
+    rejected objects whose rows there must reach `until_state` before it may be sent."""
+
+    payload: bytes
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    waits: Mapping[str, tuple[tuple[int, DeliveryState], ...]]   # destination -> (queue_id, state)
+
+
+@dataclass(frozen=True)
+class QueuedNote:
+    """A note as queued: its queue id and the destinations it goes to."""
+
+    queue_id: int
+    sop_instance_uid: str
+    destinations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ObjectRejection:
+    """One rejected object (no patient data)."""
+
+    queue_id: int
+    sop_instance_uid: str
+    reason: str
+    rejected_at: float
+
+
+#: a rejection note's row is due only once every rejected object it waits for is final at
+#: the same destination: committed, or (where no commitment is used) stored. Constants only.
+_NOT_WAITING = """NOT EXISTS (
+    SELECT 1 FROM note_waits w WHERE w.delivery_id = d.delivery_id AND NOT EXISTS (
+        SELECT 1 FROM deliveries r WHERE r.queue_id = w.after_queue_id
+        AND r.destination = d.destination
+        AND (r.state = 'committed'
+             OR (w.until_state = 'sent' AND r.state IN ('sent', 'commit_requested')))))"""
+
+
 @dataclass
 class ReportOutcome:
     """What applying one commitment report changed (counts only: no patient data)."""
@@ -52,6 +117,19 @@ class ReportOutcome:
     retry_commit: int = 0
     failed: int = 0
     ignored: list[str] = field(default_factory=list)   # instance UIDs not in the transaction
+
+
+#: rows per destination and state; a cancelled row (a rejected object's, never sent) counts
+#: as "rejected", not as the `failed` it is stored as
+_COUNTS_SQL = """SELECT destination, CASE WHEN c.delivery_id IS NULL THEN state
+    ELSE 'rejected' END AS state, COUNT(*) AS n
+    FROM deliveries LEFT JOIN cancellations c USING (delivery_id)
+    GROUP BY destination, 2"""
+
+
+def _no_counts() -> dict[str, int]:
+    # "rejected" appears only once a row is: readers of the released shape stay unchanged
+    return {s.value: 0 for s in S}
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:
@@ -424,16 +502,11 @@ class QueueStore:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{destination: {state: n}} with every state present."""
-        result: dict[str, dict[str, int]] = {
-            dest: {s.value: 0 for s in S} for dest in self.destinations
-        }
+        result: dict[str, dict[str, int]] = {dest: _no_counts() for dest in self.destinations}
         with self._lock:
-            rows = self.conn.execute(
-                "SELECT destination, state, COUNT(*) AS n FROM deliveries "
-                "GROUP BY destination, state"
-            ).fetchall()
+            rows = self.conn.execute(_COUNTS_SQL).fetchall()
         for row in rows:
-            result.setdefault(row["destination"], {s.value: 0 for s in S})[row["state"]] = row["n"]
+            result.setdefault(row["destination"], _no_counts())[row["state"]] = row["n"]
         return result
 
     def oldest_pending_at(self, destination: str) -> float | None:
@@ -473,6 +546,7 @@ class QueueStore:
                 f"SELECT {_DELIVERY_COLUMNS}, o.size_bytes AS size_bytes "  # noqa: S608
                 "FROM deliveries d JOIN objects o USING (queue_id) "
                 "WHERE d.destination=? AND d.state=? AND d.next_attempt_at<=? "
+                f"AND {_NOT_WAITING} "
                 "ORDER BY d.next_attempt_at, d.delivery_id LIMIT ?",
                 (destination, S.PENDING, now, limit),
             ).fetchall()
@@ -594,10 +668,205 @@ class QueueStore:
                     raise UnknownQueueItemError(f"no queue item {queue_id}")
                 count += conn.execute(
                     "UPDATE deliveries SET state=?, next_attempt_at=?, attempts=0, "
-                    "unknown_outcomes=0, updated_at=? WHERE queue_id=? AND state=?",
+                    "unknown_outcomes=0, updated_at=? WHERE queue_id=? AND state=? "
+                    # a rejected object's cancelled rows are never sent (IOCM)
+                    "AND delivery_id NOT IN (SELECT delivery_id FROM cancellations)",
                     (S.PENDING, now, now, queue_id, S.FAILED),
                 ).rowcount
         return count
+
+    # -- rejection (IHE IOCM) ----------------------------------------------------------------
+    def objects_by_uid(self, sop_instance_uids: Iterable[str]) -> dict[str, QueuedObject]:
+        """The queued objects of these SOP Instance UIDs (purged ones too); unknown UIDs are
+        simply absent."""
+        uids = list(dict.fromkeys(sop_instance_uids))
+        found: dict[str, QueuedObject] = {}
+        with self._lock:
+            for start in range(0, len(uids), 500):        # SQLite's variable limit
+                chunk = uids[start:start + 500]
+                for row in self.conn.execute(
+                    "SELECT * FROM objects WHERE sop_instance_uid IN "  # noqa: S608
+                    f"({','.join('?' * len(chunk))})", chunk,
+                ):
+                    found[row["sop_instance_uid"]] = _object(row)
+        return found
+
+    def rejections(self, queue_ids: Iterable[int] | None = None) -> dict[int, ObjectRejection]:
+        """Rejected objects (all, or those of `queue_ids`), by queue id."""
+        sql = ("SELECT r.queue_id, o.sop_instance_uid, r.reason, r.rejected_at "
+               "FROM rejections r JOIN objects o USING (queue_id)")
+        args: list[object] = []
+        if queue_ids is not None:
+            ids = list(queue_ids)
+            sql += f" WHERE r.queue_id IN ({','.join('?' * len(ids))})"
+            args.extend(ids)
+        with self._lock:
+            return {row["queue_id"]: ObjectRejection(row["queue_id"], row["sop_instance_uid"],
+                                                     row["reason"], row["rejected_at"])
+                    for row in self.conn.execute(sql, args)}
+
+    def rejected_uids(self, sop_instance_uids: Iterable[str]) -> set[str]:
+        """Which of these SOP Instance UIDs are rejected: an open procedure's MPPS must not
+        list them any more (issue 16 item 2)."""
+        uids = list(dict.fromkeys(sop_instance_uids))
+        rejected: set[str] = set()
+        with self._lock:
+            for start in range(0, len(uids), 500):
+                chunk = uids[start:start + 500]
+                rejected.update(row[0] for row in self.conn.execute(
+                    "SELECT o.sop_instance_uid FROM rejections r JOIN objects o "  # noqa: S608
+                    f"USING (queue_id) WHERE o.sop_instance_uid IN ({','.join('?' * len(chunk))})",
+                    chunk))
+        return rejected
+
+    def note_queue_ids(self, queue_ids: Iterable[int]) -> set[int]:
+        """Which of these objects are rejection notes (their rows wait for another object)."""
+        ids = list(queue_ids)
+        with self._lock:
+            return {row[0] for row in self.conn.execute(
+                "SELECT DISTINCT d.queue_id FROM note_waits w JOIN deliveries d "  # noqa: S608
+                f"USING (delivery_id) WHERE d.queue_id IN ({','.join('?' * len(ids))})", ids)}
+
+    def reject(self, queue_ids: Sequence[int], reason: str, *,
+               cancel: Sequence[tuple[int, str]], notes: Sequence[NoteToQueue],
+               cancel_text: str) -> list[QueuedNote]:
+        """Record a rejection, all or nothing.
+
+        The plan (made from an earlier read) must still hold inside the transaction: every row
+        of `queue_ids` not yet delivered is in `cancel` (it becomes `failed` with
+        `cancel_text`, never to be sent, and is counted as rejected), and every delivered
+        row is waited for by exactly one note to its destination. Each note is queued like
+        an object, with rows only for the destinations of its `waits`.
+
+        Returns
+        -------
+        list[QueuedNote]
+            The notes as queued, in the order given.
+
+        Raises
+        ------
+        ObjectInFlightError
+            A row of these objects is being sent right now.
+        StaleRejectionError
+            A row changed since the plan was made: plan again.
+        RejectionConflict
+            An object is already rejected, or a note's UID is already queued.
+        QueueError
+            The notes cannot be made durable (disk full, I/O error).
+        """
+        now = self._now()
+        staged: list[Path] = []
+        installed: list[Path] = []
+        try:
+            for note in notes:
+                self.check_room(len(note.payload))
+                tmp = self.spool.tmp_path(uuid.uuid4().hex)
+                staged.append(tmp)
+                write_synced(tmp, note.payload)
+            with self._tx() as conn:
+                self._check_rejection_plan(conn, queue_ids, cancel, notes)
+                conn.executemany(
+                    "INSERT INTO rejections (queue_id, reason, rejected_at) VALUES (?, ?, ?)",
+                    [(q, reason, now) for q in queue_ids])
+                self._cancel_rows(conn, cancel, cancel_text, now)
+                queued = [self._queue_note(conn, note, tmp, installed, now)
+                          for note, tmp in zip(notes, staged, strict=True)]
+        except sqlite3.IntegrityError as err:
+            self._discard(staged, installed)
+            raise RejectionConflict(f"rejection not recorded: {err}; nothing was changed") \
+                from err
+        except OSError as err:
+            self._discard(staged, installed)
+            if isinstance(err, QueueError):
+                raise
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(f"spool {self.spool.root}: disk full") from err
+            raise QueueError(f"rejection note write failed: {err.strerror}") from err
+        except BaseException:
+            self._discard(staged, installed)
+            raise
+        return queued
+
+    @staticmethod
+    def _discard(staged: Sequence[Path], installed: Sequence[Path]) -> None:
+        # the transaction did not commit: none of its files may stay
+        for path in (*staged, *installed):
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _check_rejection_plan(conn: sqlite3.Connection, queue_ids: Sequence[int],
+                              cancel: Sequence[tuple[int, str]],
+                              notes: Sequence[NoteToQueue]) -> None:
+        ids = list(queue_ids)
+        marks = ",".join("?" * len(ids))
+        already = conn.execute(
+            "SELECT o.sop_instance_uid FROM rejections r JOIN objects o "  # noqa: S608
+            f"USING (queue_id) WHERE r.queue_id IN ({marks})", ids).fetchone()
+        if already is not None:
+            raise RejectionConflict(f"SOP Instance UID {already[0]} is already rejected; "
+                                    "nothing was changed")
+        rows = conn.execute(
+            "SELECT d.queue_id, d.destination, d.state, o.sop_instance_uid "  # noqa: S608
+            f"FROM deliveries d JOIN objects o USING (queue_id) WHERE d.queue_id IN ({marks})",
+            ids).fetchall()
+        for row in rows:
+            if row["state"] == S.SENDING:
+                raise ObjectInFlightError(
+                    f"SOP Instance UID {row['sop_instance_uid']} is being sent to "
+                    f"{row['destination']} right now; reject it again once that send has "
+                    "ended (nothing was changed)")
+        undelivered = {(r["queue_id"], r["destination"]) for r in rows
+                       if r["state"] not in DELIVERED_STATES}
+        delivered = {(r["queue_id"], r["destination"]) for r in rows
+                     if r["state"] in DELIVERED_STATES}
+        waited = [(q, dest) for note in notes for dest, waits in note.waits.items()
+                  for q, _ in waits]
+        if set(cancel) != undelivered or len(waited) != len(set(waited)) \
+                or set(waited) != delivered:
+            raise StaleRejectionError("the queue changed while the rejection was planned "
+                                      "(an object was sent or requeued); nothing was changed")
+
+    @staticmethod
+    def _cancel_rows(conn: sqlite3.Connection, cancel: Sequence[tuple[int, str]], text: str,
+                     now: float) -> None:
+        for queue_id, destination in cancel:
+            row = conn.execute(
+                "SELECT delivery_id, state FROM deliveries WHERE queue_id=? AND destination=?",
+                (queue_id, destination)).fetchone()
+            conn.execute("INSERT INTO cancellations (delivery_id, cancelled_at, state_before) "
+                         "VALUES (?, ?, ?)", (row["delivery_id"], now, row["state"]))
+            # failed, not pending: no path that sends (claim, retry by hand, recovery) may
+            # pick it up; counts() shows it as rejected
+            conn.execute("UPDATE deliveries SET state=?, last_error=?, updated_at=? "
+                         "WHERE delivery_id=?", (S.FAILED, text, now, row["delivery_id"]))
+
+    def _queue_note(self, conn: sqlite3.Connection, note: NoteToQueue, tmp: Path,
+                    installed: list[Path], now: float) -> QueuedNote:
+        cur = conn.execute(
+            "INSERT INTO objects (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+            " size_bytes, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (note.sop_instance_uid, note.sop_class_uid, note.transfer_syntax_uid,
+             len(note.payload), hashlib.sha256(note.payload).hexdigest(), now))
+        queue_id = int(cur.lastrowid or 0)
+        for destination, waits in note.waits.items():
+            waiting_for = ", ".join(str(q) for q, _ in waits)
+            cur = conn.execute(
+                "INSERT INTO deliveries (queue_id, destination, state, next_attempt_at,"
+                " last_error, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (queue_id, destination, S.PENDING, now,
+                 f"rejection note: sent once queue item(s) {waiting_for} are final here",
+                 now))
+            conn.executemany(
+                "INSERT INTO note_waits (delivery_id, after_queue_id, until_state) "
+                "VALUES (?, ?, ?)",
+                [(int(cur.lastrowid or 0), q, DeliveryState(state).value)
+                 for q, state in waits])
+        final = self.spool.object_path(queue_id)
+        # known before it is moved: a failure half way must remove it too
+        installed.append(final)
+        # in place before the row commits, as in enqueue: a row never points at nothing
+        install_synced(tmp, final)
+        return QueuedNote(queue_id, note.sop_instance_uid, tuple(note.waits))
 
     # -- storage commitment ------------------------------------------------------------------
     def begin_commitment(
@@ -775,19 +1044,24 @@ class QueueStore:
         now = self._now()
         with self._lock:
             candidates = self.conn.execute(
-                "SELECT o.queue_id, d.destination, d.state, "
+                "SELECT o.queue_id, d.destination, d.state, c.cancelled_at, "
                 "COALESCE(d.committed_at, d.stored_at) AS done_at "
-                "FROM objects o JOIN deliveries d USING (queue_id) WHERE o.purged_at IS NULL"
+                "FROM objects o JOIN deliveries d USING (queue_id) "
+                "LEFT JOIN cancellations c USING (delivery_id) WHERE o.purged_at IS NULL"
             ).fetchall()
         ready: dict[int, bool] = {}
         for row in candidates:
             final = final_states.get(row["destination"])
-            ok = (
-                final is not None
-                and row["state"] == final
-                and row["done_at"] is not None
-                and row["done_at"] + retention_s <= now
-            )
+            if row["cancelled_at"] is not None:
+                # rejected before it was sent: final there from the rejection on
+                ok = row["cancelled_at"] + retention_s <= now
+            else:
+                ok = (
+                    final is not None
+                    and row["state"] == final
+                    and row["done_at"] is not None
+                    and row["done_at"] + retention_s <= now
+                )
             ready[row["queue_id"]] = ready.get(row["queue_id"], True) and ok
         purged = 0
         for queue_id, ok in ready.items():
@@ -814,7 +1088,12 @@ def read_counts(db_path: Path) -> dict[str, dict[str, int]]:
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
         try:
+            has_cancellations = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='cancellations'"
+            ).fetchone() is not None
+            # a database not yet upgraded (schema < 2) has no cancelled row
             rows = conn.execute(
+                _COUNTS_SQL if has_cancellations else
                 "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state"
             ).fetchall()
         finally:
@@ -823,5 +1102,5 @@ def read_counts(db_path: Path) -> dict[str, dict[str, int]]:
         raise QueueError(f"{db_path}: {err}") from err
     result: dict[str, dict[str, int]] = {}
     for destination, state, n in rows:
-        result.setdefault(destination, {s.value: 0 for s in S})[state] = n
+        result.setdefault(destination, _no_counts())[state] = n
     return result
