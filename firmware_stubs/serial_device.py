@@ -42,6 +42,11 @@ KV_TENTHS_RANGE = (400, 1500)
 MAS_HUNDREDTHS_RANGE = (10, 100_000)
 EXPOSURE_US_RANGE = (1_000, 10_000_000)
 MAX_TUBE_CURRENT_MA = 1000.0
+#: the stub's dose model (not part of the protocol): air kerma at 1 m per mAs at 80 kV, a
+#: typical tungsten tube with ~2.5 mm Al total filtration, growing with the square of the kV
+AIR_KERMA_GY_PER_MAS_AT_80KV = 80e-6
+#: the field when the detector's pixel spacing is unknown: 35 cm x 43 cm at 1 m
+DEFAULT_FIELD_CM2 = 35.0 * 43.0
 #: the select() period: how quickly stop requests and timers are noticed
 TICK_S = 0.005
 
@@ -59,6 +64,7 @@ class _HeldFrame:
     frame_id: int
     data: bytes
     technique: bytes     # packed, as delivered
+    dap_centi_dgycm2: int   # dose-area product of the exposure, 0.01 dGy·cm²
 
 
 class SerialFirmware:
@@ -78,6 +84,9 @@ class SerialFirmware:
         Textual fault specs armed at power-on, e.g. ``["bad_crc@3"]``.
     seed
         Seeds the garbage bytes and bit positions of injected faults.
+    protocol_version
+        What IDENTIFY announces: 2 (default) adds the dose-area product to FRAME_HEADER; 1 is
+        the older firmware without it; any other value is sent as is (a host must refuse it).
     """
 
     def __init__(
@@ -94,6 +103,7 @@ class SerialFirmware:
         model: str = "XR-STUB-1",
         serial_number: str = "STUB-0001",
         firmware_version: str = "1.0.0",
+        protocol_version: int = wire.PROTOCOL_VERSION,
     ) -> None:
         if not (1 <= rows <= 4096 and 1 <= columns <= 4096 and 1 <= bits_stored <= 16):
             raise ValueError(f"rows, columns: expected 1..4096, bits_stored 1..16; got {rows}, "
@@ -106,6 +116,7 @@ class SerialFirmware:
         self.readout_s = readout_s
         self.model, self.serial_number = model, serial_number
         self.firmware_version = firmware_version
+        self.protocol_version = protocol_version
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._faults: list[Fault] = [parse_fault(spec) for spec in faults]
@@ -191,6 +202,16 @@ class SerialFirmware:
     def expected_frame(self, frame_id: int) -> np.ndarray[Any, Any]:
         """The pixels frame `frame_id` carries."""
         return xray_phantom(self.rows, self.columns, self.bits_stored, frame_id)
+
+    def dap_centi_dgycm2(self, kv_tenths: int, mas_hundredths: int) -> int:
+        """The dose-area product the stub reports for a technique, in 0.01 dGy·cm²: air kerma
+        at 1 m (AIR_KERMA_GY_PER_MAS_AT_80KV x (kV/80)² x mAs) times the detector's area at
+        1 m (rows x columns x pixel spacing; DEFAULT_FIELD_CM2 when the spacing is unknown)."""
+        kerma_gy = AIR_KERMA_GY_PER_MAS_AT_80KV * (kv_tenths / 800) ** 2 * mas_hundredths / 100
+        row_um, column_um = self.pixel_spacing_um
+        field_cm2 = (self.rows * row_um * self.columns * column_um / 1e8
+                     if row_um and column_um else DEFAULT_FIELD_CM2)
+        return max(1, round(kerma_gy * field_cm2 * 10 * 100))   # Gy·cm² -> 0.01 dGy·cm²
 
     # -- the pty host's API --------------------------------------------------------------------
     def attach(self, tty_path: str | None) -> None:
@@ -322,7 +343,7 @@ class SerialFirmware:
                          f"unknown command 0x{packet_type:02X}"), []
 
     def _identity(self) -> bytes:
-        return (struct.pack("<BHHBHH", wire.PROTOCOL_VERSION, self.rows, self.columns,
+        return (struct.pack("<BHHBHH", self.protocol_version, self.rows, self.columns,
                             self.bits_stored, *self.pixel_spacing_um)
                 + wire.pack_text(self.model) + wire.pack_text(self.serial_number)
                 + wire.pack_text(self.firmware_version))
@@ -400,7 +421,9 @@ class SerialFirmware:
             return
         pixels = self.expected_frame(frame_id)
         wire_dtype = "u1" if self.bits_stored <= 8 else "<u2"
-        self._held = _HeldFrame(frame_id, pixels.astype(wire_dtype).tobytes(), self._technique)
+        kv_tenths, mas_hundredths, _ = wire.unpack_technique(self._technique)
+        self._held = _HeldFrame(frame_id, pixels.astype(wire_dtype).tobytes(), self._technique,
+                                self.dap_centi_dgycm2(kv_tenths, mas_hundredths))
         self._outbox.extend(self._frame_packets(self._held, None))
 
     def _chunk_count(self, held: _HeldFrame) -> int:
@@ -414,8 +437,8 @@ class SerialFirmware:
             bytes_per_pixel = 1 if self.bits_stored <= 8 else 2
             packets.append(_Outgoing("header", wire.FRAME_HEADER, struct.pack(
                 "<HHHBBHHI", held.frame_id, self.rows, self.columns, self.bits_stored,
-                bytes_per_pixel, count, self.chunk_size, len(held.data)) + held.technique,
-                held.frame_id))
+                bytes_per_pixel, count, self.chunk_size, len(held.data)) + held.technique
+                + self._dap_field(held), held.frame_id))
             chunks = range(count)
         for index in chunks:
             data = held.data[index * self.chunk_size : (index + 1) * self.chunk_size]
@@ -425,6 +448,12 @@ class SerialFirmware:
         packets.append(_Outgoing("end", wire.FRAME_END, struct.pack(
             "<HHI", held.frame_id, count, wire.crc32_frame(held.data)), held.frame_id))
         return packets
+
+    def _dap_field(self, held: _HeldFrame) -> bytes:
+        """FRAME_HEADER bytes 26..29 from protocol version 2 on; nothing for version 1."""
+        if self.protocol_version < 2:
+            return b""
+        return struct.pack("<I", held.dap_centi_dgycm2)
 
     def _resend(self, command: tuple[int, int, bytes]) -> tuple[_Outgoing, list[_Outgoing]]:
         payload = command[2]

@@ -14,7 +14,10 @@ from collections import deque
 SYNC0 = 0xA5
 SYNC1 = 0x5A
 MAX_PAYLOAD = 2048
-PROTOCOL_VERSION = 1
+#: the newest version this firmware speaks (PROTOCOL.md §6); version 1 has no DAP
+PROTOCOL_VERSION = 2
+#: FRAME_HEADER DAP value of a version 2 device that measured none (PROTOCOL.md §4)
+DAP_NOT_MEASURED = 0xFFFFFFFF
 
 # message types (PROTOCOL.md, "Message types")
 IDENTIFY = 0x01

@@ -27,7 +27,12 @@ TRAILER_SIZE = 2
 MAX_PAYLOAD = 2048
 #: largest chunk of pixel data: the payload less frame id (2) and chunk index (2)
 MAX_CHUNK_DATA = MAX_PAYLOAD - 4
-PROTOCOL_VERSION = 1
+#: the version this host announces it speaks best (drivers/PROTOCOL.md §6)
+PROTOCOL_VERSION = 2
+#: every version this host speaks: a version 1 device (no dose-area product) keeps working
+SUPPORTED_PROTOCOL_VERSIONS = (1, 2)
+#: FRAME_HEADER dap_centi_dgycm2 of a version 2 device that measured no dose-area product
+DAP_NOT_MEASURED = 0xFFFFFFFF
 #: `Resend.chunks` entry asking for the whole frame (header, every chunk, end)
 WHOLE_FRAME = 0xFFFF
 #: at most this many chunk indices in one RESEND
@@ -485,7 +490,8 @@ class Nak(Message):
 
 @dataclass(frozen=True)
 class FrameHeader(Message):
-    """Starts a frame: its geometry, how it is cut into chunks, the technique delivered."""
+    """Starts a frame: its geometry, how it is cut into chunks, the technique delivered and,
+    from protocol version 2, the dose-area product of the exposure."""
 
     TYPE: ClassVar[MessageType] = MessageType.FRAME_HEADER
     frame_id: int
@@ -497,22 +503,40 @@ class FrameHeader(Message):
     chunk_size: int
     total_bytes: int
     technique: Technique
+    #: version 2: DAP in 0.01 dGy·cm² (u32; DAP_NOT_MEASURED: none); None: a version 1 header
+    dap_centi_dgycm2: int | None = None
 
     SIZE: ClassVar[int] = 16 + Technique.SIZE
+    SIZE_V2: ClassVar[int] = SIZE + 4
     _FORMAT: ClassVar[str] = "<HHHBBHHI"
 
+    @property
+    def dap_dgycm2(self) -> float | None:
+        """The dose-area product in dGy·cm², or None if the device reported none."""
+        if self.dap_centi_dgycm2 is None or self.dap_centi_dgycm2 == DAP_NOT_MEASURED:
+            return None
+        return self.dap_centi_dgycm2 / 100
+
     def payload(self) -> bytes:
-        return struct.pack(self._FORMAT, self.frame_id, self.rows, self.columns,
+        body = struct.pack(self._FORMAT, self.frame_id, self.rows, self.columns,
                            self.bits_stored, self.bytes_per_pixel, self.chunk_count,
                            self.chunk_size, self.total_bytes) + self.technique.encode()
+        if self.dap_centi_dgycm2 is not None:
+            body += struct.pack("<I", self.dap_centi_dgycm2)
+        return body
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Self:
-        _check_size("FRAME_HEADER", payload, cls.SIZE)
+        if len(payload) not in (cls.SIZE, cls.SIZE_V2):
+            raise ProtocolError(f"FRAME_HEADER: expected {cls.SIZE} bytes (version 1) or "
+                                f"{cls.SIZE_V2} (version 2), got {len(payload)}")
         frame_id, rows, columns, bits, bytes_per_pixel, count, chunk_size, total = \
             struct.unpack_from(cls._FORMAT, payload)
+        dap = None
+        if len(payload) == cls.SIZE_V2:
+            (dap,) = struct.unpack_from("<I", payload, cls.SIZE)
         return cls(frame_id, rows, columns, bits, bytes_per_pixel, count, chunk_size, total,
-                   Technique.decode(payload[16:]))
+                   Technique.decode(payload[16:cls.SIZE]), dap)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from drivers.frame import Frame
 from drivers.serial.assembly import FrameAssembly
 from drivers.serial.codec import (
     MAX_RESEND_CHUNKS,
-    PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
     WHOLE_FRAME,
     Abort,
     Ack,
@@ -223,10 +223,11 @@ class SerialDriver(Driver):
                     f"serial: no answer to IDENTIFY on {port}; is the device on and is this "
                     "its port?")
             identity = Identity.decode(body)
-            if identity.protocol_version != PROTOCOL_VERSION:
+            if identity.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
                 raise ProtocolError(
                     f"serial: the device on {port} speaks protocol version "
-                    f"{identity.protocol_version}; this driver speaks {PROTOCOL_VERSION}")
+                    f"{identity.protocol_version}; this driver speaks "
+                    f"{', '.join(map(str, SUPPORTED_PROTOCOL_VERSIONS))}")
             if not self._set_technique(deadline):
                 raise DriverTimeoutError(f"serial: no answer to SET_TECHNIQUE on {port}")
             applied = self._applied
@@ -339,6 +340,7 @@ class SerialDriver(Driver):
                 quiet_by = now + timeout_s
                 quiet_interval = timeout_s
             if isinstance(message, FrameHeader):
+                self._check_header_version(message)
                 if assembly is None:
                     try:
                         assembly = FrameAssembly(message)
@@ -388,6 +390,14 @@ class SerialDriver(Driver):
             elif not (isinstance(message, Ack) and message.ack_seq in request_seqs):
                 self._counters["stale_messages"] += 1
 
+    def _check_header_version(self, header: FrameHeader) -> None:
+        """A version 2 device sends the 30-byte header, a version 1 device the 26-byte one
+        (drivers/PROTOCOL.md §4); anything else is a protocol error and drops the frame."""
+        version = self._identity.protocol_version if self._identity is not None else 1
+        if (header.dap_centi_dgycm2 is not None) != (version >= 2):
+            raise self._dropped(header.frame_id, f"its header is not the one of protocol "
+                                                 f"version {version} the device announced")
+
     def _request_missing(self, frame_id: int, assembly: FrameAssembly | None) -> int:
         """Ask for what `assembly` lacks (the whole frame if None); returns the request's seq."""
         if assembly is None:
@@ -420,6 +430,15 @@ class SerialDriver(Driver):
         if ident is not None and ident.row_spacing_um and ident.column_spacing_um:
             spacing = (ident.row_spacing_um / 1000, ident.column_spacing_um / 1000)
         technique = header.technique
+        parameters: dict[str, object] = {
+            "kvp": technique.kvp,
+            "mas": technique.mas,
+            "exposure_ms": technique.exposure_ms,
+            "device_frame_id": header.frame_id,
+        }
+        if header.dap_dgycm2 is not None:
+            # protocol version 2: the dose-area product of this exposure
+            parameters["dap_dgycm2"] = header.dap_dgycm2
         repairs = {key: value - before[key] for key, value in self.link_counters.items()
                    if value != before[key]}
         if repairs:
@@ -433,12 +452,7 @@ class SerialDriver(Driver):
             t_wall=time.time(),
             sequence_number=self.next_sequence_number,
             pixel_spacing_mm=spacing,
-            device_parameters=MappingProxyType({
-                "kvp": technique.kvp,
-                "mas": technique.mas,
-                "exposure_ms": technique.exposure_ms,
-                "device_frame_id": header.frame_id,
-            }),
+            device_parameters=MappingProxyType(parameters),
         )
 
     # -- commands and packets ------------------------------------------------------------------

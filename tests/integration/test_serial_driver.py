@@ -29,6 +29,7 @@ from drivers.errors import (
     DriverConfigError,
     DriverTimeoutError,
     FrameCorruptError,
+    ProtocolError,
 )
 from drivers.frame import Frame
 from drivers.registry import create_driver
@@ -89,8 +90,10 @@ def test_frames_are_exact_and_carry_what_the_device_delivered(
         assert frame.device_parameters["device_frame_id"] == index
         assert frame.bits_stored == BITS and frame.pixels.dtype == np.uint16
         # asked 70.4 kV; the generator sets whole kilovolts and reports what it delivered
+        # protocol version 2: the dose-area product the device reported for this exposure
+        dap = firmware.dap_centi_dgycm2(700, 800) / 100
         assert dict(frame.device_parameters) == {"kvp": 70.0, "mas": 8.0, "exposure_ms": 10.0,
-                                                 "device_frame_id": index}
+                                                 "device_frame_id": index, "dap_dgycm2": dap}
         assert frame.pixel_spacing_mm == (0.15, 0.15)
     status = driver.status()
     assert (status.is_open, status.online, status.frames_read) == (True, True, 3)
@@ -366,3 +369,26 @@ def test_main_serves_until_sigterm_and_keeps_the_link(tmp_path: Path) -> None:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+
+
+# -- protocol versions (drivers/PROTOCOL.md §6) -------------------------------------------------
+
+def test_version_1_firmware_keeps_working_without_dap(tmp_path: Path) -> None:
+    firmware = make_firmware(protocol_version=1)
+    with serve(firmware, link=tmp_path / "ttyV1"), SerialDriver(
+            port=str(tmp_path / "ttyV1"), timeout_s=REPLY_TIMEOUT_S) as driver:
+        frame = driver.read_frame(READ_TIMEOUT_S)
+        assert_exact(frame, firmware)
+        assert "dap_dgycm2" not in frame.device_parameters
+        assert frame.device_parameters["kvp"] == 70.0
+        assert driver.identity is not None and driver.identity.protocol_version == 1
+
+
+def test_an_unknown_protocol_version_is_refused_at_open(tmp_path: Path) -> None:
+    firmware = make_firmware(protocol_version=3)
+    with serve(firmware, link=tmp_path / "ttyV3"):
+        driver = SerialDriver(port=str(tmp_path / "ttyV3"), timeout_s=REPLY_TIMEOUT_S)
+        with pytest.raises(ProtocolError, match="speaks protocol version 3; this driver "
+                                                "speaks 1, 2"):
+            driver.open()
+        assert firmware.counters["exposures"] == 0

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from drivers.errors import ProtocolError
 from drivers.serial.assembly import MAX_FRAME_BYTES, FrameAssembly, check_header
 from drivers.serial.codec import (
+    DAP_NOT_MEASURED,
     MAX_PAYLOAD,
     MESSAGE_CLASSES,
     WHOLE_FRAME,
@@ -64,7 +65,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Resend, u16, st.lists(u16, max_size=64).map(tuple)),
     st.builds(Ack, u16, u8, st.binary(max_size=200)),
     st.builds(Nak, u16, u8, u8, st.text(max_size=100)),
-    st.builds(FrameHeader, u16, u16, u16, u8, u8, u16, u16, u32, techniques),
+    st.builds(FrameHeader, u16, u16, u16, u8, u8, u16, u16, u32, techniques,
+              st.none() | u32),
     st.builds(DataChunk, u16, u16, st.binary(max_size=MAX_PAYLOAD - 4)),
     st.builds(FrameEnd, u16, u16, u32),
 )
@@ -373,3 +375,42 @@ def test_an_oversized_frame_is_refused_before_allocation() -> None:
 
 def test_whole_frame_marker_is_documented_value() -> None:
     assert WHOLE_FRAME == 0xFFFF
+
+
+# -- protocol version 2: the dose-area product in FRAME_HEADER --------------------------------
+
+V1_HEADER = FrameHeader(7, 2, 3, 12, 2, 1, 12, 12, Technique(700, 1000, 20000))
+
+
+def test_a_version_2_header_carries_the_dap_and_round_trips() -> None:
+    header = FrameHeader(7, 2, 3, 12, 2, 1, 12, 12, Technique(700, 1000, 20000),
+                         dap_centi_dgycm2=36)
+    payload = header.payload()
+    assert len(payload) == 30 and payload[26:] == (36).to_bytes(4, "little")
+    decoded = decode_message(Packet(0x90, 1, payload))
+    assert decoded == header
+    assert isinstance(decoded, FrameHeader) and decoded.dap_dgycm2 == 0.36
+
+
+def test_a_version_1_header_still_decodes_without_dap() -> None:
+    payload = V1_HEADER.payload()
+    assert len(payload) == 26
+    decoded = decode_message(Packet(0x90, 1, payload))
+    assert isinstance(decoded, FrameHeader)
+    assert decoded.dap_centi_dgycm2 is None and decoded.dap_dgycm2 is None
+    assert decoded.technique.kvp == 70.0
+
+
+def test_a_dap_the_device_did_not_measure_is_none_not_a_number() -> None:
+    header = FrameHeader(7, 2, 3, 12, 2, 1, 12, 12, Technique(700, 1000, 20000),
+                         dap_centi_dgycm2=DAP_NOT_MEASURED)
+    decoded = decode_message(Packet(0x90, 1, header.payload()))
+    assert isinstance(decoded, FrameHeader) and decoded.dap_dgycm2 is None
+    assert DAP_NOT_MEASURED == 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("size", [25, 27, 28, 31])
+def test_a_header_of_neither_version_is_refused(size: int) -> None:
+    payload = (V1_HEADER.payload() + bytes(8))[:size]
+    with pytest.raises(ProtocolError, match=r"26 bytes \(version 1\) or 30 \(version 2\)"):
+        decode_message(Packet(0x90, 1, payload))

@@ -121,10 +121,16 @@ class _ReplyParser(wire.CommandParser):
     """The stub's parser reads any packet type: reused here for the replies."""
 
 
+@pytest.fixture(params=[2], ids=["v2"])
+def protocol_version(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
 @pytest.fixture
-def firmware_on_socket() -> Iterator[tuple[SerialFirmware, Host]]:
+def firmware_on_socket(protocol_version: int) -> Iterator[tuple[SerialFirmware, Host]]:
     ours, theirs = socket.socketpair()
-    firmware = SerialFirmware(rows=8, columns=10, bits_stored=12, chunk_size=64)
+    firmware = SerialFirmware(rows=8, columns=10, bits_stored=12, chunk_size=64,
+                              protocol_version=protocol_version)
     stop = threading.Event()
     thread = threading.Thread(target=firmware.run, args=(theirs.fileno(), stop), daemon=True)
     thread.start()
@@ -169,3 +175,43 @@ def test_out_of_range_technique_is_refused_with_reasons(
     host.command(wire.ARM)
     assert host.replies(1)[0][2][3] == wire.NAK_BAD_STATE
     wait_until(lambda: firmware.counters["commands"] == 2, 5, "both commands counted")
+
+
+# -- protocol version 2: the dose-area product --------------------------------------------------
+
+def expose_once(host: Host) -> list[tuple[int, int, bytes]]:
+    """IDENTIFY, technique 80 kV 10 mAs 20 ms, ARM, EXPOSE; the replies through FRAME_END."""
+    host.command(wire.IDENTIFY)
+    host.command(wire.SET_TECHNIQUE, wire.pack_technique(800, 1000, 20000))
+    host.command(wire.ARM)
+    host.command(wire.EXPOSE)
+    return host.replies(4 + 1 + 3 + 1)     # 4 ACKs, header, 3 chunks, end
+
+
+@pytest.mark.parametrize("protocol_version", [2], indirect=True)
+def test_version_2_announces_itself_and_reports_a_plausible_dap(
+        firmware_on_socket: tuple[SerialFirmware, Host]) -> None:
+    firmware, host = firmware_on_socket
+    replies = expose_once(host)
+    identity, header = replies[0][2], replies[4][2]
+    assert identity[3] == 2                              # after ack_seq (2) and type (1)
+    assert replies[4][0] == wire.FRAME_HEADER and len(header) == 30
+    dap = int.from_bytes(header[26:30], "little")
+    assert dap == firmware.dap_centi_dgycm2(800, 1000)
+    # 0.8 mGy at 1 m over 8 x 10 pixels of 150 um (0.018 cm²): below 0.01 dGy·cm², so the
+    # smallest value the field can say that is not zero
+    assert dap == 1
+    big = SerialFirmware(rows=512, columns=512, pixel_spacing_um=(150, 150))
+    # a chest-sized technique on a 7.7 cm field: ~0.36 dGy·cm² (tens of uGy·m² per image)
+    assert big.dap_centi_dgycm2(700, 1000) == 36
+    assert big.dap_centi_dgycm2(1000, 1000) > big.dap_centi_dgycm2(700, 1000)
+    assert big.dap_centi_dgycm2(700, 2000) == pytest.approx(2 * 36, abs=1)
+
+
+@pytest.mark.parametrize("protocol_version", [1], indirect=True)
+def test_version_1_firmware_sends_the_old_header_without_dap(
+        firmware_on_socket: tuple[SerialFirmware, Host]) -> None:
+    _, host = firmware_on_socket
+    replies = expose_once(host)
+    assert replies[0][2][3] == 1
+    assert replies[4][0] == wire.FRAME_HEADER and len(replies[4][2]) == 26
