@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -251,3 +252,11 @@ def test_validation_names_what_is_wrong() -> None:
     ds.ContentDate = ""
     with pytest.raises(IODError, match="ContentDate is empty"):
         dose_sr.validate_dose_sr(ds)
+
+
+def test_doc_lists_the_modules_of_the_table() -> None:
+    """docs/iods.md's dose SR table is `dose_sr.modules_markdown()` (no drift)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "iods.md").read_text(encoding="utf-8")
+    begin, end = "<!-- dose-sr-module-table: begin -->\n", "<!-- dose-sr-module-table: end -->"
+    assert begin in doc and end in doc, "docs/iods.md: the dose SR markers are missing"
+    assert doc[doc.index(begin) + len(begin):doc.index(end)] == dose_sr.modules_markdown()
