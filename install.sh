@@ -57,8 +57,11 @@ fi
 apt_packages=()
 [ "$want_demo" = 1 ] && apt_packages+=(orthanc)
 # chromium: the hostile-page and console tests; systemd (systemd-analyze) and libseccomp2: the
-# service unit tests; prometheus: promtool for the metrics and alert-rule tests
-[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools chromium systemd libseccomp2 prometheus)
+# service unit tests; prometheus: promtool for the metrics and alert-rule tests; rsyslog and
+# rsyslog-gnutls: the audit record repository the audit tests start, libxml2-utils: xmllint,
+# which checks every audit message against the PS3.15 A.5.1 schema
+[ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools chromium systemd libseccomp2 prometheus
+                                      rsyslog rsyslog-gnutls libxml2-utils)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   missing=()

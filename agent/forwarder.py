@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from agent import crashpoints
+from agent.audit import AlertKind, AuditPeer, AuditTrail, AuditUnavailable, Outcome
 from agent.config import DestinationSection, QueueSection
 from agent.errors import AgentError, AssociationError, TlsHandshakeError
 from agent.heartbeat import Heartbeat, stall_point
@@ -66,8 +73,8 @@ STALL_SLACK_S = 120.0
 #: attempt after a backoff) and a failed object keeps its bytes for `queue retry` by hand
 MAX_UNKNOWN_OUTCOMES = 5
 
-__all__ = ["DestinationHealth", "DestinationWorker", "Forwarder", "backoff_s",
-           "proposed_contexts", "uncompressed_copy"]
+__all__ = ["DestinationHealth", "DestinationWorker", "Forwarder", "StudyRef", "TransferAudit",
+           "backoff_s", "proposed_contexts", "read_study_ref", "uncompressed_copy"]
 
 
 def backoff_s(failures: int, *, initial_s: float, max_s: float,
@@ -140,13 +147,212 @@ class DestinationHealth:
         }
 
 
+#: the header elements an audit message names: Patient ID, Study Instance UID, Accession Number
+_AUDIT_TAGS = [Tag(0x0010, 0x0020), Tag(0x0020, 0x000D), Tag(0x0008, 0x0050)]
+#: objects whose study is remembered between "stored" and the commitment report, and
+#: (destination, study) pairs whose Begin Transferring was sent in this run: bounded, so a
+#: daemon that runs for months does not grow with every study
+AUDIT_CACHE_SIZE = 50_000
+#: named in an audit message for a file whose header cannot be read (the event still counts)
+UNKNOWN = "(unreadable)"
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """What an audit message names of one object's study (patient data: never logged)."""
+
+    patient_id: str
+    study_uid: str
+    accession: str = ""
+
+
+def read_study_ref(path: Path) -> StudyRef:
+    """The patient and study of a spooled Part 10 file, from its header only (no pixels)."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=_AUDIT_TAGS)
+    except (OSError, InvalidDicomError, ValueError, EOFError):
+        return StudyRef(UNKNOWN, UNKNOWN)
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+    return StudyRef(patient_id or UNKNOWN, study_uid or UNKNOWN,
+                    str(ds.get("AccessionNumber", "") or "").strip())
+
+
+def _sop_counts(sop_classes: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for sop_class in sop_classes:
+        counts[sop_class] = counts.get(sop_class, 0) + 1
+    return counts
+
+
+class TransferAudit:
+    """The forwarder's and the commitment listener's audit events (issue 15): Begin Transferring
+    DICOM Instances the first time a study goes to a destination in this run, and DICOM
+    Instances Transferred per study and destination when a batch was stored and again when its
+    commitment result arrives. The patient and study come from each spooled file's header: one
+    read per object, in the worker thread (never in the sending process), remembered until the
+    commitment report so that it is not read twice.
+
+    Thread-safe: every worker thread and the listener's threads call it. `alert` records a
+    Security Alert (the daemon's, which holds back repeats of one peer's failures).
+    """
+
+    def __init__(self, trail: AuditTrail, queue: QueueStore,
+                 destinations: Sequence[DestinationSection], *,
+                 alert: Callable[[AlertKind, str, AuditPeer | None], None] | None = None,
+                 cache_size: int = AUDIT_CACHE_SIZE) -> None:
+        self._trail = trail
+        self._alert = alert
+        self._queue = queue
+        self._peers = {d.name: AuditPeer(d.host, d.called_ae, d.port) for d in destinations}
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._studies: OrderedDict[str, StudyRef] = OrderedDict()   # SOP Instance UID -> study
+        self._begun: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    # -- the forwarder's side ----------------------------------------------------------------
+    def begin(self, destination: DestinationSection, batch: Sequence[Delivery]) -> None:
+        """Before a batch is sent: Begin Transferring for each study not yet begun there.
+
+        Raises
+        ------
+        AuditUnavailable
+            If the event cannot be recorded: the batch must not be sent.
+        """
+        groups = self._group([(d.sop_instance_uid, d.sop_class_uid, d.queue_id) for d in batch])
+        for study, sop_classes in groups.items():
+            key = (destination.name, study.study_uid)
+            with self._lock:
+                if key in self._begun:
+                    continue
+            self._trail.begin_transferring(
+                self._peers.get(destination.name, _peer(destination)),
+                patient_id=study.patient_id, study_uid=study.study_uid,
+                sop_classes=sop_classes, accession=study.accession)
+            with self._lock:
+                self._begun[key] = None
+                _trim(self._begun, self._cache_size)
+
+    def transferred(self, destination: DestinationSection, stored: Sequence[Delivery],
+                    failed: Sequence[Delivery]) -> None:
+        """After a batch: DICOM Instances Transferred (stored) per study, with outcome 0 when
+        all its objects were stored, 4 when some were refused, 8 when none was stored.
+
+        Raises
+        ------
+        AuditUnavailable
+            If the event cannot be recorded (the objects are stored already).
+        """
+        peer = self._peers.get(destination.name, _peer(destination))
+        ok = self._group([(d.sop_instance_uid, d.sop_class_uid, d.queue_id) for d in stored])
+        bad = self._group([(d.sop_instance_uid, d.sop_class_uid, d.queue_id) for d in failed])
+        self._report(peer, ok, bad, committed=False, what="refused by the archive")
+
+    def tls_failure(self, destination: DestinationSection, reason: str) -> None:
+        """A failed TLS handshake with an archive: a Security Alert (Node Authentication).
+        Never raises: the association was refused already; a gap is logged."""
+        if self._alert is None:
+            return
+        try:
+            self._alert(AlertKind.TLS_FAILURE,
+                        f"TLS handshake with destination {destination.name} failed: {reason}",
+                        self._peers.get(destination.name, _peer(destination)))
+        except AuditUnavailable as err:
+            logger.error("forwarder %s: TLS failure not audited: %s", destination.name, err)
+
+    # -- the listener's side -----------------------------------------------------------------
+    def committed(self, destination: str, committed: Sequence[tuple[str, str]],
+                  failed: Sequence[tuple[str, str]]) -> None:
+        """A commitment report: DICOM Instances Transferred (committed) per study. `committed`
+        and `failed` are (SOP Class UID, SOP Instance UID) pairs; instances not ours are left
+        out (the queue ignores them too).
+
+        Raises
+        ------
+        AuditUnavailable
+            If the event cannot be recorded: the report must not be accepted.
+        """
+        peer = self._peers.get(destination, AuditPeer(destination))
+        ok = self._group([(uid, sop_class, None) for sop_class, uid in committed])
+        bad = self._group([(uid, sop_class, None) for sop_class, uid in failed])
+        self._report(peer, ok, bad, committed=True, what="not committed")
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _report(self, peer: AuditPeer, ok: dict[StudyRef, dict[str, int]],
+                bad: dict[StudyRef, dict[str, int]], *, committed: bool, what: str) -> None:
+        for study in [*ok, *(s for s in bad if s not in ok)]:
+            done, missed = ok.get(study, {}), bad.get(study, {})
+            if not missed:
+                outcome, description = Outcome.SUCCESS, ""
+            else:
+                outcome = Outcome.MINOR_FAILURE if done else Outcome.SERIOUS_FAILURE
+                description = f"{sum(missed.values())} instance(s) {what}"
+            self._trail.instances_transferred(
+                peer, patient_id=study.patient_id, study_uid=study.study_uid,
+                sop_classes=done or missed, outcome=outcome, committed=committed,
+                accession=study.accession, outcome_description=description)
+
+    def _group(self, objects: Sequence[tuple[str, str, int | None]]
+               ) -> dict[StudyRef, dict[str, int]]:
+        """(SOP Instance UID, SOP Class UID, queue id or None) grouped by study; an instance
+        whose study is unknown and cannot be found in the spool is left out."""
+        classes: dict[StudyRef, list[str]] = {}
+        for uid, sop_class, queue_id in objects:
+            study = self._study(uid, queue_id)
+            if study is not None:
+                classes.setdefault(study, []).append(sop_class)
+        return {study: _sop_counts(found) for study, found in classes.items()}
+
+    def _study(self, sop_instance_uid: str, queue_id: int | None) -> StudyRef | None:
+        with self._lock:
+            known = self._studies.get(sop_instance_uid)
+        if known is not None:
+            return known
+        if queue_id is None:
+            queue_id = self._queue_id(sop_instance_uid)
+            if queue_id is None:
+                return None
+        study = read_study_ref(self._queue.object_path(queue_id))
+        with self._lock:
+            self._studies[sop_instance_uid] = study
+            _trim(self._studies, self._cache_size)
+        return study
+
+    def _queue_id(self, sop_instance_uid: str) -> int | None:
+        """The newest spooled object with this UID (a report after a restart finds nothing in
+        memory), read on a read-only connection of its own: the queue's is busy elsewhere."""
+        try:
+            conn = sqlite3.connect(f"file:{self._queue.spool.db_path}?mode=ro", uri=True,
+                                   timeout=10)
+            try:
+                row = conn.execute("SELECT MAX(queue_id) FROM objects WHERE sop_instance_uid=?",
+                                   (sop_instance_uid,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as err:
+            logger.warning("audit: cannot look an instance up in the queue: %s", err)
+            return None
+        return None if row is None or row[0] is None else int(row[0])
+
+
+def _peer(destination: DestinationSection) -> AuditPeer:
+    return AuditPeer(destination.host, destination.called_ae, destination.port)
+
+
+def _trim(cache: OrderedDict[Any, Any], size: int) -> None:
+    while len(cache) > size:
+        cache.popitem(last=False)
+
+
 class DestinationWorker:
     """Sends to one destination over its own association; runs on its own thread.
 
     A destination gets `max_associations` workers sharing one DestinationHealth. Claiming rows
     is atomic in the queue, so they never send the same row; worker 0 alone re-requests
     commitment for rows left without a transaction, so no instance is asked for twice.
-    `tls`: DICOM TLS to this destination (None: plaintext).
+    `tls`: DICOM TLS to this destination (None: plaintext). `audit`: the transfers' audit
+    events (None: not audited); a Begin Transferring that cannot be recorded stops the batch
+    before anything is sent.
     """
 
     def __init__(
@@ -162,9 +368,11 @@ class DestinationWorker:
         index: int = 0,
         health: DestinationHealth | None = None,
         tls: PeerTls | None = None,
+        audit: TransferAudit | None = None,
     ) -> None:
         self.destination = destination
         self.tls = tls
+        self.audit = audit
         self.index = index
         self.health = health if health is not None else DestinationHealth(destination.name)
         self._claimed: list[int] = []
@@ -302,6 +510,8 @@ class DestinationWorker:
             # unreachable, TLS handshake failed, rejected or aborted: all wait and retry
             self.health.count(association_failures_total=1,
                               tls_failures_total=int(isinstance(err, TlsHandshakeError)))
+            if isinstance(err, TlsHandshakeError) and self.audit is not None:
+                self.audit.tls_failure(dest, err.reason)
             return self._unreachable(f"{dest.name}: {err}")
         with self.health.lock:
             self.health.negotiated_max_pdu = self._sender.max_pdu
@@ -329,7 +539,12 @@ class DestinationWorker:
         stored_any = False
         try:
             while True:
-                stored = self._store_batch(batch)
+                if self.audit is not None and batch:
+                    # recorded before the first C-STORE: a transfer that cannot be audited
+                    # does not happen (AuditUnavailable ends the round, the rows wait)
+                    self.audit.begin(dest, batch)
+                stored, failed = self._store_batch(batch)
+                self._audit_transferred(stored, failed)
                 if dest.storage_commitment and self._sender.is_established:
                     self._request_commitment(stored + awaiting)
                 stored_any = stored_any or bool(stored) or not batch
@@ -350,11 +565,24 @@ class DestinationWorker:
                 self.health.consecutive_failures = 0
                 self.health.last_success_at = time.time()
 
-    def _store_batch(self, batch: list[Delivery]) -> list[Delivery]:
+    def _audit_transferred(self, stored: list[Delivery], failed: list[Delivery]) -> None:
+        if self.audit is None or not (stored or failed):
+            return
+        try:
+            self.audit.transferred(self.destination, stored, failed)
+        except AuditUnavailable as err:
+            # the archive holds the objects already: nothing to refuse any more, but a person
+            # must know the trail has a gap (no patient data here: queue numbers only)
+            logger.error("forwarder %s: transfer of queue item(s) %s not audited: %s",
+                         self.destination.name, [d.queue_id for d in stored + failed], err)
+
+    def _store_batch(self, batch: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
         """Send the batch; each outcome is recorded as it arrives, while the sending process
-        already sends the next object. Returns what the archive stored."""
+        already sends the next object. Returns what the archive stored and what failed for
+        good (not what waits for a retry)."""
         by_id = {d.delivery_id: d for d in batch}
         stored: list[Delivery] = []
+        failed: list[Delivery] = []
         lost: list[int] = []
         items = [(d.delivery_id, self._queue.object_path(d.queue_id)) for d in batch]
         for outcome in self._sender.store(items):
@@ -362,12 +590,16 @@ class DestinationWorker:
             delivery = by_id[outcome.key]
             if outcome.not_sent:
                 lost.append(delivery.delivery_id)
-            elif self._record(delivery, outcome):
+                continue
+            verdict = self._record(delivery, outcome)
+            if verdict is True:
                 stored.append(delivery)
+            elif verdict is None:
+                failed.append(delivery)
         if lost:
             self._queue.mark_retry(lost, f"{self.destination.name} dropped the association",
                                    time.time() + self._next_backoff("association lost"))
-        return stored
+        return stored, failed
 
     def _next_batch_on(self, proposed: set[tuple[str, str]]) -> tuple[list[Delivery], bool]:
         """More due rows to send on this open association (keeping it open while the queue has
@@ -386,8 +618,9 @@ class DestinationWorker:
             batch = [d for d in batch if d.delivery_id not in set(misfits)]
         return batch, not misfits
 
-    def _record(self, delivery: Delivery, outcome: StoreOutcome) -> bool:
-        """Record one object's outcome; True if the archive holds it."""
+    def _record(self, delivery: Delivery, outcome: StoreOutcome) -> bool | None:
+        """Record one object's outcome: True if the archive holds it, None if it failed for
+        good, False if it is sent again later."""
         dest = self.destination
         if outcome.error is SendError.NO_CONTEXT:
             # nothing the archive accepted fits this object (e.g. a compressed syntax it
@@ -399,14 +632,14 @@ class DestinationWorker:
                                     f"{delivery.transfer_syntax_uid}: {outcome.detail}")
             logger.error("queue item %d: no accepted presentation context at %s",
                          delivery.queue_id, dest.name)
-            return False
+            return None
         if outcome.error is SendError.UNREADABLE:
             self.health.count(failed_total=1)
             self._queue.mark_failed(delivery.delivery_id,
                                     f"spool file unreadable: {outcome.detail}")
             logger.error("queue item %d: spool file unreadable: %s", delivery.queue_id,
                          outcome.detail)
-            return False
+            return None
         crashpoints.reached("after_store_response")
         result = classify_store_status(outcome.status_dataset())
         if result.verdict is StoreVerdict.STORED:
@@ -423,7 +656,7 @@ class DestinationWorker:
             self.health.count(failed_total=1)
             logger.error("queue item %d: %s refused C-STORE (%s); kept, not retried",
                          delivery.queue_id, dest.name, result.text)
-            return False
+            return None
         # RETRY or UNKNOWN: the same bytes go again later under the same UID
         delay = self._next_backoff(f"C-STORE {result.text}")
         if result.verdict is StoreVerdict.RETRY:
@@ -438,7 +671,7 @@ class DestinationWorker:
             logger.error("queue item %d: %s gave no answer %d times in a row for %s; "
                          "failed, kept for `queue retry`", delivery.queue_id, dest.name,
                          MAX_UNKNOWN_OUTCOMES, delivery.sop_instance_uid)
-            return False
+            return None
         logger.warning("queue item %d: %s answered %s; retrying in %.1f s",
                        delivery.queue_id, dest.name, result.text, delay)
         return False
@@ -496,6 +729,12 @@ class Forwarder:
                 logger.error("%s", err)
         for worker in self.workers:
             worker.start()
+
+    def set_audit(self, audit: TransferAudit | None) -> None:
+        """Audit every worker's transfers (the daemon opens the trail after the spool lock,
+        once the workers exist; before `start`)."""
+        for worker in self.workers:
+            worker.audit = audit
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
@@ -26,6 +27,7 @@ from pynetdicom.sop_class import (
 
 from agent import crashpoints
 from agent.config import DestinationSection
+from agent.errors import AgentError
 from agent.net import status as dimse_status
 from agent.net.ae import (
     MAX_ASSOCIATION_PDATA_BYTES,
@@ -61,6 +63,24 @@ LISTENER_MAX_ASSOCIATIONS = 8
 ACCEPTED_SOP_CLASSES: tuple[str, ...] = (str(StorageCommitmentPushModel), str(Verification))
 
 
+#: (destination, committed, not committed): (SOP Class UID, SOP Instance UID) pairs of a
+#: Storage Commitment report, before it is applied; raising AgentError refuses the report
+CommitmentHook = Callable[[str, list[tuple[str, str]], list[tuple[str, str]]], None]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A peer the listener turned away, for the audit trail (issue 15). `kind`: "address" (not
+    an archive's address), "ae-title" (association rejected: calling or called AE title not
+    accepted) or "tls" (handshake failed). No patient data: addresses, AE titles, reasons."""
+
+    kind: str
+    host: str
+    port: int | None
+    ae_title: str
+    detail: str
+
+
 def accepted_contexts() -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(abstract syntax, transfer syntaxes) of each context the listener accepts. Pure."""
     return tuple((sop_class, tuple(DEFAULT_TRANSFER_SYNTAXES))
@@ -81,8 +101,10 @@ class CommitmentReportHandler:
         *,
         retry_commit_s: float,
         on_change: Callable[[], None] = lambda: None,
+        on_report: CommitmentHook | None = None,
     ) -> None:
         self._queue = queue
+        self._on_report = on_report
         self._ae_by_destination = {d.name: d.called_ae for d in destinations}
         self._retry_commit_s = retry_commit_s
         self._on_change = on_change
@@ -120,6 +142,16 @@ class CommitmentReportHandler:
                            "but the transaction was sent to %s (%s): ignored",
                            result.transaction_uid, peer_ae, destination, expected_ae)
             return STATUS_PROCESSING_FAILURE
+        if self._on_report is not None:
+            try:
+                # audited before it is applied: a crash in between audits it again when the
+                # archive is asked again, never leaves a commitment unaudited
+                self._on_report(destination, list(result.committed),
+                                [(sop_class, uid) for sop_class, uid, _ in result.failed])
+            except AgentError as err:
+                logger.error("Storage Commitment report %s from %s refused: %s",
+                             result.transaction_uid, destination, err)
+                return STATUS_PROCESSING_FAILURE
         crashpoints.reached("before_report_recorded")
         outcome = self._queue.apply_commitment_report(
             result, retry_commit_at=time.time() + self._retry_commit_s
@@ -141,7 +173,8 @@ class Listener:
     """The inbound DICOM server of the agent.
 
     `ssl_context` (agent.net.tls.server_context): None serves plaintext; with one, only TLS,
-    each handshake on its connection's thread within `tls_handshake_timeout_s`.
+    each handshake on its connection's thread within `tls_handshake_timeout_s`. `on_refused`
+    hears of every peer turned away (address, AE title, TLS), on the thread that refused it.
     """
 
     def __init__(
@@ -156,8 +189,10 @@ class Listener:
         max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES,
         ssl_context: ssl.SSLContext | None = None,
         tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+        on_refused: Callable[[Refusal], None] | None = None,
     ) -> None:
         self.ae_title = ae_title
+        self._on_refused = on_refused
         self.ssl_context = ssl_context
         self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.pdu_read_timeout_s = pdu_read_timeout_s
@@ -198,6 +233,7 @@ class Listener:
         handlers: list[Any] = [
             (evt.EVT_N_EVENT_REPORT, self._handler),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_REJECTED, self._rejected),
         ]
         server = make_server(
             ae, (self.host, self.port), evt_handlers=handlers,
@@ -208,6 +244,7 @@ class Listener:
             pdu_read_timeout_s=self.pdu_read_timeout_s, max_pdu_bytes=MAX_PDU_BYTES,
             max_association_pdata_bytes=self.max_association_pdata_bytes,
             tls_handshake_timeout_s=self.tls_handshake_timeout_s,
+            on_refused=self._refused_connection,
         )
         self._server = server
         self.port = server.server_address[1]
@@ -218,6 +255,33 @@ class Listener:
         logger.info("listener %s on %s:%d%s (Storage Commitment reports, C-ECHO)",
                     self.ae_title, self.host, self.port,
                     " with DICOM TLS only" if self.ssl_context is not None else "")
+
+    def _refused_connection(self, kind: str, host: str, port: int, detail: str) -> None:
+        self._report(Refusal("address" if kind == "address" else "tls", host, port, "", detail))
+
+    def _rejected(self, event: evt.Event) -> None:
+        """EVT_REJECTED: pynetdicom refused the association (an AE title not accepted, too
+        many associations)."""
+        requestor = event.assoc.requestor
+        calling = str(requestor.ae_title or "").strip()
+        primitive = event.assoc.acceptor.primitive
+        diagnostic = getattr(primitive, "diagnostic", None)
+        source = getattr(primitive, "result_source", None)
+        reasons: dict[tuple[Any, Any], str] = {
+            (1, 3): f"calling AE title {calling} not accepted",
+            (1, 7): "called AE title not ours"}
+        why = reasons.get((source, diagnostic),
+                          f"association rejected (source {source}, reason {diagnostic})")
+        self._report(Refusal("ae-title", str(requestor.address or ""), requestor.port, calling,
+                             why))
+
+    def _report(self, refusal: Refusal) -> None:
+        if self._on_refused is None:
+            return
+        try:
+            self._on_refused(refusal)
+        except Exception:  # a refusal stays a refusal whatever the hook does
+            logger.exception("listener: the refusal of %s could not be reported", refusal.host)
 
     def stop(self) -> None:
         if self._server is not None:

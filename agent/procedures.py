@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,11 @@ KEEP_ENDED = 50
 #: scheduled steps remembered as acquired on this station (the duplicate guard), newest kept
 KEEP_ACQUIRED = 5000
 STATE_VERSION = 1
+
+
+#: told of each MPPS the agent creates ("create") or updates ("update": a series added, the step
+#: completed or discontinued), once it is recorded; for the audit trail (issue 15)
+MppsHook = Callable[[str, "Procedure"], None]
 
 
 class ProcedureError(AgentError, ValueError):
@@ -152,11 +157,14 @@ class Procedures:
     With a `state_path` (the daemon's: `<spool>/procedures.json`, 0600, written durably at every
     change) an open procedure survives a restart: the technologist goes on acquiring into the
     same study and MPPS, or ends it; and the steps acquired here (the worklist's duplicate guard)
-    are remembered too. Without one (unit tests) they live in memory only.
+    are remembered too. Without one (unit tests) they live in memory only. `on_mpps` is told of
+    each MPPS created or updated (`MppsHook`).
     """
 
     def __init__(self, *, uids: UIDSource, mpps: MppsClient | None, modality: str,
-                 protocol_name: str, state_path: Path | None = None) -> None:
+                 protocol_name: str, state_path: Path | None = None,
+                 on_mpps: MppsHook | None = None) -> None:
+        self._on_mpps = on_mpps
         self._uids = uids
         self._mpps = mpps
         self._modality = modality
@@ -261,7 +269,19 @@ class Procedures:
             self._save()
         logger.info("procedure %s started (study %s, MPPS %s)", procedure.procedure_id,
                     order.study_instance_uid, mpps_uid or "none")
+        self._report_mpps("create", procedure)
         return procedure
+
+    def _report_mpps(self, action: str, procedure: Procedure) -> None:
+        """Tell `on_mpps`; the MPPS is recorded already, so a failure is logged, not raised
+        (the station refuses new work while the audit trail cannot record)."""
+        if self._on_mpps is None or procedure.mpps_uid is None:
+            return
+        try:
+            self._on_mpps(action, procedure)
+        except AgentError as err:
+            logger.error("procedure %s: MPPS %s not audited: %s", procedure.procedure_id,
+                         action, err)
 
     def open_for(self, order: Order) -> Procedure:
         """The procedure in progress for this order, or a new one."""
@@ -298,6 +318,8 @@ class Procedures:
             except MppsError as err:
                 # the images are safe in the queue; the MPPS is told when it can be
                 logger.error("procedure %s: MPPS not updated: %s", procedure.procedure_id, err)
+            else:
+                self._report_mpps("update", procedure)
 
     def end(self, procedure_id: str, status: EndStatus, reason_code: str = "") -> Procedure:
         """COMPLETED, or DISCONTINUED with a reason from DICOM CID 9300.
@@ -336,6 +358,7 @@ class Procedures:
                     procedure.end_reason = ""
                     self._save()
                 raise ProcedureError(f"procedure {procedure_id}: {err}") from err
+            self._report_mpps("update", procedure)
         logger.info("procedure %s %s", procedure_id, status)
         self._forget_old()
         return procedure

@@ -3,13 +3,15 @@ the device over. One check per line; each names what it tried, against whom, and
 
 Checks: C-ECHO to every destination, the worklist and the MPPS peer (over TLS where configured,
 so the handshake is tested too), a worklist query actually answered, our certificate's expiry,
-the spool writable with free space, the clock sane, the audit receiver (not configured yet: said
-so), and optionally one marked test object stored and committed through the running daemon.
+the spool writable with free space, the clock sane, the audit record repository reachable (a TLS
+handshake with our certificate where configured) with the audit backlog, and optionally one
+marked test object stored and committed through the running daemon.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,7 +22,14 @@ from pathlib import Path
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.net.echo import echo
-from agent.net.tls import EXPIRY_WARNING_DAYS, TlsConfigError, peer_tls, read_certificate
+from agent.net.tls import (
+    EXPIRY_WARNING_DAYS,
+    PeerTls,
+    TlsConfigError,
+    peer_tls,
+    read_certificate,
+    tls_identity,
+)
 
 #: the clock is "sane" when it is past this agent's release and before this
 _EARLIEST = datetime(2026, 1, 1, tzinfo=UTC)
@@ -141,8 +150,52 @@ def clock_check(now: datetime | None = None) -> Check:
 
 
 def audit_check(config: AgentConfig) -> Check:
-    return Check("audit receiver", True, "no [audit] configured (audit trail not available "
-                 "in this version)", skipped=True)
+    """The audit record repository: a connection as the daemon's sender opens it (TLS: our
+    certificate presented, the repository's verified), and the messages waiting in the spool.
+    Nothing is sent (an empty connection is closed)."""
+    audit = config.audit
+    if audit is None:
+        return Check("audit receiver", True, "no [audit] configured", skipped=True)
+    from agent.audit.transport import AuditTransportError, connect
+
+    where = f"{audit.transport} {audit.host}:{audit.port}"
+
+    def run() -> tuple[bool, str]:
+        waiting = _audit_backlog(config)
+        tls = None
+        if audit.transport == "tls":
+            identity = tls_identity(config)
+            if identity is None:
+                return False, f"{where}: transport tls needs a [tls] section"
+            tls = PeerTls(identity, audit.verify_hostname)
+        try:
+            connect(audit.host, audit.port, audit.transport, tls=tls).close()
+        except (AuditTransportError, TlsConfigError) as err:
+            return False, f"{err}{waiting}"
+        if audit.transport == "udp":
+            return True, f"{where}: UDP gives no answer to test, datagrams go there{waiting}"
+        what = "TLS handshake done, certificate verified" if tls else "TCP connection made"
+        return True, f"{where}: {what}{waiting}"
+    return _timed("audit receiver", run)
+
+
+def _audit_backlog(config: AgentConfig) -> str:
+    """", or "; N message(s) waiting in the audit spool" read without writing."""
+    from agent.audit.spool import DB_NAME
+    from agent.audit.trail import AUDIT_FOLDER
+
+    db = Path(config.agent.spool_dir) / AUDIT_FOLDER / DB_NAME
+    if not db.exists():
+        return ""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            count = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        return f"; audit spool unreadable here ({err})"
+    return f"; {count} message(s) waiting in the audit spool"
 
 
 def run_selftest(config: AgentConfig) -> list[Check]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import numpy as np
 
 from agent import __version__
 from agent.acquisition import Acquisition, device_info
+from agent.audit import AuditTrail, AuditUnavailable
 from agent.config import AgentConfig
 from agent.errors import AcquisitionError, AgentError
 from agent.forwarder import Forwarder
@@ -51,6 +53,9 @@ logger = logging.getLogger(__name__)
 _FORBIDDEN_TEXT = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\\\\]")
 MAX_RECENT = 500
+#: an audited action is refused when the audit spool's file system has less free space than
+#: this (an audit message is a few kB; SQLite's WAL needs room to commit one)
+AUDIT_MIN_FREE_BYTES = 1 * 2**20
 
 
 class StationError(AgentError):
@@ -293,6 +298,10 @@ class Parts:
         default=lambda: {})
     #: every spool fsync's latency, for /api/metrics
     fsync_histogram: LatencyHistogram | None = None
+    #: the audit trail (issue 15); None or disabled: nothing is audited
+    audit: AuditTrail | None = None
+    #: where the audit spool lives (its free space is checked before an audited action)
+    audit_dir: Path | None = None
 
 
 class Station:
@@ -370,6 +379,7 @@ class Station:
         """The procedure in progress for this order, or a new one (MPPS IN PROGRESS)."""
         if choice.procedure_id is not None:
             return StartResult(self.procedure(choice.procedure_id))
+        self._check_audit()
         order, _item, warning = self._resolve(choice)
         try:
             return StartResult(self._procedures.open_for(order).as_json(), warning)
@@ -415,6 +425,7 @@ class Station:
                 check_end(request.end, request.reason)  # refused before a frame is taken
         except ProcedureError as err:
             raise AcquisitionError(str(err)) from err
+        self._check_audit()
         choice = request.choice
         if choice.procedure_id is not None:
             try:
@@ -432,6 +443,30 @@ class Station:
             except ProcedureError as err:
                 raise AcquisitionError(str(err)) from err
         return self._acquire_into(procedure, request, warning)
+
+    def _check_audit(self) -> None:
+        """Refuse an audited action before it starts when its events could not be recorded
+        (issue 15: an event that cannot be audited does not happen): the audit spool cannot be
+        read, or its disk is (nearly) full.
+
+        Raises
+        ------
+        AcquisitionError
+            With the reason (HTTP 503).
+        """
+        audit = self._parts.audit
+        if audit is None or not audit.enabled:
+            return
+        try:
+            audit.status()              # reads the audit spool: raises when it is unusable
+            folder = self._parts.audit_dir or self._config.agent.spool_dir
+            free = shutil.disk_usage(folder).free
+        except (AuditUnavailable, OSError) as err:
+            raise AcquisitionError(f"refused: the audit trail cannot record it ({err})") from err
+        if free < AUDIT_MIN_FREE_BYTES:
+            raise AcquisitionError(
+                f"refused: the audit trail cannot record it ({folder}: {free // 1024} kB free, "
+                f"{AUDIT_MIN_FREE_BYTES // 1024} kB needed); free space on the spool's disk")
 
     def _acquire_into(self, procedure: Procedure, request: AcquireRequest,
                       warning: str) -> AcquireResult:
@@ -514,6 +549,7 @@ class Station:
         if not self._limits.import_folders:
             raise RequestRefused("import is disabled: list the folders it may read in "
                                  "[api] import_folders")
+        self._check_audit()
         selection = collect_import_files(
             list(request.paths), allowed_folders=self._limits.import_folders,
             max_files=self._limits.max_import_files)
@@ -549,6 +585,7 @@ class Station:
         AgentError
             If it cannot be built or queued (spool full, ...).
         """
+        self._check_audit()
         ds = build_test_object(device=self._device, uids=self._uids,
                                now=datetime.now().astimezone())
         payload = encode_part10(ds, "explicit-little")
@@ -599,12 +636,15 @@ class Station:
         counts = self._queue.counts()
         device = self._acquisition.status()
         threads = self._parts.thread_health()
+        errors = [f"{name}: {h['error']}" for name, h in threads.items()
+                  if h.get("error") or not h.get("alive", True)]
+        audit = self._audit_status()
+        if audit is not None and audit.get("alert"):
+            errors.append(f"audit: {audit['alert']}")     # the console shows agent errors
         return {
             "agent": {"ae_title": config.agent.ae_title, "version": __version__,
                       "uptime_s": round(time.time() - self.started_at, 1), "running": True,
-                      "threads": threads,
-                      "errors": [f"{name}: {h['error']}" for name, h in threads.items()
-                                 if h.get("error") or not h.get("alive", True)]},
+                      "threads": threads, "errors": errors},
             "device": {"driver": device.name, "connected": device.is_open and device.online,
                        "detail": device.detail,
                        "emits_radiation": self.emits_radiation,
@@ -628,7 +668,18 @@ class Station:
                  "pending": str(s.pending), "images": s.images,
                  "attempts": s.attempts, "last_error": s.last_error, "failed": s.failed}
                 for s in self._parts.mpps.status()],
+            "audit": audit,
         }
+
+    def _audit_status(self) -> dict[str, Any] | None:
+        """The audit trail's backlog, reachability and alert; None without `[audit]`."""
+        audit = self._parts.audit
+        if audit is None or not audit.enabled:
+            return None
+        try:
+            return audit.status()
+        except AuditUnavailable as err:
+            return {"enabled": True, "backlog": None, "alert": f"audit spool unusable: {err}"}
 
     def _tls_status(self) -> dict[str, Any] | None:
         """Our certificate: whose, until when, and a warning 30 days ahead (a certificate

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp
 
 from agent.api.console.thumbnail import DEFAULT_MAX_SIDE, thumbnail_png
 from agent.api.security import SecurityMiddleware, SecurityPolicy
+from agent.audit import AuditUnavailable
 from agent.errors import AcquisitionError, AgentError, UnknownQueueItemError
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.mpps import DISCONTINUATION_REASONS
@@ -211,7 +212,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def _guarded(handler: Handler) -> Handler:
     """Each refusal of the station as its HTTP status: 400 bad request, 404 unknown id, 409
-    exposure not confirmed, 413 too large, 503 the device or an order cannot be used now."""
+    exposure not confirmed, 413 too large, 503 the device, an order or the audit trail cannot
+    be used now."""
     async def guarded(request: Request) -> Response:
         try:
             return await handler(request)
@@ -227,6 +229,10 @@ def _guarded(handler: Handler) -> Handler:
             return _error(HTTPStatus.BAD_REQUEST, str(err))
         except AcquisitionError as err:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
+        except AuditUnavailable as err:
+            # an event that cannot be audited does not happen (issue 15)
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE,
+                          f"refused: the audit trail cannot record it ({err})")
         except AgentError as err:
             logger.error("%s %s failed: %s", request.method, request.url.path,
                          type(err).__name__)

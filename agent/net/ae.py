@@ -25,7 +25,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -61,6 +61,21 @@ NETWORK_TIMEOUT_S = 60.0
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 #: the maximum PDU we announce on associations we open (pynetdicom's default)
 REQUESTOR_MAX_PDU_BYTES = 16382
+
+
+#: told of each connection the server turns away: (kind, peer address, peer port, detail), kind
+#: "address" (not in the allow-list) or "tls" (handshake failed); for the audit trail
+RefusalHook = Callable[[str, str, int, str], None]
+
+
+def _tell_refused(server: Any, kind: str, host: str, port: int, detail: str) -> None:
+    hook: RefusalHook | None = getattr(server, "on_refused", None)
+    if hook is None:
+        return
+    try:
+        hook(kind, host, port, detail)
+    except Exception:  # the refusal stands whatever the hook does
+        logger.exception("listener: the refusal of %s could not be reported", host)
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -302,8 +317,11 @@ class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
             handshake(sock, timeout_s)
         except (OSError, ValueError) as err:
             # a certificate that does not verify, a plaintext association, TLS < 1.2, a stall
+            reason = describe_tls_failure(err)
             logger.warning("listener: TLS handshake with %s failed: %s; connection closed",
-                           peer, describe_tls_failure(err))
+                           peer, reason)
+            _tell_refused(self.server, "tls", str(self.client_address[0]),
+                          int(self.client_address[1]), f"TLS handshake failed: {reason}")
             return False
         logger.info("listener: TLS connection from %s (%s), peer certificate subject %s",
                     peer, sock.version(), certificate_subject(sock.getpeercert()))
@@ -335,6 +353,7 @@ class AllowListServer(ThreadedAssociationServer):  # type: ignore[misc]
     max_pdu_bytes: int = MAX_PDU_READ_BYTES
     max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S
+    on_refused: RefusalHook | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         listening = self.socket
@@ -359,6 +378,8 @@ class AllowListServer(ThreadedAssociationServer):  # type: ignore[misc]
         if host in allowed:
             return True
         logger.warning("listener: refused connection from %s (not a configured archive)", host)
+        _tell_refused(self, "address", host, int(client_address[1]),
+                      "connection from an address that is not a configured archive")
         return False
 
 
@@ -368,10 +389,12 @@ def make_server(
     pdu_read_timeout_s: float = PDU_READ_TIMEOUT_S, max_pdu_bytes: int = MAX_PDU_READ_BYTES,
     max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES,
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+    on_refused: RefusalHook | None = None,
 ) -> AllowListServer:
     """The one server the agent accepts associations on, bound and not yet serving (call
     serve_forever on a thread). With `ssl_context` it speaks only TLS: a plaintext association
-    or a client certificate that does not verify is refused before any DIMSE.
+    or a client certificate that does not verify is refused before any DIMSE. `on_refused` is
+    told of each connection refused by address or TLS handshake.
 
     Raises
     ------
@@ -387,6 +410,7 @@ def make_server(
     server.max_pdu_bytes = max_pdu_bytes
     server.max_association_pdata_bytes = max_association_pdata_bytes
     server.tls_handshake_timeout_s = tls_handshake_timeout_s
+    server.on_refused = on_refused
     return server
 
 

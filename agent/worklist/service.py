@@ -21,6 +21,9 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydicom import Dataset
+
+from agent.audit.spool import AuditUnavailable
 from agent.config import WorklistSection
 from agent.errors import AgentError
 from agent.net.tls import PeerTls
@@ -28,6 +31,7 @@ from agent.worklist.cache import CachedWorklist, WorklistCache
 from agent.worklist.charset import DEFAULT_FALLBACK
 from agent.worklist.errors import (
     InvalidWorklistQuery,
+    RISUnreachable,
     WorklistCacheError,
     WorklistItemAmbiguous,
     WorklistItemNotFound,
@@ -40,6 +44,7 @@ from agent.worklist.query import (
     BroadQuery,
     FindResult,
     PatientQuery,
+    Query,
     build_identifier,
     find_worklist,
 )
@@ -48,6 +53,11 @@ logger = logging.getLogger(__name__)
 
 #: (Study Instance UID, SPS ID) -> True if this agent already acquired that step
 AcquiredLookup = Callable[[str, str], bool]
+
+#: told of each C-FIND issued to the RIS, after it ended: (the identifier as sent, None on
+#: success or why it failed); for the audit trail (issue 15). Raising AuditUnavailable refuses
+#: the answer: it is not shown (an event that cannot be audited does not happen)
+QueryHook = Callable[[Dataset, str | None], None]
 
 #: default spread of the refresh interval: ±10 %
 DEFAULT_JITTER_FRACTION = 0.1
@@ -86,6 +96,9 @@ class WorklistService:
     error_backoff_s
         After an unexpected error the loop waits this long, doubled for each error in a row,
         at most `refresh_s` (the RIS's own failures are not errors of the loop).
+    on_query
+        Told of each C-FIND that reached the RIS (`QueryHook`); a RIS that could not be
+        reached was sent no query and is not reported.
     rng, today, wall_clock
         Sources of randomness, date and time (tests pass fixed ones).
 
@@ -111,6 +124,7 @@ class WorklistService:
         jitter_fraction: float = DEFAULT_JITTER_FRACTION,
         error_backoff_s: float = DEFAULT_ERROR_BACKOFF_S,
         tls: PeerTls | None = None,
+        on_query: QueryHook | None = None,
         rng: random.Random | None = None,
         today: Callable[[], date] = date.today,
         wall_clock: Callable[[], float] = time.time,
@@ -136,6 +150,7 @@ class WorklistService:
         self.timeout_s = timeout_s
         #: DICOM TLS to the RIS ([worklist] tls = true); never a plaintext fallback
         self.tls = tls
+        self._on_query = on_query
         self.jitter_fraction = jitter_fraction
         self.error_backoff_s = error_backoff_s
         self.cache = WorklistCache(cache_dir)
@@ -257,12 +272,12 @@ class WorklistService:
         with self._refresh_lock:
             query = self._build_query(self._today())
             try:
-                result = find_worklist(self.config, query, ae_title=self.ae_title,
-                                       max_results=self.max_results,
-                                       fallback_charsets=self.fallback_charsets,
-                                       timeout_s=self.timeout_s, tls=self.tls)
+                result = self._find(query)
             except WorklistQueryError as err:
                 self._record_failure(str(err))
+            except AuditUnavailable as err:
+                # the query could not be audited: its answer is not used
+                self._record_failure(f"worklist answer not used: {err}")
             else:
                 self._record_success(result)
             self.refreshes += 1
@@ -329,12 +344,36 @@ class WorklistService:
         RISUnreachable, WorklistQueryError
             If the RIS cannot answer (no cache for these: ask again or acquire unscheduled).
         """
-        result = find_worklist(self.config, query, ae_title=self.ae_title,
-                               max_results=self.max_results,
-                               fallback_charsets=self.fallback_charsets,
-                               timeout_s=self.timeout_s, tls=self.tls)
+        result = self._find(query)
         marked, problems = self._mark(result.items)
         return dataclasses.replace(result, items=marked, problems=result.problems + problems)
+
+    def _find(self, query: Query) -> FindResult:
+        """One C-FIND, reported to `on_query` (success or failure) once it has ended.
+
+        Raises
+        ------
+        WorklistQueryError
+            From find_worklist.
+        AuditUnavailable
+            From `on_query`: the answer must not be used.
+        """
+        try:
+            result = find_worklist(self.config, query, ae_title=self.ae_title,
+                                   max_results=self.max_results,
+                                   fallback_charsets=self.fallback_charsets,
+                                   timeout_s=self.timeout_s, tls=self.tls)
+        except RISUnreachable:
+            raise                       # no association: no query left this station
+        except WorklistQueryError as err:
+            self._report_query(query, str(err))
+            raise
+        self._report_query(query, None)
+        return result
+
+    def _report_query(self, query: Query, error: str | None) -> None:
+        if self._on_query is not None:
+            self._on_query(build_identifier(query), error)
 
     # --- what callers read -------------------------------------------------------------------
 
