@@ -418,6 +418,24 @@ def cmd_selftest(config: AgentConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reject(config: AgentConfig, args: argparse.Namespace) -> int:
+    """Withdraw images (IHE IOCM): never sent if not sent yet, else a rejection note to every
+    destination that has them."""
+    result = api_call(config, "POST", "/api/reject",
+                      {"sop_instance_uids": args.uids, "reason": args.reason})
+    if args.json:
+        _out(json.dumps(result))
+        return EXIT_OK
+    for uid in result["rejected"]:
+        _out(f"rejected {uid} ({result['reason']})")
+    for row in result["cancelled"]:
+        _out(f"never sent: queue item {row['queue_id']} to {row['destination']}")
+    for note in result["notes"]:
+        _out(f"rejection note {note['sop_instance_uid']} (queue item {note['queue_id']}) "
+             f"for {', '.join(note['destinations'])}, sent once they have committed the images")
+    return EXIT_OK
+
+
 def cmd_conformance(config: AgentConfig, args: argparse.Namespace) -> int:
     """The DICOM Conformance Statement (PS3.2) for this configuration, offline."""
     from agent.conformance import render_conformance
@@ -512,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="queue existing DICOM files (folders: every file in them)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("reject", help="withdraw images (IOCM rejection note)")
+    p.add_argument("uids", nargs="+", metavar="SOP_INSTANCE_UID")
+    p.add_argument("--reason", required=True,
+                   choices=("quality", "patient-safety", "incorrect-modality-worklist"))
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("conformance", help="the DICOM Conformance Statement (PS3.2) for this "
                                            "configuration")
     p.add_argument("--format", choices=("md", "html"), default="md")
@@ -547,7 +570,7 @@ COMMANDS = {
     "run": cmd_run, "check-config": cmd_check_config, "acquire": cmd_acquire,
     "status": cmd_status, "worklist": cmd_worklist, "echo": cmd_echo, "queue": cmd_queue,
     "import": cmd_import, "spool": cmd_spool, "selftest": cmd_selftest,
-    "conformance": cmd_conformance,
+    "conformance": cmd_conformance, "reject": cmd_reject,
 }
 
 

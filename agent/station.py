@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent import __version__
+from agent import __version__, rejection
 from agent.acquisition import Acquisition, device_info
 from agent.audit import AuditTrail, AuditUnavailable
 from agent.config import AgentConfig
@@ -121,6 +121,14 @@ class EndRequest:
     procedure_id: str
     end: EndStatus
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class RejectRequest:
+    """The technologist withdraws images (IHE IOCM): SOP Instance UIDs and why."""
+
+    sop_instance_uids: tuple[str, ...]
+    reason: str                     # quality | patient-safety | incorrect-modality-worklist
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,8 @@ class StationService(Protocol):
     def store_test_object(self) -> ObjectView: ...
 
     def metrics(self) -> bytes: ...
+
+    def reject(self, request: RejectRequest) -> dict[str, Any]: ...
 
     def last_frame(self) -> LastFrame | None: ...
 
@@ -624,6 +634,30 @@ class Station:
         return result
 
     # -- status ----------------------------------------------------------------------------
+    def reject(self, request: RejectRequest) -> dict[str, Any]:
+        """Withdraw images (`reject`, the console's Reject): one not yet sent is never sent;
+        one already sent gets a Key Object Selection rejection note to every destination that
+        has it, sent once they have committed it.
+
+        Raises
+        ------
+        RequestRefused
+            Unknown UID, a note, images of several patients/studies, rejected twice, ...:
+            nothing changes.
+        """
+        try:
+            result = rejection.reject(self._queue, request.sop_instance_uids, request.reason,
+                                      device=self._device, uids=self._uids,
+                                      final_states=self._final,
+                                      now=datetime.now().astimezone())
+        except rejection.RejectionError as err:
+            raise RequestRefused(str(err)) from err
+        self._forwarder.wake()
+        logger.info("rejected %d object(s) (%s): %d row(s) cancelled, %d note(s) queued",
+                    len(result.as_dict()["rejected"]), request.reason,
+                    len(result.as_dict()["cancelled"]), len(result.as_dict()["notes"]))
+        return result.as_dict()
+
     def metrics(self) -> bytes:
         """The Prometheus exposition of `status()` (so both always agree) and the fsync
         latency histogram; no patient data in any label."""

@@ -40,6 +40,7 @@ from agent.station import (
     ImportRequest,
     NotFound,
     OrderChoice,
+    RejectRequest,
     RequestRefused,
     StationService,
     check_text,
@@ -62,6 +63,7 @@ STATIC_FILES = {
     "/console.js": ("console.js", "text/javascript"),
 }
 _ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 class BadRequest(RequestRefused):
@@ -302,6 +304,34 @@ async def post_acquire(request: Request) -> Response:
     return _json(200, result.as_json())
 
 
+REJECT_REASONS = ("quality", "patient-safety", "incorrect-modality-worklist")
+
+
+def parse_reject_request(body: Any) -> RejectRequest:
+    """`{"sop_instance_uids": [...], "reason": "quality|patient-safety|incorrect-modality-
+    worklist"}`.
+
+    Raises
+    ------
+    BadRequest
+        Naming the field and what was expected.
+    """
+    uids = body.get("sop_instance_uids") if isinstance(body, dict) else None
+    if not isinstance(uids, list) or not 1 <= len(uids) <= MAX_RECENT or not all(
+            isinstance(u, str) and len(u) <= 64 and _UID.fullmatch(u) for u in uids):
+        raise BadRequest(f"sop_instance_uids: expected 1..{MAX_RECENT} SOP Instance UIDs")
+    reason = body.get("reason")
+    if reason not in REJECT_REASONS:
+        raise BadRequest(f"reason: expected one of {', '.join(REJECT_REASONS)}")
+    return RejectRequest(tuple(uids), reason)
+
+
+@_guarded
+async def post_reject(request: Request) -> Response:
+    parsed = parse_reject_request(await _body(request))
+    return _json(200, await run_in_threadpool(_station(request).reject, parsed))
+
+
 @_guarded
 async def post_selftest_object(request: Request) -> Response:
     """`selftest --store-test-object`: queue the marked test object; its queue id comes back
@@ -425,6 +455,7 @@ def create_app(station: StationService, policy: SecurityPolicy,
         Route("/api/acquire", post_acquire, methods=["POST"]),
         Route("/api/import", post_import, methods=["POST"]),
         Route("/api/selftest/test-object", post_selftest_object, methods=["POST"]),
+        Route("/api/reject", post_reject, methods=["POST"]),
         Route("/api/console/worklist", post_console_worklist, methods=["POST"]),
         Route("/api/reasons", get_reasons, methods=["GET"]),
         Route("/api/metrics", get_metrics, methods=["GET"]),

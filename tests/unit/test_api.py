@@ -38,6 +38,7 @@ from agent.station import (
     NotFound,
     ObjectView,
     OrderChoice,
+    RejectRequest,
     RequestRefused,
     StartResult,
     StationLimits,
@@ -155,6 +156,11 @@ class FakeStation:
 
     def last_frame(self) -> LastFrame | None:
         return self.frame
+
+    def reject(self, request: RejectRequest) -> dict[str, Any]:
+        self.calls.append(("reject", request))
+        return {"reason": request.reason, "rejected": list(request.sop_instance_uids),
+                "cancelled": [], "notes": []}
 
     def metrics(self) -> bytes:
         return b"# HELP modality_agent_up 1\n"
@@ -346,6 +352,17 @@ def test_import_validation(client: TestClient) -> None:
     assert error_of(client.post("/api/import", content=b"x",
                                 headers={"Content-Type": "application/json"}), 400)
     assert "paths" in error_of(client.post("/api/import", json={"paths": ["/a\x00b"]}), 400)
+
+
+def test_reject_validation(client: TestClient, station: FakeStation) -> None:
+    ok = client.post("/api/reject", json={"sop_instance_uids": ["1.2.3"], "reason": "quality"})
+    assert ok.json()["rejected"] == ["1.2.3"]
+    for bad in ({}, {"sop_instance_uids": [], "reason": "quality"},
+                {"sop_instance_uids": ["../x"], "reason": "quality"},
+                {"sop_instance_uids": ["1." * 40 + "1"], "reason": "quality"},
+                {"sop_instance_uids": ["1.2"], "reason": "blurred"}):
+        assert error_of(client.post("/api/reject", json=bad), 400)
+    assert [c for c in station.calls if c[0] == "reject"][-1][1].reason == "quality"
 
 
 # -- what the console adds ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from agent.api.routes import (
 from agent.station import RequestRefused
 
 POST_PATHS = ["/api/acquire", "/api/procedures", "/api/procedures/proc1/end", "/api/import",
+              "/api/reject",
               "/api/retry", "/api/console/worklist", "/api/session"]
 GET_PATHS = ["/api/objects", "/api/queue", "/api/last-frame.png", "/api/worklist",
              "/api/procedures/x", "/api/status"]
