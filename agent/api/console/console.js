@@ -479,6 +479,7 @@ function queueClass(o) {
 }
 
 async function pollQueue() {
+  if (rejecting) return;
   try {
     const result = await api("GET", "/api/queue?limit=40");
     const list = $("queue");
@@ -495,6 +496,14 @@ async function pollQueue() {
         b.addEventListener("click", () => retry(o.queue_id, b));
         li.appendChild(b);
       }
+      const rejected = (o.errors || []).some((e) => e.includes("rejected ("));
+      if (o.sop_instance_uid && !rejected) {
+        const b = el("button", "", "Reject…");
+        b.type = "button";
+        b.title = "Withdraw this image (IHE IOCM rejection note)";
+        b.addEventListener("click", () => askReject(li, o, b));
+        li.appendChild(b);
+      }
       if (o.errors && o.errors.length && (o.state === "failed" || !o.done)) {
         li.appendChild(el("div", "errors", o.errors.join("; ")));
       }
@@ -504,6 +513,51 @@ async function pollQueue() {
   } catch (err) {
     /* the status poll reports an agent that does not answer */
   }
+}
+
+// Reject: a second, deliberate step with the reason (IHE IOCM: quality, patient safety, wrong
+// worklist entry); an image not sent yet is never sent, one already sent gets a note
+const REJECT_REASONS = [
+  ["quality", "Rejected for quality reasons"],
+  ["patient-safety", "Rejected for patient safety reasons"],
+  ["incorrect-modality-worklist", "Incorrect modality worklist entry"],
+];
+let rejecting = false;   // while the reason is being chosen the queue view is not redrawn
+
+function askReject(li, o, button) {
+  rejecting = true;
+  button.disabled = true;
+  const box = el("div", "row reject-confirm");
+  const select = el("select");
+  select.setAttribute("aria-label", "Reason for rejection");
+  for (const [code, meaning] of REJECT_REASONS) {
+    const option = el("option", "", meaning);
+    option.value = code;
+    select.appendChild(option);
+  }
+  const go = el("button", "danger", "Reject image");
+  go.type = "button";
+  const cancel = el("button", "", "Cancel");
+  cancel.type = "button";
+  const close = () => { rejecting = false; box.remove(); button.disabled = false; };
+  cancel.addEventListener("click", close);
+  go.addEventListener("click", async () => {
+    go.disabled = true;
+    try {
+      const result = await api("POST", "/api/reject",
+        { sop_instance_uids: [o.sop_instance_uid], reason: select.value });
+      say(result.notes.length
+        ? `#${o.queue_id} rejected: a rejection note goes to ${result.notes.map((n) => n.destinations.join(", ")).join("; ")}`
+        : `#${o.queue_id} rejected: it will not be sent`);
+    } catch (err) {
+      say(`Reject: ${err.message}`, true);
+    }
+    close();
+    pollQueue();
+  });
+  box.append(select, go, cancel);
+  li.appendChild(box);
+  select.focus();
 }
 
 async function retry(queueId, button) {
