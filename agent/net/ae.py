@@ -94,6 +94,9 @@ class NoDelayAssociationSocket(AssociationSocket):
     #: why connect() failed (None: it did not), and whether it was the TLS handshake
     connect_error: OSError | None = None
     tls_failed: bool = False
+    #: a TLS alert that arrived after the handshake looked done: in TLS 1.3 the server judges
+    #: our certificate only then, so its refusal shows up at the first read (issue 14)
+    tls_error: ssl.SSLError | None = None
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
         sock = super()._create_socket(address)
@@ -150,7 +153,11 @@ class NoDelayAssociationSocket(AssociationSocket):
             logger.warning("peer announced a %d-byte PDU (limit %d): connection closed",
                            nr_bytes, MAX_PDU_READ_BYTES)
             raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit")
-        data: bytearray = super().recv(nr_bytes)
+        try:
+            data: bytearray = super().recv(nr_bytes)
+        except ssl.SSLError as err:
+            self.tls_error = err
+            raise
         return data
 
 
@@ -553,6 +560,10 @@ def associate(
         raise AssociationAborted(f"{where} accepted none of the {len(assoc.rejected_contexts)} "
                                  "presentation context(s) proposed (SOP class or transfer "
                                  "syntax not supported there)")
+    late_tls_error = getattr(assoc.dul.socket, "tls_error", None)
+    if late_tls_error is not None:
+        reason = describe_tls_failure(late_tls_error)
+        raise TlsHandshakeError(f"TLS handshake with {where} failed: {reason}", reason=reason)
     acse_timeout = assoc.acse_timeout
     if acse_timeout is not None and time.monotonic() - started >= acse_timeout:
         raise AssociationAborted(f"association aborted: {where} did not answer the "

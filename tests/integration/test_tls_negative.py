@@ -263,9 +263,6 @@ def test_our_refused_certificate_replaced_on_disk_is_used_without_a_restart(
     assert agent.process is not None and agent.process.poll() is None   # no restart
 
 
-@pytest.mark.xfail(strict=True, reason="agent.net.ae loses the archive's TLS 1.3 alert: the "
-                   "refusal of our certificate reaches status as 'association aborted' "
-                   "(reported to the integrator)")
 def test_our_certificate_refused_by_the_archive_is_named_in_status(
         tmp_path: Path, world: TlsWorld, peers: list[Any]) -> None:
     """Over TLS 1.3 the server judges our certificate after our side of the handshake is
