@@ -267,6 +267,7 @@ class Daemon:
             # a TLS listener accepts only TLS, from certificates our CAs signed (issue 14)
             ssl_context=(server_context(identity)
                          if config.listener.tls and identity is not None else None),
+            verify_peer_address=config.listener.verify_hostname,
             on_refused=self._audit_refusal,
         )
         workers = []

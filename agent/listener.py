@@ -190,11 +190,14 @@ class Listener:
         ssl_context: ssl.SSLContext | None = None,
         tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
         on_refused: Callable[[Refusal], None] | None = None,
+        verify_peer_address: bool = False,
     ) -> None:
         self.ae_title = ae_title
         self._on_refused = on_refused
         self.ssl_context = ssl_context
         self.tls_handshake_timeout_s = tls_handshake_timeout_s
+        #: with TLS: the peer's certificate must name the address it connects from
+        self.verify_peer_address = verify_peer_address
         self.pdu_read_timeout_s = pdu_read_timeout_s
         self.max_association_pdata_bytes = max_association_pdata_bytes
         self.host = host
@@ -244,6 +247,7 @@ class Listener:
             pdu_read_timeout_s=self.pdu_read_timeout_s, max_pdu_bytes=MAX_PDU_BYTES,
             max_association_pdata_bytes=self.max_association_pdata_bytes,
             tls_handshake_timeout_s=self.tls_handshake_timeout_s,
+            verify_peer_address=self.verify_peer_address and self.ssl_context is not None,
             on_refused=self._refused_connection,
         )
         self._server = server

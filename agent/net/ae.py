@@ -46,7 +46,12 @@ from agent.errors import (
     PeerUnreachable,
     TlsHandshakeError,
 )
-from agent.net.tls import PeerTls, client_context, describe_tls_failure
+from agent.net.tls import (
+    PeerTls,
+    certificate_names_address,
+    client_context,
+    describe_tls_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +335,19 @@ class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
             _tell_refused(self.server, "tls", str(self.client_address[0]),
                           int(self.client_address[1]), f"TLS handshake failed: {reason}")
             return False
+        certificate = sock.getpeercert()
+        if getattr(self.server, "verify_peer_address", False) and not certificate_names_address(
+                certificate, str(self.client_address[0])):
+            # [listener] verify_hostname: the archive's certificate must name the address it
+            # connects from (an IP name, or a DNS name resolving to it)
+            logger.warning("listener: TLS peer %s presented %s, which does not name its address; "
+                           "connection closed", peer, certificate_subject(certificate))
+            _tell_refused(self.server, "tls", str(self.client_address[0]),
+                          int(self.client_address[1]),
+                          "TLS peer certificate does not name its address")
+            return False
         logger.info("listener: TLS connection from %s (%s), peer certificate subject %s",
-                    peer, sock.version(), certificate_subject(sock.getpeercert()))
+                    peer, sock.version(), certificate_subject(certificate))
         return True
 
     def _create_association(self) -> Association:
@@ -396,6 +412,7 @@ def make_server(
     pdu_read_timeout_s: float = PDU_READ_TIMEOUT_S, max_pdu_bytes: int = MAX_PDU_READ_BYTES,
     max_association_pdata_bytes: int = MAX_ASSOCIATION_PDATA_BYTES,
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+    verify_peer_address: bool = False,
     on_refused: RefusalHook | None = None,
 ) -> AllowListServer:
     """The one server the agent accepts associations on, bound and not yet serving (call
@@ -417,6 +434,7 @@ def make_server(
     server.max_pdu_bytes = max_pdu_bytes
     server.max_association_pdata_bytes = max_association_pdata_bytes
     server.tls_handshake_timeout_s = tls_handshake_timeout_s
+    server.verify_peer_address = verify_peer_address
     server.on_refused = on_refused
     return server
 

@@ -413,3 +413,13 @@ def test_clients_stalled_mid_handshake_hold_no_slot_and_are_cut_off(
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_listener_refuses_a_certificate_that_does_not_name_the_peer_address(
+        listening: ListeningAgent, world: TlsWorld) -> None:
+    """[listener] verify_hostname (default true): a certificate our CA signed, but for another
+    host (wrong.example, no IP names), is refused before any DIMSE."""
+    ok, detail, _ = echo(ARCHIVE_AE, LOCALHOST, listening.port, AGENT_AE,
+                         tls=archive_tls(world, world.wrong_host))
+    assert not ok, detail
+    wait_for_log(listening.agent, "which does not name its address; connection closed")
