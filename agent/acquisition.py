@@ -26,6 +26,7 @@ from agent.iod import (
     new_series_context,
     validate_image,
 )
+from agent.iod.dose_sr import IrradiationEvent
 from agent.queue import QueueStore
 from agent.records import Code, DeviceInfo, Order, SeriesContext
 from drivers.base import Driver, DriverStatus
@@ -77,6 +78,7 @@ class CapturedObject:
     sop_instance_uid: str
     frame_sequence_number: int
     sop_class_uid: str = ""
+    irradiation_event_uid: str | None = None   #: (0008,3010) of an X-ray exposure's image
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class AcquisitionResult:
     objects: tuple[CapturedObject, ...]
     error: str = ""            # set when fewer frames than asked were captured
     dropped_frames: int = 0
+    #: one per exposure whose technique values the device reported, in capture order: the
+    #: procedure keeps them for its dose SR (each UID is also its image's (0008,3010))
+    events: tuple[IrradiationEvent, ...] = ()
 
 
 def device_info(modality: ModalitySection, software_versions: str) -> DeviceInfo:
@@ -128,6 +133,8 @@ class Acquisition:
         self._uids = uids
         self._on_queued = on_queued
         self._lock = threading.Lock()
+        #: events of the objects stored by the running acquisition, by UID (under _lock)
+        self._events: dict[str, IrradiationEvent] = {}
         self.last_error = ""
         #: progress of a running acquisition, for the systemd watchdog; idle between them
         self.heartbeat = Heartbeat("acquisition", limit_s=2 * FRAME_TIMEOUT_S + 30)
@@ -194,7 +201,13 @@ class Acquisition:
             logger.info("acquired %d object(s) in series %s, %d frame(s) dropped",
                         len(captured), series.series_instance_uid, dropped)
             return AcquisitionResult(series.study_instance_uid, series.series_instance_uid,
-                                     tuple(captured), error, dropped)
+                                     tuple(captured), error, dropped,
+                                     events=tuple(self._take_events(captured)))
+
+    def _take_events(self, captured: list[CapturedObject]) -> list[IrradiationEvent]:
+        """The events of these objects, in their order (and forget them)."""
+        return [event for obj in captured if obj.irradiation_event_uid is not None
+                and (event := self._events.pop(obj.irradiation_event_uid, None)) is not None]
 
     def _run_capture(self, order: Order, series: SeriesContext,
                      frames: int) -> tuple[list[CapturedObject], int, str]:
@@ -269,12 +282,14 @@ class Acquisition:
                       instance_number: int) -> CapturedObject:
         frame = frames[-1]
         sop_instance_uid = self._uids.new_uid()
+        event_uid, event = self._irradiation_event(frames[0])
         ds = build_image(
             self._image.iod, frames, order=order, device=self._device, series=series,
             instance_number=instance_number, sop_instance_uid=sop_instance_uid,
             conversion_type=self._conversion_type,
             patient_orientation=self._image.patient_orientation,
             anatomic_region=self._image.anatomic_region,
+            irradiation_event_uid=event_uid,
         )
         validate_image(ds)
         # the spooled bytes are what goes on the wire, in this syntax, on every resend
@@ -291,5 +306,24 @@ class Acquisition:
         logger.info("queue item %d: captured frame %d as %s", queued.queue_id,
                     frame.sequence_number, sop_instance_uid)
         self.last_frame = frame
+        if event is not None:
+            self._events[event.uid] = event
         return CapturedObject(queued.queue_id, sop_instance_uid, frame.sequence_number,
-                              str(ds.SOPClassUID))
+                              str(ds.SOPClassUID), event_uid)
+
+    def _irradiation_event(self, frame: Frame) -> tuple[str | None, IrradiationEvent | None]:
+        """The exposure that made this frame: a new Irradiation Event UID for a device that
+        emits radiation (None otherwise), and its record for the dose SR.
+
+        A frame whose technique values are missing still gets its UID (it was an exposure) but
+        no record: a dose report never makes a value up, and the image is kept."""
+        if not self.emits_radiation:
+            return None, None
+        uid = self._uids.new_uid()
+        started_at = datetime.fromtimestamp(frame.t_wall).astimezone()
+        try:
+            return uid, IrradiationEvent.from_device_parameters(uid, started_at,
+                                                                frame.device_parameters)
+        except IODError as err:
+            logger.error("frame %d: no dose record: %s", frame.sequence_number, err)
+            return uid, None

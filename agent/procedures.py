@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from agent.errors import AgentError
 from agent.iod import UIDSource
+from agent.iod.dose_sr import IrradiationEvent
 from agent.mpps import MppsClient, MppsError, discontinuation_reason
 from agent.queue.spool import write_durably
 from agent.records import Code, MppsImageRefs, Order, OtherPatientID, SOPReference
@@ -44,6 +45,15 @@ STATE_VERSION = 1
 MppsHook = Callable[[str, "Procedure"], None]
 
 
+#: (Series Instance UID, the objects queued in it): a series the procedure made at its end
+EndingSeries = tuple[str, tuple[SOPReference, ...]]
+#: called as a procedure ends, before its MPPS is final: queues what the end makes (the dose
+#: SR) and returns its series for the MPPS; raises AgentError if it cannot (the end is refused)
+EndingHook = Callable[["Procedure"], Sequence[EndingSeries]]
+#: which of these SOP Instance UIDs are rejected (`QueueStore.rejected_uids`)
+RejectedHook = Callable[[Sequence[str]], set[str]]
+
+
 class ProcedureError(AgentError, ValueError):
     """A procedure cannot be started, found or ended as asked."""
 
@@ -58,6 +68,11 @@ class Procedure:
     series: dict[str, list[SOPReference]] = field(default_factory=dict)
     ended_at: float | None = None
     end_reason: str = ""
+    #: the exposures of every series, in order: the procedure's dose SR lists them
+    events: list[IrradiationEvent] = field(default_factory=list)
+    #: (Series, SOP Instance UID) of the dose SR, fixed before it is first built so that an
+    #: end retried after a failure queues the same report, never a second one
+    dose_report_uids: tuple[str, str] | None = None
 
     def matches(self, order: Order) -> bool:
         if self.order.scheduled or order.scheduled:
@@ -132,23 +147,48 @@ def order_from_json(data: dict[str, Any]) -> Order:
     return Order(**fields)
 
 
+def event_to_json(event: IrradiationEvent) -> dict[str, Any]:
+    return {"uid": event.uid, "started_at": event.started_at.isoformat(), "kvp": event.kvp,
+            "mas": event.mas, "exposure_ms": event.exposure_ms, "dap_dgycm2": event.dap_dgycm2}
+
+
+def event_from_json(data: dict[str, Any]) -> IrradiationEvent:
+    """The inverse of `event_to_json` (a naive time is refused: its zone would be a guess)."""
+    started_at = datetime.fromisoformat(str(data["started_at"]))
+    if started_at.tzinfo is None:
+        raise ValueError(f"irradiation event {data['uid']}: started_at has no UTC offset")
+    dap = data.get("dap_dgycm2")
+    return IrradiationEvent(uid=str(data["uid"]), started_at=started_at,
+                            kvp=float(data["kvp"]), mas=float(data["mas"]),
+                            exposure_ms=float(data["exposure_ms"]),
+                            dap_dgycm2=None if dap is None else float(dap))
+
+
 def _procedure_to_json(procedure: Procedure) -> dict[str, Any]:
     return {"procedure_id": procedure.procedure_id, "order": order_to_json(procedure.order),
             "started_at": procedure.started_at, "state": procedure.state,
             "mpps_uid": procedure.mpps_uid, "ended_at": procedure.ended_at,
             "end_reason": procedure.end_reason,
             "series": {uid: [[r.sop_class_uid, r.sop_instance_uid] for r in refs]
-                       for uid, refs in procedure.series.items()}}
+                       for uid, refs in procedure.series.items()},
+            "events": [event_to_json(e) for e in procedure.events],
+            "dose_report_uids": (None if procedure.dose_report_uids is None
+                                 else list(procedure.dose_report_uids))}
 
 
 def _procedure_from_json(data: dict[str, Any]) -> Procedure:
+    # "events" and "dose_report_uids" came with the dose SR: a file from before has neither
+    report_uids = data.get("dose_report_uids")
     return Procedure(
         procedure_id=str(data["procedure_id"]), order=order_from_json(data["order"]),
         started_at=float(data["started_at"]), state=str(data["state"]),
         mpps_uid=data["mpps_uid"], ended_at=data["ended_at"],
         end_reason=str(data["end_reason"]),
         series={uid: [SOPReference(c, i) for c, i in refs]
-                for uid, refs in data["series"].items()})
+                for uid, refs in data["series"].items()},
+        events=[event_from_json(e) for e in data.get("events", [])],
+        dose_report_uids=None if report_uids is None
+        else (str(report_uids[0]), str(report_uids[1])))
 
 
 class Procedures:
@@ -158,13 +198,19 @@ class Procedures:
     change) an open procedure survives a restart: the technologist goes on acquiring into the
     same study and MPPS, or ends it; and the steps acquired here (the worklist's duplicate guard)
     are remembered too. Without one (unit tests) they live in memory only. `on_mpps` is told of
-    each MPPS created or updated (`MppsHook`).
+    each MPPS created or updated (`MppsHook`). `on_ending` queues what a procedure makes as it
+    ends (the daemon's: `agent.dose_report`, the dose SR) before its MPPS is final, which then
+    lists it (`EndingHook`); `is_rejected` tells which images are rejected, left out of the
+    MPPS of a procedure that ends (`RejectedHook`).
     """
 
     def __init__(self, *, uids: UIDSource, mpps: MppsClient | None, modality: str,
                  protocol_name: str, state_path: Path | None = None,
-                 on_mpps: MppsHook | None = None) -> None:
+                 on_mpps: MppsHook | None = None, on_ending: EndingHook | None = None,
+                 is_rejected: RejectedHook | None = None) -> None:
         self._on_mpps = on_mpps
+        self._on_ending = on_ending
+        self._is_rejected = is_rejected
         self._uids = uids
         self._mpps = mpps
         self._modality = modality
@@ -299,12 +345,16 @@ class Procedures:
         return procedure
 
     def record_series(self, procedure: Procedure, series_instance_uid: str,
-                      images: Sequence[SOPReference]) -> None:
-        """Images now durably queued, for the MPPS's Performed Series Sequence."""
+                      images: Sequence[SOPReference],
+                      events: Sequence[IrradiationEvent] = ()) -> None:
+        """Images now durably queued, for the MPPS's Performed Series Sequence, and the
+        exposures that made them, for the procedure's dose SR."""
         if not images:
             return
         with self._lock:
             procedure.series.setdefault(series_instance_uid, []).extend(images)
+            known = {e.uid for e in procedure.events}
+            procedure.events.extend(e for e in events if e.uid not in known)
             try:
                 self._save()
             except ProcedureError as err:
@@ -337,8 +387,9 @@ class Procedures:
             if status == "completed" and not procedure.series:
                 raise ProcedureError(f"procedure {procedure_id} has no images: discontinue it "
                                      f"instead of completing it")
+            rejected = self._rejected_images(procedure, status)
+            ending = self._run_ending(procedure)
             procedure.state = status
-            procedure.ended_at = time.time()
             procedure.end_reason = reason_code
             try:
                 self._save()
@@ -347,6 +398,7 @@ class Procedures:
                 raise
         if self._mpps is not None and procedure.mpps_uid is not None:
             try:
+                self._finish_series(procedure, ending, rejected)
                 if status == "completed":
                     self._mpps.complete(procedure.mpps_uid)
                 else:
@@ -362,6 +414,66 @@ class Procedures:
         logger.info("procedure %s %s", procedure_id, status)
         self._forget_old()
         return procedure
+
+    def _rejected_images(self, procedure: Procedure, status: EndStatus) -> set[str]:
+        """The procedure's rejected images, which its MPPS must not list (caller holds the
+        lock).
+
+        Raises
+        ------
+        ProcedureError
+            Completing a procedure whose every image is rejected (nothing was performed that
+            stands: it is discontinued).
+        """
+        images = [r.sop_instance_uid for refs in procedure.series.values() for r in refs]
+        if self._is_rejected is None or not images:
+            return set()
+        try:
+            rejected = set(self._is_rejected(images))
+        except AgentError as err:
+            raise ProcedureError(f"procedure {procedure.procedure_id}: cannot tell which "
+                                 f"images are rejected: {err}") from err
+        if status == "completed" and rejected >= set(images):
+            raise ProcedureError(f"procedure {procedure.procedure_id}: every image is rejected: "
+                                 "discontinue it instead of completing it")
+        return rejected
+
+    def _run_ending(self, procedure: Procedure) -> Sequence[EndingSeries]:
+        """Queue what the end makes (the dose SR), under UIDs saved first (caller holds the
+        lock).
+
+        Raises
+        ------
+        ProcedureError
+            If it cannot be made or queued: the procedure stays in progress, nothing of it is
+            lost, and ending it again retries.
+        """
+        if self._on_ending is None or not procedure.events:
+            procedure.ended_at = time.time()
+            return ()
+        if procedure.dose_report_uids is None:
+            procedure.dose_report_uids = (self._uids.new_uid(), self._uids.new_uid())
+            self._save()
+        procedure.ended_at = time.time()     # the report's time; kept if the end goes on
+        try:
+            return tuple(self._on_ending(procedure))
+        except AgentError as err:
+            procedure.ended_at = None
+            raise ProcedureError(f"procedure {procedure.procedure_id}: the dose report cannot "
+                                 f"be queued: {err}") from err
+
+    def _finish_series(self, procedure: Procedure, ending: Sequence[EndingSeries],
+                       rejected: set[str]) -> None:
+        """The MPPS's last changes before it is final: the series made at the end added,
+        rejected images left out. Raises MppsError."""
+        if self._mpps is None or procedure.mpps_uid is None:
+            return
+        for series_instance_uid, references in ending:
+            self._mpps.add_series(procedure.mpps_uid, series_instance_uid, references,
+                                  protocol_name=procedure.order.sps_description
+                                  or self._protocol_name)
+        if rejected:
+            self._mpps.withdraw_images(procedure.mpps_uid, rejected)
 
     def _forget_old(self) -> None:
         with self._lock:

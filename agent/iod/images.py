@@ -45,6 +45,7 @@ class ImageRequest:
     timezone_offset: str                #: "+HHMM": the zone of content_datetime and the rest
     patient_orientation: tuple[str, str] | None
     anatomic_region: Code | None
+    irradiation_event_uid: str | None = None   #: the exposure that made the image, if any
 
     @property
     def first(self) -> Frame:
@@ -88,7 +89,8 @@ _WRITERS: dict[str, Callable[[Dataset, ImageRequest], None]] = {
     "general-equipment": lambda ds, r: modules.add_general_equipment_module(ds, r.device),
     "sc-equipment": lambda ds, r: modules.add_sc_equipment_module(ds, r.conversion),
     "general-acquisition": lambda ds, r: modules.add_general_acquisition_module(
-        ds, acquisition_datetime=r.content_datetime),
+        ds, acquisition_datetime=r.content_datetime,
+        irradiation_event_uid=r.irradiation_event_uid),
     "general-image": _general_image,
     "image-pixel": lambda ds, r: modules.add_image_pixel_module(ds, r.frames),
     "multi-frame": lambda ds, r: modules.add_multiframe_module(ds, r.frames),
@@ -221,6 +223,7 @@ def build_image(
     patient_orientation: tuple[str, str] | None = None,
     anatomic_region: Code | None = None,
     timezone_offset: str | None = None,
+    irradiation_event_uid: str | None = None,
 ) -> Dataset:
     """Build one image object of the IOD named `iod` from `frames`.
 
@@ -253,6 +256,9 @@ def build_image(
         offset of this zone at the first frame (no clock is read).
     timezone_offset
         "+HHMM"/"-HHMM": optional, a cross-check; it must equal the offset `tz` gives.
+    irradiation_event_uid
+        The exposure that made this image (General Acquisition, (0008,3010), Type 3): the
+        same UID as its TID 10003 event in the procedure's dose SR. None writes nothing.
 
     Returns
     -------
@@ -276,6 +282,8 @@ def build_image(
             patient_orientation if patient_orientation is not None
             else frames[0].device_parameters.get("patient_orientation"))
     _check_common(spec, frames, order, device, series, instance_number, sop_instance_uid)
+    if irradiation_event_uid is not None:
+        modules.check_irradiation_event_uid(irradiation_event_uid, sop_instance_uid)
     conversion = modules.check_sc_equipment(
         ConversionType.DIGITAL_INTERFACE if conversion_type is None else conversion_type) \
         if spec.usage_of("sc-equipment") is not None else ConversionType.DIGITAL_INTERFACE
@@ -285,7 +293,8 @@ def build_image(
         instance_number=instance_number, sop_instance_uid=sop_instance_uid,
         conversion=conversion, derived=derived,
         content_datetime=content_datetime, timezone_offset=offset,
-        patient_orientation=orientation, anatomic_region=region)
+        patient_orientation=orientation, anatomic_region=region,
+        irradiation_event_uid=irradiation_event_uid)
     return assemble(request)
 
 

@@ -373,10 +373,22 @@ def add_general_image_module(ds: Dataset, *, instance_number: int, content_datet
 
 # --- General Acquisition (C.7.10.1) -----------------------------------------------------
 
-def add_general_acquisition_module(ds: Dataset, *, acquisition_datetime: str) -> None:
+def check_irradiation_event_uid(uid: object, sop_instance_uid: str) -> None:
+    """Irradiation Event UID (0008,3010): a valid UID, not the image's own."""
+    check_uid("General Acquisition", "IrradiationEventUID", uid)
+    if uid == sop_instance_uid:
+        raise IODError("General Acquisition: IrradiationEventUID equals the SOPInstanceUID; "
+                       "an exposure has its own UID")
+
+
+def add_general_acquisition_module(ds: Dataset, *, acquisition_datetime: str,
+                                   irradiation_event_uid: str | None = None) -> None:
     """General Acquisition module: Acquisition DateTime (Type 3), when the first frame was
-    read out."""
+    read out, and Irradiation Event UID (Type 3) when the image was made by an exposure
+    (the dose SR's TID 10003 names the same UID)."""
     put(ds, "AcquisitionDateTime", acquisition_datetime)
+    if irradiation_event_uid is not None:
+        put(ds, "IrradiationEventUID", irradiation_event_uid)
 
 
 # --- Image Pixel (C.7.6.3) ---------------------------------------------------------------

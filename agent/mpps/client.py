@@ -357,6 +357,35 @@ class MppsClient:
         logger.info("MPPS %s: series %s recorded with %d image(s)", uid, series_instance_uid,
                     len(merged))
 
+    def withdraw_images(self, step: ProcedureStep | str, sop_instance_uids: Iterable[str]) -> int:
+        """Leave these images out of the step's series (rejected ones: the MPPS of an open
+        procedure must not list them, IHE IOCM). Each series item stays, maybe with no image.
+        Returns how many references were removed.
+
+        Raises
+        ------
+        UnknownProcedureStep
+            If no open step has that UID.
+        MppsStateError
+            If the step is already final (its N-SET is on its way).
+        MppsJournalError
+            If the journal cannot be written (nothing is changed).
+        """
+        uid = _uid_of(step)
+        withdrawn = set(sop_instance_uids)
+        with self._wake:
+            record = self._open_record(uid)
+            self._check_in_progress(record)
+            series = [replace(s, images=tuple(r for r in s.images
+                                              if r.sop_instance_uid not in withdrawn))
+                      for s in record.series]
+            removed = record.image_count - sum(len(s.images) for s in series)
+            if removed:
+                self._write(replace(record, series=series))
+        if removed:
+            logger.info("MPPS %s: %d rejected image(s) left out", uid, removed)
+        return removed
+
     def complete(self, step: ProcedureStep | str, *, ended_at: datetime | None = None) -> None:
         """End the step as COMPLETED: the final N-SET (sent in the background) lists every
         series and image added.

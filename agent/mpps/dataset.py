@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from pydicom import config
+from pydicom import uid as sop
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -43,6 +44,12 @@ N_SET_KEYWORDS: tuple[str, ...] = (
     "PerformedProcedureStepDiscontinuationReasonCodeSequence",
     "PerformedSeriesSequence",
 )
+
+#: documents, not images: listed in Referenced Non-Image Composite SOP Instance Sequence
+#: (0040,0220) of their series item (the dose SR, a rejection note)
+NON_IMAGE_SOP_CLASSES = frozenset(str(uid) for uid in (
+    sop.XRayRadiationDoseSRStorage, sop.KeyObjectSelectionDocumentStorage,
+    sop.BasicTextSRStorage, sop.EnhancedSRStorage, sop.ComprehensiveSRStorage))
 
 #: their values must never appear in a message (STYLE.md, Logging)
 _PHI_KEYWORDS = frozenset({"PatientName", "PatientID", "PatientBirthDate", "AdmissionID"})
@@ -198,10 +205,14 @@ def performed_series_item(series: PerformedSeries, index: int = 0) -> Dataset:
     _put(item, "SeriesInstanceUID", series.series_instance_uid, where=where)
     _put(item, "SeriesDescription", series.series_description, where=where)
     _put(item, "RetrieveAETitle", series.retrieve_ae_title, where=where)
+    images = [r for r in series.images if r.sop_class_uid not in NON_IMAGE_SOP_CLASSES]
+    others = [r for r in series.images if r.sop_class_uid in NON_IMAGE_SOP_CLASSES]
     _put(item, "ReferencedImageSequence",
-         _reference_items(where + "ReferencedImageSequence", series.images), where=where)
-    # Type 2: the agent makes images only; the list of non-image instances is empty
-    _put(item, "ReferencedNonImageCompositeSOPInstanceSequence", [], where=where)
+         _reference_items(where + "ReferencedImageSequence", images), where=where)
+    # Type 2: the documents of the step (the dose SR), empty when it made images only
+    _put(item, "ReferencedNonImageCompositeSOPInstanceSequence",
+         _reference_items(where + "ReferencedNonImageCompositeSOPInstanceSequence", others),
+         where=where)
     return item
 
 
