@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from agent.api.security import SecurityPolicy, load_or_create_token
 from agent.audit import AlertKind, AuditPeer, AuditTrail, AuditUnavailable, Outcome
 from agent.audit.trail import AUDIT_FOLDER
 from agent.config import AgentConfig
+from agent.dose_report import queue_dose_report
 from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder, TransferAudit
 from agent.iod import UIDSource, encoder_status
 from agent.listener import CommitmentReportHandler, Listener, Refusal
@@ -317,7 +319,12 @@ class Daemon:
             uids=self.uids, mpps=self.mpps, modality=config.modality.modality,
             protocol_name=f"{config.modality.model_name} default",
             state_path=config.agent.spool_dir / "procedures.json",
-            on_mpps=None if hooks is None else hooks.mpps)
+            on_mpps=None if hooks is None else hooks.mpps,
+            # an X-ray procedure's dose report (IHE REM) is queued as it ends, before the MPPS
+            on_ending=partial(queue_dose_report, self.queue, self.uids,
+                              device_info(config.modality, f"modality-agent {__version__}")),
+            # a rejected image is no longer listed in the MPPS of an open procedure (IOCM)
+            is_rejected=self.queue.rejected_uids)
         if config.worklist is not None:
             wl = config.worklist
             self.worklist = WorklistService(

@@ -484,7 +484,8 @@ class Station:
             raise AcquisitionError(f"procedure {procedure.procedure_id} is {procedure.state}")
         result = self._acquisition.acquire(procedure.order, request.frames)
         self._procedures.record_series(procedure, result.series_instance_uid, [
-            SOPReference(o.sop_class_uid, o.sop_instance_uid) for o in result.objects])
+            SOPReference(o.sop_class_uid, o.sop_instance_uid) for o in result.objects],
+            events=result.events)
         if result.objects:
             self._mark_acquired(procedure.order)
         self._forwarder.wake()
