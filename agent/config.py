@@ -94,6 +94,10 @@ class WorklistSection:
     fallback_charsets: tuple[str, ...] = ("ISO_IR 192", "ISO_IR 100")
     tls: bool = False                         # DICOM TLS with our [tls] identity, never plaintext
     verify_hostname: bool = True              # the RIS certificate must name `host`
+    # the broad query matches Scheduled Station AE Title = [agent] ae_title; false for a RIS
+    # that schedules by modality only
+    filter_station_ae: bool = True
+    filter_modality: bool = True              # ... and Modality = [modality] modality
 
 
 @dataclass(frozen=True)
@@ -911,6 +915,8 @@ def _check_worklist(table: dict[str, Any] | None, problems: _Problems) -> Workli
     section.take("fallback_charsets", _CHARSET_LIST)
     section.take("tls", _BOOL)
     section.take("verify_hostname", _BOOL)
+    section.take("filter_station_ae", _BOOL)
+    section.take("filter_modality", _BOOL)
     return section.build()
 
 

@@ -242,6 +242,9 @@ class WorklistSnapshot:
     error: str | None = None
     problems: tuple[str, ...] = ()
     fetched_at: float | None = None           # wall-clock time of the query that got the items
+    #: what the broad query asked, e.g. "station S and modality DX today (filters [worklist]
+    #: filter_station_ae, filter_modality)"; said by `summary` when the RIS returned nothing
+    asked: str = ""
 
     def as_json(self) -> dict[str, Any]:
         """``worklist --json``: ``{"source", "age_s", "items": [...]}`` (ARCHITECTURE.md),
@@ -258,7 +261,13 @@ class WorklistSnapshot:
 
     @property
     def summary(self) -> str:
-        """One line for the console or a log: counts, source and age, no patient data."""
+        """One line for the console or a log: counts, source and age, no patient data.
+
+        An empty answer from the RIS names the filters applied: a RIS that schedules by
+        modality only answers nothing to a station filter, and must not look like a quiet day.
+        """
+        if self.source == "ris" and not self.items and not self.truncated and self.asked:
+            return f"no worklist items for {self.asked}"
         count = f"more than {self.limit}" if self.truncated else str(len(self.items))
         age = "" if self.age_s is None else f", {self.age_s:.0f} s old"
         text = f"{count} worklist item(s) from the {'RIS' if self.source == 'ris' else 'cache'}"

@@ -3,7 +3,9 @@
 Two queries (IHE SWF worklist options):
 
 - `BroadQuery`: Scheduled Station AE Title = ours, Modality = ours, SPS Start Date = a day
-  or a range. What the refresh loop asks.
+  or a range. What the refresh loop asks. Either station or modality matching can be turned
+  off (`[worklist] filter_station_ae`, `filter_modality`): some RIS schedule by modality only
+  and leave the station AE title empty or generic.
 - `PatientQuery`: Patient's Name (wildcards * and ?), Patient ID, Accession Number and/or
   Requested Procedure ID, each usable alone.
 
@@ -81,12 +83,43 @@ class BroadQuery:
     modality: str
     start_date: date
     end_date: date | None = None          # None: `start_date` only
+    #: match on Scheduled Station AE Title ([worklist] filter_station_ae)
+    filter_station_ae: bool = True
+    #: match on Modality ([worklist] filter_modality)
+    filter_modality: bool = True
 
     def matches(self, item: WorklistItem) -> bool:
         """Client-side check of the SCP's matching: an item for another station or modality
-        never appears. An empty value in the item is left to the SCP's judgement."""
-        return (item.station_ae_title in ("", self.station_ae_title)
-                and item.modality in ("", self.modality))
+        never appears (for the filters in use). An empty value in the item is left to the
+        SCP's judgement."""
+        return ((not self.filter_station_ae
+                 or item.station_ae_title in ("", self.station_ae_title))
+                and (not self.filter_modality or item.modality in ("", self.modality)))
+
+    def describe(self, today: date) -> str:
+        """What was asked, for "no worklist items for ...": filters and days, and the
+        `[worklist]` keys that chose the filters (no patient data)."""
+        wanted = []
+        if self.filter_station_ae:
+            wanted.append(f"station {self.station_ae_title}")
+        if self.filter_modality:
+            wanted.append(f"modality {self.modality}")
+        last = self.end_date or self.start_date
+        if self.start_date == last:
+            day = "today" if last == today else f"on {last.isoformat()}"
+        else:
+            day = f"from {self.start_date.isoformat()} to {last.isoformat()}"
+        if not wanted:
+            return (f"any station and modality {day} (no filter: [worklist] "
+                    "filter_station_ae and filter_modality are false)")
+        keys = [key for key, used in (("filter_station_ae", self.filter_station_ae),
+                                      ("filter_modality", self.filter_modality)) if used]
+        off = [f"{key} = false" for key, used in (
+            ("filter_station_ae", self.filter_station_ae),
+            ("filter_modality", self.filter_modality)) if not used]
+        label = "filters" if len(keys) > 1 else "filter"
+        text = f"{' and '.join(wanted)} {day} ({label} [worklist] {', '.join(keys)}"
+        return text + (f"; {', '.join(off)})" if off else ")")
 
 
 @dataclass(frozen=True)
@@ -197,8 +230,11 @@ def build_identifier(query: Query) -> Dataset:
         if not query.station_ae_title.strip() or not query.modality.strip():
             raise InvalidWorklistQuery("a broad query needs this station's AE title and "
                                        "modality")
-        sps.ScheduledStationAETitle = query.station_ae_title
-        sps.Modality = query.modality
+        # a filter turned off stays a return key (zero length: universal match)
+        if query.filter_station_ae:
+            sps.ScheduledStationAETitle = query.station_ae_title
+        if query.filter_modality:
+            sps.Modality = query.modality
         first = query.start_date.strftime("%Y%m%d")
         last = (query.end_date or query.start_date).strftime("%Y%m%d")
         if last < first:

@@ -175,6 +175,7 @@ class WorklistService:
         self._limit = max_results
         self._error: str | None = "the RIS has not been queried yet"
         self._problems: tuple[str, ...] = ()
+        self._asked = ""                           # what the last successful query asked
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refreshes = 0                         # completed refresh attempts
@@ -262,7 +263,9 @@ class WorklistService:
     def _build_query(self, today: date) -> BroadQuery:
         query = BroadQuery(self.ae_title, self.modality,
                            today - timedelta(days=self.days_before),
-                           today + timedelta(days=self.days_after))
+                           today + timedelta(days=self.days_after),
+                           filter_station_ae=self.config.filter_station_ae,
+                           filter_modality=self.config.filter_modality)
         build_identifier(query)
         return query
 
@@ -270,7 +273,8 @@ class WorklistService:
         """Query the RIS now (broad query); on success replace the list and the cache, on
         failure keep the last good list and say why. Never raises for the RIS's faults."""
         with self._refresh_lock:
-            query = self._build_query(self._today())
+            today = self._today()
+            query = self._build_query(today)
             try:
                 result = self._find(query)
             except WorklistQueryError as err:
@@ -279,11 +283,11 @@ class WorklistService:
                 # the query could not be audited: its answer is not used
                 self._record_failure(f"worklist answer not used: {err}")
             else:
-                self._record_success(result)
+                self._record_success(result, query.describe(today))
             self.refreshes += 1
         return self.snapshot()
 
-    def _record_success(self, result: FindResult) -> None:
+    def _record_success(self, result: FindResult, asked: str) -> None:
         fetched_at = self._wall_clock()
         problems = list(result.problems)
         try:
@@ -300,6 +304,7 @@ class WorklistService:
             self._limit = result.limit
             self._error = None
             self._problems = tuple(problems)
+            self._asked = asked
         # a bad entry stays bad from one refresh to the next: say so once, not every minute
         for problem in result.problems:
             if problem not in self._logged_problems:
@@ -384,11 +389,12 @@ class WorklistService:
             fetched_at = self._fetched_at
             source, error = self._source, self._error
             truncated, limit, problems = self._truncated, self._limit, self._problems
+            asked = self._asked
         marked, marking_problems = self._mark(items)
         age = None if fetched_at is None else max(0.0, self._wall_clock() - fetched_at)
         return WorklistSnapshot(source=source, age_s=age, items=marked, truncated=truncated,
                                 limit=limit, error=error, problems=problems + marking_problems,
-                                fetched_at=fetched_at)
+                                fetched_at=fetched_at, asked=asked)
 
     def mark_acquired(self, study_instance_uid: str, sps_id: str) -> None:
         """Remember that this step was acquired here (the duplicate guard)."""

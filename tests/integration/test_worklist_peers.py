@@ -6,6 +6,7 @@ an image that dciodvfy accepts."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from datetime import date
@@ -280,6 +281,27 @@ def test_other_stations_modalities_and_days_never_appear(wlm_keep: Wlmscpfs,
     patient = query(ris(wlm_keep, called_ae), PatientQuery(patient_id=FOREIGN["OTHER-STATION"]
                                                            .patient_id))
     assert [item.station_ae_title for item in patient.items] == ["OTHER"]
+
+
+def test_a_step_scheduled_for_another_station_is_found_only_without_the_station_filter(
+        wlm_keep: Wlmscpfs, tmp_path: Path) -> None:
+    # a RIS that schedules by modality only: the step names another (or a generic) station
+    called_ae, folder = wlm_keep.new_called_ae()
+    write_all(folder, {"BY-MODALITY": numbered(30, station_ae_title="ANY-XR"),
+                       "OTHER-MODALITY": numbered(31, station_ae_title="ANY-XR", modality="CT")})
+    peer = ris(wlm_keep, called_ae)
+    filtered = WorklistService(peer, ae_title=STATION, modality=MODALITY,
+                               cache_dir=tmp_path / "on", today=lambda: DAY).refresh_now()
+    assert filtered.source == "ris" and filtered.items == ()
+    assert filtered.summary == (
+        f"no worklist items for station {STATION} and modality {MODALITY} today "
+        "(filters [worklist] filter_station_ae, filter_modality)")
+    by_modality = dataclasses.replace(peer, filter_station_ae=False)
+    found = WorklistService(by_modality, ae_title=STATION, modality=MODALITY,
+                            cache_dir=tmp_path / "off", today=lambda: DAY).refresh_now()
+    assert found.source == "ris"
+    assert [(item.sps_id, item.station_ae_title) for item in found.items] == [
+        ("BY-MODALITY", "ANY-XR")]
 
 
 @pytest.mark.parametrize("peer_kind", ["wlmscpfs", "orthanc"])

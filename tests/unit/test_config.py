@@ -1091,3 +1091,24 @@ def test_tls_and_verify_hostname_are_read_on_every_dicom_path(tmp_path: Path) ->
 def test_tls_flags_must_be_booleans(tmp_path: Path) -> None:
     problem = only_problem(tmp_path, TLS + DESTINATION + 'tls = "yes"\n')
     assert problem == 'agent.toml: [[destinations]] #1 tls: expected true or false, got "yes"'
+
+
+# --- issue 16 item 3: the broad worklist query's filters ---------------------------------------
+
+def test_worklist_filters_default_to_station_and_modality(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PEER_SECTIONS["worklist"] + DESTINATION))
+    assert config.worklist is not None
+    assert (config.worklist.filter_station_ae, config.worklist.filter_modality) == (True, True)
+
+
+def test_worklist_filters_are_read(tmp_path: Path) -> None:
+    text = PEER_SECTIONS["worklist"] + "filter_station_ae = false\nfilter_modality = true\n"
+    config = load_config(write(tmp_path, text + DESTINATION))
+    assert config.worklist is not None
+    assert (config.worklist.filter_station_ae, config.worklist.filter_modality) == (False, True)
+
+
+@pytest.mark.parametrize("key", ["filter_station_ae", "filter_modality"])
+def test_worklist_filters_must_be_booleans(tmp_path: Path, key: str) -> None:
+    problem = only_problem(tmp_path, PEER_SECTIONS["worklist"] + f'{key} = "no"\n' + DESTINATION)
+    assert problem == f'agent.toml: [worklist] {key}: expected true or false, got "no"'

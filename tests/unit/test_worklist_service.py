@@ -362,3 +362,56 @@ def test_the_refresh_loop_survives_an_unexpected_error_and_says_so(
     for record in caplog.records:
         if record.levelno >= logging.INFO:
             assert "Doe^John" not in record.getMessage()
+
+
+# --- issue 16 item 3: configurable filters, and an empty answer says which were applied ------
+
+def test_broad_query_without_station_filter_leaves_the_key_universal() -> None:
+    query = BroadQuery(STATION, MODALITY, date(2024, 5, 1), filter_station_ae=False)
+    sps = build_identifier(query).ScheduledProcedureStepSequence[0]
+    assert (sps.ScheduledStationAETitle, sps.Modality) == ("", MODALITY)
+    assert query.matches(item(1, station_ae_title="OTHER"))
+    assert not query.matches(item(1, modality="CT"))
+
+
+def test_broad_query_without_modality_filter_leaves_the_key_universal() -> None:
+    query = BroadQuery(STATION, MODALITY, date(2024, 5, 1), filter_modality=False)
+    sps = build_identifier(query).ScheduledProcedureStepSequence[0]
+    assert (sps.ScheduledStationAETitle, sps.Modality) == (STATION, "")
+    assert query.matches(item(1, modality="CT"))
+    assert not query.matches(item(1, station_ae_title="OTHER"))
+
+
+@pytest.mark.parametrize(("station", "modality", "said"), [
+    (True, True, f"no worklist items for station {STATION} and modality {MODALITY} today "
+                 "(filters [worklist] filter_station_ae, filter_modality)"),
+    (False, True, f"no worklist items for modality {MODALITY} today (filter [worklist] "
+                  "filter_modality; filter_station_ae = false)"),
+    (False, False, "no worklist items for any station and modality today (no filter: "
+                   "[worklist] filter_station_ae and filter_modality are false)"),
+])
+def test_an_empty_answer_says_which_filters_were_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, station: bool, modality: bool,
+        said: str) -> None:
+    from agent.worklist import FindResult
+    from agent.worklist import service as service_module
+
+    asked: list[BroadQuery] = []
+
+    def nothing(peer: WorklistSection, query: BroadQuery, **kwargs: object) -> FindResult:
+        asked.append(query)
+        return FindResult((), False, 500, (), 0, 0, 0.01)
+
+    monkeypatch.setattr(service_module, "find_worklist", nothing)
+    ris = dataclasses.replace(RIS, filter_station_ae=station, filter_modality=modality)
+    worklist = WorklistService(ris, ae_title=STATION, modality=MODALITY, cache_dir=tmp_path,
+                               today=lambda: date(2024, 5, 1))
+    snapshot = worklist.refresh_now()
+    assert (asked[0].filter_station_ae, asked[0].filter_modality) == (station, modality)
+    assert snapshot.source == "ris" and snapshot.summary == said
+
+
+def test_a_range_of_days_is_named_in_the_empty_answer() -> None:
+    query = BroadQuery(STATION, MODALITY, date(2024, 4, 30), date(2024, 5, 2))
+    assert query.describe(date(2024, 5, 1)).startswith(
+        f"station {STATION} and modality {MODALITY} from 2024-04-30 to 2024-05-02 (")
