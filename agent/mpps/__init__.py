@@ -4,6 +4,7 @@ background until the RIS acknowledges them. See docs/mpps.md."""
 
 from agent.mpps.client import MppsClient
 from agent.mpps.codes import DISCONTINUATION_REASONS, discontinuation_reason
+from agent.mpps.dataset import series_values
 from agent.mpps.errors import (
     MppsError,
     MppsJournalError,
@@ -37,4 +38,5 @@ __all__ = [
     "ProcedureStep",
     "UnknownProcedureStep",
     "discontinuation_reason",
+    "series_values",
 ]

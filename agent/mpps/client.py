@@ -213,8 +213,10 @@ class MppsClient:
         study_id
             Study ID (0020,0010), as in the images; "" if none.
         performed_protocol_codes
-            Performed Protocol Code Sequence; default: the order's Scheduled Protocol Code
-            Sequence (performed as scheduled); empty when unscheduled.
+            Performed Protocol Code Sequence: the protocol actually performed, as confirmed by
+            the technologist or reported by the driver. Default: empty (Type 2, zero length):
+            the schedule says what was asked for, not what was done, and the scheduled codes
+            are already sent in Scheduled Step Attributes Sequence.
 
         Returns
         -------
@@ -243,8 +245,9 @@ class MppsClient:
         start_date, start_time = dicom_date_time(started_at)
         if description is None:
             description = order.sps_description or order.requested_procedure_description
-        codes = tuple(order.scheduled_protocol_codes if performed_protocol_codes is None
-                      else performed_protocol_codes)
+        # never copied from the schedule: a repeated or changed view would be reported as
+        # performed as scheduled (issue 16 item 3)
+        codes = tuple(performed_protocol_codes or ())
         step = ProcedureStep(
             sop_instance_uid=uid,
             pps_id=_pps_id(uid, start_date, start_time),

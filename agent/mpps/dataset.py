@@ -216,6 +216,32 @@ def performed_series_item(series: PerformedSeries, index: int = 0) -> Dataset:
     return item
 
 
+#: Performed Series Sequence item attributes an image also carries (General Series / General
+#: Equipment), by `add_series` parameter
+_SERIES_KEYWORDS = (("protocol_name", "ProtocolName"),
+                    ("series_description", "SeriesDescription"),
+                    ("operator_name", "OperatorsName"),
+                    ("performing_physician_name", "PerformingPhysicianName"))
+
+
+def series_values(image: Dataset) -> dict[str, str]:
+    """The Performed Series item values as `image` carries them, as `add_series` keyword
+    arguments: the MPPS then says about the series exactly what its images say, and no more.
+
+    An attribute the image lacks is "" (Type 2, sent at zero length), never a made-up value;
+    Protocol Name, Type 1 in the MPPS, is left out when the image has none, and the step's
+    `protocol_name` is used: write that same value into the images (General Series (0018,1030))
+    so the two agree.
+    """
+    values: dict[str, str] = {}
+    for parameter, keyword in _SERIES_KEYWORDS:
+        element = image.data_element(keyword) if keyword in image else None
+        text = "" if element is None or element.is_empty else str(element.value)
+        if parameter != "protocol_name" or text:
+            values[parameter] = text
+    return values
+
+
 def _code_items(where: str, codes: Iterable[Code]) -> list[Dataset]:
     items = []
     for index, code in enumerate(codes):

@@ -25,6 +25,7 @@ from agent.mpps import (
     PPSStatus,
     UnknownProcedureStep,
     discontinuation_reason,
+    series_values,
 )
 from agent.mpps.codes import EQUIPMENT_FAILURE
 from agent.mpps.dataset import N_SET_KEYWORDS, final_n_set_dataset, n_create_dataset
@@ -125,15 +126,30 @@ def test_scheduled_step_attributes_come_from_the_worklist_item(tmp_path: Path) -
             for r in item.ReferencedStudySequence] == [("1.2.840.10008.3.1.2.3.1", "1.2.3.4")]
     assert [c.CodeValue for c in item.ScheduledProtocolCodeSequence] == ["P-1"]
     assert [c.CodeValue for c in item.RequestedProcedureCodeSequence] == ["RPC-1"]
-    # patient, copied unchanged; Procedure/Performed Protocol codes from the order
+    # patient, copied unchanged; Procedure codes from the order
     assert str(ds.PatientName) == "Müller^Jörg"
     assert (ds.PatientID, ds.PatientBirthDate, ds.PatientSex) == ("PID-1", "19700101", "M")
     assert ds.IssuerOfPatientID == "HOSP"
     assert ds.OtherPatientIDsSequence[0].PatientID == "OTHER-1"
     assert ds.AdmissionID == "ADM-1"
     assert [c.CodeValue for c in ds.ProcedureCodeSequence] == ["RPC-1"]
-    assert [c.CodeValue for c in ds.PerformedProtocolCodeSequence] == ["P-1"]
+    # what was performed is not known from the schedule: Type 2, present and empty
+    assert "PerformedProtocolCodeSequence" in ds
+    assert len(ds.PerformedProtocolCodeSequence) == 0
     assert ds.PerformedProcedureStepDescription == "Chest PA"
+
+
+def test_performed_protocol_is_sent_only_when_given(tmp_path: Path) -> None:
+    performed = Code("P-2", "99LOCAL", "Chest PA, repeated lateral")
+    mpps = client(tmp_path)
+    step = mpps.begin(SCHEDULED, modality="OT", started_at=STARTED, protocol_name="Chest PA",
+                      performed_protocol_codes=[performed])
+    ds = n_create_dataset(mpps._records[step.sop_instance_uid])
+    assert [(c.CodeValue, c.CodeMeaning) for c in ds.PerformedProtocolCodeSequence] == [
+        ("P-2", "Chest PA, repeated lateral")]
+    # the schedule stays where it belongs: in the Scheduled Step Attributes item
+    assert [c.CodeValue for c in
+            ds.ScheduledStepAttributesSequence[0].ScheduledProtocolCodeSequence] == ["P-1"]
 
 
 def test_unscheduled_step_attributes_are_empty_but_present(tmp_path: Path) -> None:
@@ -175,6 +191,39 @@ def test_completed_n_set_lists_every_series_and_image(tmp_path: Path) -> None:
                 for r in item.ReferencedImageSequence] == [
             (SC, item.SeriesInstanceUID + ".1"), (SC, item.SeriesInstanceUID + ".2")]
         assert len(item.ReferencedNonImageCompositeSOPInstanceSequence) == 0
+
+
+def _image(**values: str) -> Dataset:
+    image = Dataset()
+    image.SOPClassUID, image.SOPInstanceUID = SC, "1.2.3.9.1"
+    image.SeriesInstanceUID = "1.2.3.9"
+    for keyword, value in values.items():
+        setattr(image, keyword, value)
+    return image
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"SeriesDescription": "X-Ray Radiation Dose Report"},
+    {"ProtocolName": "Chest PA", "SeriesDescription": "PA", "OperatorsName": "Tech^Tina",
+     "PerformingPhysicianName": "Doc^Dora"},
+], ids=["nothing", "description", "everything"])
+def test_series_item_says_what_the_images_say_and_no_more(tmp_path: Path,
+                                                          values: dict[str, str]) -> None:
+    mpps = client(tmp_path)
+    step = mpps.begin(SCHEDULED, modality="OT", started_at=STARTED, protocol_name="Step PA")
+    image = _image(**values)
+    mpps.add_series(step, image.SeriesInstanceUID, [SOPReference(SC, image.SOPInstanceUID)],
+                    **series_values(image))
+    mpps.complete(step, ended_at=STARTED)
+    (item,) = final_n_set_dataset(mpps._records[step.sop_instance_uid]).PerformedSeriesSequence
+    for keyword in ("SeriesDescription", "OperatorsName", "PerformingPhysicianName"):
+        # Type 2: present; zero length unless the image carries the value
+        assert keyword in item, keyword
+        assert (str(item[keyword].value) if not item[keyword].is_empty else "") == \
+            values.get(keyword, ""), keyword
+    # Protocol Name is Type 1 in the MPPS: the image's, else the step's (begin)
+    assert item.ProtocolName == values.get("ProtocolName", "Step PA")
 
 
 def test_discontinued_n_set_carries_the_reason(tmp_path: Path) -> None:
