@@ -46,6 +46,7 @@ class ImageRequest:
     patient_orientation: tuple[str, str] | None
     anatomic_region: Code | None
     irradiation_event_uid: str | None = None   #: the exposure that made the image, if any
+    image_laterality: str = "U"                #: DX only; checked by check_image_laterality
 
     @property
     def first(self) -> Frame:
@@ -100,7 +101,7 @@ _WRITERS: dict[str, Callable[[Dataset, ImageRequest], None]] = {
     "modality-lut": lambda ds, r: modules.add_modality_lut_module(ds, r.first),
     "voi-lut": lambda ds, r: modules.add_voi_lut_module(ds, r.first),
     "dx-anatomy-imaged": lambda ds, r: modules.add_dx_anatomy_imaged_module(
-        ds, r.anatomic_region),
+        ds, r.anatomic_region, r.image_laterality),
     "dx-image": lambda ds, r: modules.add_dx_image_module(ds, r.first),
     "dx-detector": lambda ds, r: modules.add_dx_detector_module(ds, r.first),
     "x-ray-acquisition-dose": lambda ds, r: modules.add_xray_acquisition_dose_module(
@@ -155,6 +156,21 @@ def _check_frames_fit_iod(spec: IODSpec, frames: Sequence[Frame]) -> None:
         raise IODError(f"Image Pixel: BitsStored/PhotometricInterpretation: {spec.name} needs "
                        f"{rule.text}, got {photometric} {bits_stored}/{bits_allocated} "
                        f"({rule.clause})")
+
+
+def _check_laterality(spec: IODSpec, laterality: object, region: Code | None) -> str:
+    """Image Laterality for an IOD that writes it; refused for one that does not (never
+    silently dropped)."""
+    if not spec.image_laterality:
+        if laterality is not None:
+            raise IODError(f"ImageLaterality: only DX writes Image Laterality; {spec.name} "
+                           f"has none (got {laterality!r})")
+        return "U"
+    if laterality is None and region is None:
+        # neither region nor side known: today's "U", until the console asks for both
+        # (issue 16 item 3); the integrator's wiring ends this case
+        return "U"
+    return modules.check_image_laterality(laterality, region)
 
 
 def _check_region(spec: IODSpec, region: Code | None) -> Code | None:
@@ -224,6 +240,7 @@ def build_image(
     anatomic_region: Code | None = None,
     timezone_offset: str | None = None,
     irradiation_event_uid: str | None = None,
+    image_laterality: str | None = None,
 ) -> Dataset:
     """Build one image object of the IOD named `iod` from `frames`.
 
@@ -259,6 +276,11 @@ def build_image(
     irradiation_event_uid
         The exposure that made this image (General Acquisition, (0008,3010), Type 3): the
         same UID as its TID 10003 event in the procedure's dose SR. None writes nothing.
+    image_laterality
+        For "dx" only: Image Laterality (0020,0062), "R", "L", "B" or "U". "U" means unpaired
+        (PS3.3 C.8.11.2), accepted only with an unpaired `anatomic_region`; None: "U" for a
+        known unpaired region, refused for a paired one (the side must be given). Without
+        both a region and a side the DX keeps "U" (what the console cannot ask yet).
 
     Returns
     -------
@@ -276,6 +298,7 @@ def build_image(
     modules.check_frames_compatible(frames)
     _check_frames_fit_iod(spec, frames)
     region = _check_region(spec, anatomic_region)
+    laterality = _check_laterality(spec, image_laterality, region)
     orientation = None
     if spec.patient_orientation_required:
         orientation = modules.check_patient_orientation(
@@ -294,7 +317,7 @@ def build_image(
         conversion=conversion, derived=derived,
         content_datetime=content_datetime, timezone_offset=offset,
         patient_orientation=orientation, anatomic_region=region,
-        irradiation_event_uid=irradiation_event_uid)
+        irradiation_event_uid=irradiation_event_uid, image_laterality=laterality)
     return assemble(request)
 
 

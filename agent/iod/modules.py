@@ -709,12 +709,65 @@ def check_patient_orientation(value: object) -> tuple[str, str]:
     return (value[0], value[1])
 
 
-def add_dx_anatomy_imaged_module(ds: Dataset, anatomic_region: Code | None) -> None:
-    """DX Anatomy Imaged: Image Laterality is Type 1; we cannot know the side, so "U"
-    (unpaired/unknown); Anatomic Region Sequence (Type 2) holds the caller's code or is empty.
-    General Series Laterality must then be absent (2C): the IOD table says Image Laterality,
-    so General Series leaves it out."""
-    put(ds, "ImageLaterality", "U")
+#: Image Laterality (0020,0062) enumerated values (PS3.3 C.8.11.2): "U" is *unpaired*, not
+#: unknown
+IMAGE_LATERALITIES = ("R", "L", "B", "U")
+
+#: SNOMED CT anatomic regions (CID 4031) of paired body parts: a side is needed
+PAIRED_REGIONS = frozenset({
+    "76752008", "72696002", "85562004", "56459004", "16982005", "127949000", "8205005",
+    "344001", "29836001", "71341001", "12611008", "85050009", "14975008", "30021000",
+    "68367000", "40983000", "51299004", "81745001", "64033007"})
+#: ... and of unpaired ones, where "U" is the truth
+UNPAIRED_REGIONS = frozenset({
+    "51185008", "818983003", "113345001", "816092008", "12921003", "69536005", "89546000",
+    "45048000", "122494005", "122495006", "122496007", "54735007", "64688005", "421060004",
+    "38266002"})
+
+
+def _pairing(region: Code | None) -> str:
+    """"paired", "unpaired" or "unknown" for this region code."""
+    if region is None or region.scheme not in ("SCT", "SRT"):
+        return "unknown"
+    if region.value in PAIRED_REGIONS:
+        return "paired"
+    return "unpaired" if region.value in UNPAIRED_REGIONS else "unknown"
+
+
+def check_image_laterality(laterality: object, region: Code | None) -> str:
+    """The DX Image Laterality to write: the side given, or "U" for a known unpaired region.
+
+    Raises
+    ------
+    IODError
+        A value outside R/L/B/U; "U" for a region not known to be unpaired (or none); a
+        paired (or unrecognised) region with no side. Nothing is guessed.
+    """
+    where = "DX Anatomy Imaged: ImageLaterality"
+    pairing = _pairing(region)
+    named = "no anatomic region" if region is None else f"{region.meaning!r} ({region.value})"
+    if laterality is None:
+        if pairing == "unpaired":
+            return "U"
+        reason = "is a paired body part" if pairing == "paired" else \
+            "is not known to be unpaired"
+        raise IODError(f"{where}: {named} {reason}: give the side (image_laterality R, L or "
+                       "B); \"U\" would claim an unpaired region")
+    if not isinstance(laterality, str) or laterality not in IMAGE_LATERALITIES:
+        raise IODError(f"{where}: expected one of R, L, B, U, got {laterality!r}")
+    if laterality == "U" and pairing != "unpaired":
+        raise IODError(f"{where}: 'U' means unpaired (PS3.3 C.8.11.2), but the region is "
+                       f"{named}: give R, L or B, or an unpaired anatomic_region")
+    return laterality
+
+
+def add_dx_anatomy_imaged_module(ds: Dataset, anatomic_region: Code | None,
+                                 image_laterality: str = "U") -> None:
+    """DX Anatomy Imaged: Image Laterality (Type 1) as `check_image_laterality` decided;
+    Anatomic Region Sequence (Type 2) holds the caller's code or is empty. General Series
+    Laterality must then be absent (2C): the IOD table says Image Laterality, so General Series
+    leaves it out."""
+    put(ds, "ImageLaterality", image_laterality)
     put(ds, "AnatomicRegionSequence",
          [] if anatomic_region is None else code_sequence((anatomic_region,)))
 
