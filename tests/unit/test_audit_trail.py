@@ -144,7 +144,9 @@ def test_udp_datagrams_and_the_size_cap(tmp_path: Path) -> None:
                                  AuditPeer("127.0.0.9"))
             trail.application_start()
             datagram = udp.recv(65536)
-            wait_until(lambda: trail.status()["held"] == 1, 10, "the large message held")
+            # the datagram can arrive before the sender has recorded its delivery: wait for both
+            wait_until(lambda: trail.status()["held"] == 1 and trail.status()["backlog"] == 0,
+                       10, "the large message held and the small one delivered")
             status = trail.status()
         finally:
             trail.stop()
