@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 DEBIAN_ORTHANC = Path("/usr/sbin/Orthanc")
 WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
+#: Debian `orthanc-dicomweb`: DICOMweb (STOW-RS, QIDO-RS, WADO-RS) under /dicom-web/
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+#: Debian `orthanc-postgresql`: index and storage in PostgreSQL (several nodes on one database)
+POSTGRESQL_INDEX_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
+POSTGRESQL_STORAGE_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLStorage.so")
 LOCALHOST = "127.0.0.1"
 _LOG_TAIL_LINES = 20
 _POLL_S = 0.02
@@ -336,9 +341,14 @@ def orthanc_config(
     modalities: Sequence[RegisteredModality] = (),
     worklist_dir: Path | None = None,
     tls: OrthancTls | None = None,
+    plugins: Sequence[Path] = (),
+    dicom_server: bool = True,
+    extra_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON configuration `start_orthanc` writes: local-only, no auth, data inside workdir;
-    with `tls`, DICOM only over TLS."""
+    with `tls`, DICOM only over TLS; `plugins` are loaded as given (e.g. DICOMWEB_PLUGIN);
+    `dicom_server=False` opens no DICOM port at all (a DICOMweb-only archive); `extra_config`
+    is merged last (top-level keys replace ours, e.g. "PostgreSQL")."""
     config: dict[str, Any] = {
         "Name": f"modality-agent {ae_title}",
         "DicomAet": ae_title,
@@ -365,6 +375,12 @@ def orthanc_config(
         # Orthanc's default (Latin1) silently drops what Latin-1 cannot hold from UTF-8
         # worklist entries; Utf8 transcodes everything correctly (PEERS.md).
         config["DefaultEncoding"] = "Utf8"
+    if plugins:
+        config["Plugins"] = [*config.get("Plugins", []), *(str(p) for p in plugins)]
+    if not dicom_server:
+        config["DicomServerEnabled"] = False
+    if extra_config:
+        config.update(extra_config)
     return config
 
 
@@ -379,6 +395,9 @@ def start_orthanc(
     timeout_s: float = 30,
     log_path: Path | None = None,
     tls: OrthancTls | None = None,
+    plugins: Sequence[Path] = (),
+    dicom_server: bool = True,
+    extra_config: Mapping[str, Any] | None = None,
 ) -> OrthancServer:
     """Write a config into `workdir`, start Orthanc on it and wait until it serves.
 
@@ -409,6 +428,9 @@ def start_orthanc(
         modalities=modalities,
         worklist_dir=worklist_dir,
         tls=tls,
+        plugins=plugins,
+        dicom_server=dicom_server,
+        extra_config=extra_config,
     )
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -439,7 +461,7 @@ def start_orthanc(
         log_file=log_file,
     )
     try:
-        _wait_until_ready(server, process, timeout_s)
+        _wait_until_ready(server, process, timeout_s, dicom_server=dicom_server)
     except BaseException:
         server.stop()
         raise
@@ -451,7 +473,8 @@ def start_orthanc(
 
 
 def _wait_until_ready(
-    server: OrthancServer, process: subprocess.Popen[bytes], timeout_s: float
+    server: OrthancServer, process: subprocess.Popen[bytes], timeout_s: float,
+    *, dicom_server: bool = True,
 ) -> None:
     def rest_answers() -> bool:
         try:
@@ -462,10 +485,11 @@ def _wait_until_ready(
 
     checks: list[Callable[[], bool]] = [
         rest_answers,
-        lambda: process_listens_on(server.pid, server.dicom_port)
-        and accepts_tcp(server.host, server.dicom_port),
         lambda: process_listens_on(server.pid, server.http_port),
     ]
+    if dicom_server:
+        checks.append(lambda: process_listens_on(server.pid, server.dicom_port)
+                      and accepts_tcp(server.host, server.dicom_port))
     deadline = time.monotonic() + timeout_s
     pending = list(checks)
     while pending:
