@@ -59,9 +59,12 @@ apt_packages=()
 # chromium: the hostile-page and console tests; systemd (systemd-analyze) and libseccomp2: the
 # service unit tests; prometheus: promtool for the metrics and alert-rule tests; rsyslog and
 # rsyslog-gnutls: the audit record repository the audit tests start, libxml2-utils: xmllint,
-# which checks every audit message against the PS3.15 A.5.1 schema
+# which checks every audit message against the PS3.15 A.5.1 schema; orthanc-dicomweb: the
+# STOW-RS archive; postgresql and orthanc-postgresql: two Orthanc nodes on one database (the
+# archive-group failover tests and `python -m bench fleet`)
 [ "$want_dev" = 1 ] && apt_packages+=(dcmtk dicom3tools chromium systemd libseccomp2 prometheus
-                                      rsyslog rsyslog-gnutls libxml2-utils)
+                                      rsyslog rsyslog-gnutls libxml2-utils orthanc-dicomweb
+                                      postgresql orthanc-postgresql)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   missing=()
@@ -80,6 +83,11 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
       # need its promtool
       if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
         systemctl disable --now prometheus >/dev/null 2>&1 || true
+      fi
+      # ...and postgresql its cluster on :5432: the tests and the fleet bench run their own
+      # unprivileged cluster (initdb/pg_ctl) in a temporary folder
+      if [[ " ${missing[*]} " == *" postgresql "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now postgresql >/dev/null 2>&1 || true
       fi
     else
       echo "install.sh: needs Debian packages: ${missing[*]}" >&2
