@@ -10,6 +10,7 @@ import datetime
 import math
 import os
 import re
+import urllib.parse
 import tomllib
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
@@ -103,9 +104,9 @@ class WorklistSection:
 @dataclass(frozen=True)
 class DestinationSection:
     name: str
-    host: str
-    port: int
-    called_ae: str
+    host: str = ""                          # kind "dimse": required
+    port: int = 0                           # kind "dimse": required
+    called_ae: str = ""                     # kind "dimse": required
     storage_commitment: bool = True
     commitment_timeout_s: float = 3600.0
     #: 3 measured best on 2 cores (bench send): each is a process, see agent.net.store_process
@@ -114,6 +115,20 @@ class DestinationSection:
     commitment_report_wait_s: float = 0.0   # keep the association open this long for a report
     tls: bool = False                       # DICOM TLS with our [tls] identity, never plaintext
     verify_hostname: bool = True            # the archive's certificate must name `host`
+    kind: str = "dimse"                     # one of DESTINATION_KINDS: "dimse" | "stow-rs"
+    # kind "stow-rs": the DICOMweb base URL (http or https), e.g. "https://pacs/dicom-web";
+    # instances go to <url>/studies, HTTPS is verified against [tls] ca_file
+    url: str = ""
+    token_file: Path | None = None          # (stow-rs) bearer token, one line, owner-only
+    credentials_file: Path | None = None    # (stow-rs) basic auth "user:password", owner-only
+    # (stow-rs) confirm each instance by a QIDO-RS lookup before it counts as committed (the
+    # DICOMweb stand-in for Storage Commitment); false: delivered = done
+    verify: bool = False
+    max_request_mb: int = 64                # (stow-rs) instances per request up to this size
+    request_timeout_s: float = 120.0        # (stow-rs) one HTTP request, connect to response
+    # archive group: an object goes to one healthy member of each group, tried in the order
+    # of [[destinations]]; "" = not grouped, gets every object
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -209,6 +224,9 @@ AUDIT_TRANSPORTS: tuple[str, ...] = ("tls", "tcp", "udp")
 """Values accepted for `[audit] transport`: syslog over TLS (RFC 5425, PS3.15 A.6), over TCP with
 octet counting (RFC 6587) or over UDP (RFC 5426, PS3.15 A.7)."""
 
+DESTINATION_KINDS: tuple[str, ...] = ("dimse", "stow-rs")
+"""Values accepted for `[[destinations]] kind`: DIMSE C-STORE, or DICOMweb STOW-RS (PS3.18 10.5)."""
+
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 CONFIG_PATH_ENV = "MODALITY_AGENT_CONFIG"
@@ -223,6 +241,7 @@ _MODALITY_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
 # Driver names are entry-point names and module-ish identifiers; keep them boring.
 _DRIVER_RE = re.compile(r"[a-z0-9_-]+")
 _DESTINATION_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+_GROUP_NAME_RE = re.compile(r"[A-Za-z0-9_-]*")
 # Long values would drown the message; the key and the expectation already locate the problem.
 _SHOW_MAX_CHARS = 40
 
@@ -450,6 +469,29 @@ def _convert_host(value: Any) -> str:
 
 
 _HOST = _Check("a host name or IP address (non-empty, no whitespace)", _convert_host)
+
+
+def _convert_http_url(value: Any) -> str:
+    text = _string(value)
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise _Invalid("contains whitespace or a control character")
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid()
+    if parts.username is not None or parts.password is not None:
+        # a password in the config would end up in logs and `status`: use credentials_file
+        raise _Invalid("credentials in the URL; use token_file or credentials_file")
+    if parts.query or parts.fragment:
+        raise _Invalid("has a query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise _Invalid("port out of range") from None
+    return text.rstrip("/")
+
+
+_HTTP_URL = _Check('an http:// or https:// URL of the DICOMweb service, e.g. '
+                   '"https://pacs.example/dicom-web"', _convert_http_url)
 _PORT = _integer(1, 65535)
 
 
@@ -697,7 +739,7 @@ def _check_document(
     worklist = None
     if "worklist" in document:
         worklist = _check_worklist(_section_table(document, "worklist", problems), problems)
-    destinations = _check_destinations(document.get("destinations"), problems)
+    destinations = _check_destinations(document.get("destinations"), problems, config_dir)
     mpps = None
     if "mpps" in document:
         mpps = _check_mpps(_section_table(document, "mpps", problems), problems)
@@ -967,7 +1009,7 @@ def _check_mpps(table: dict[str, Any] | None, problems: _Problems) -> MppsSectio
 
 
 def _check_destinations(
-    value: Any, problems: _Problems
+    value: Any, problems: _Problems, config_dir: Path
 ) -> tuple[DestinationSection, ...]:
     if value is None:
         problems.add("[[destinations]]", "at least one [[destinations]] table", "none")
@@ -984,6 +1026,7 @@ def _check_destinations(
 
     destinations = []
     first_use: dict[str, int] = {}
+    groups: dict[str, int] = {}
     for number, table in enumerate(value, start=1):
         label = f"[[destinations]] #{number}"
         if not isinstance(table, dict):
@@ -1003,20 +1046,66 @@ def _check_destinations(
                 )
             else:
                 first_use[name] = number
-        section.take("host", _HOST)
-        section.take("port", _PORT)
-        section.take("called_ae", _AE_TITLE)
-        section.take("storage_commitment", _BOOL)
+        kind = section.take("kind", _one_of(DESTINATION_KINDS))
+        if kind == "stow-rs":
+            for key in ("host", "port", "called_ae", "tls", "storage_commitment"):
+                if key in table:
+                    hint = ("verify = true confirms delivery over DICOMweb"
+                            if key == "storage_commitment" else "the url says where and how")
+                    section.report(key, f'no {key} for kind = "stow-rs" ({hint})',
+                                   _show(table[key]))
+            if "url" not in table:
+                section.report("url", _HTTP_URL.expected + ' for kind = "stow-rs"',
+                               "nothing (the key is required)")
+            section.take("url", _HTTP_URL)
+            section.values["storage_commitment"] = False
+            for key in ("host", "port", "called_ae", "tls"):
+                section.values[key] = section._default(key)
+        else:
+            for key in ("url", "token_file", "credentials_file", "verify", "max_request_mb",
+                        "request_timeout_s"):
+                if key in table:
+                    section.report(key, f'no {key} unless kind = "stow-rs"', _show(table[key]))
+            for key, check in (("host", _HOST), ("port", _PORT), ("called_ae", _AE_TITLE)):
+                if key in table:
+                    section.take(key, check)
+                else:  # required for a DIMSE archive (the dataclass default serves stow-rs)
+                    section.report(key, check.expected, "nothing (the key is required)")
+                    section.values[key] = _INVALID
+            section.values["url"] = ""
+        for key in ("token_file", "credentials_file"):
+            path = section.take(key, _PATH)
+            if path is not _INVALID and path is not None:
+                section.values[key] = config_dir / path
+        if table.get("token_file") is not None and table.get("credentials_file") is not None:
+            section.report("credentials_file", "token_file or credentials_file, not both",
+                           "both")
+        section.take("verify", _BOOL)
+        section.take("max_request_mb", _integer(1, 4096))
+        section.take("request_timeout_s", _number(1, 3600))
+        group = section.take("group", _matching(
+            _GROUP_NAME_RE, 'a group name of A-Z a-z 0-9 _ -, e.g. "archive", or ""'))
+        if group not in (_INVALID, ""):
+            groups[group] = groups.get(group, 0) + 1
+        if "storage_commitment" not in section.values:
+            section.take("storage_commitment", _BOOL)
         # below 10 s an archive that commits in batches would be asked again and again
         section.take("commitment_timeout_s", _number(10, 604_800))
         section.take("max_associations", _integer(1, 16))
         section.take("dimse_timeout_s", _number(1, 3600))
         section.take("commitment_report_wait_s", _number(0, 600))
-        section.take("tls", _BOOL)
+        if "tls" not in section.values:
+            section.take("tls", _BOOL)
         section.take("verify_hostname", _BOOL)
         built = section.build()
         if built is not None:
             destinations.append(built)
+    for group in groups:
+        if group in first_use:
+            # a group and a destination share the queue's routing names
+            problems.add("[[destinations]] group",
+                         "a group name that is not also a destination's name",
+                         f"{_show(group)} (destination #{first_use[group]})")
     return tuple(destinations)
 
 

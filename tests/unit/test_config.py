@@ -98,6 +98,18 @@ def test_example_config_sets_every_key(tmp_path: Path) -> None:
     for name, section in sections.items():
         table = re.search(rf"(?ms)^\[+{name}\]+[^\n]*\n(.*?)(?=^\[|\Z)", uncommented)
         assert table is not None, name
+        if name == "destinations":
+            # one dimse archive and one stow-rs archive: between them, every key
+            tables = re.findall(r"(?ms)^\[\[destinations\]\][^\n]*\n(.*?)(?=^\[|^# [A-Z]|\Z)",
+                                uncommented)
+            assert len(tables) == 2
+            assert config.destinations[1].kind == "stow-rs"
+            for item in dataclasses.fields(section):
+                # credentials_file: the alternative to token_file, shown in a comment
+                pattern = (r"# or credentials_file" if item.name == "credentials_file"
+                           else rf"(?m)^{item.name} = ")
+                assert any(re.search(pattern, t) for t in tables), item.name
+            continue
         for item in dataclasses.fields(section):
             if (name, item.name) == ("device", "options"):
                 assert "[device.options]" in uncommented
@@ -902,6 +914,8 @@ BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("destinations", "max_associations"): (1, 16),
     ("destinations", "dimse_timeout_s"): (1, 3600),
     ("destinations", "commitment_report_wait_s"): (0, 600),
+    ("destinations", "max_request_mb"): (1, 4096),
+    ("destinations", "request_timeout_s"): (1, 3600),
     ("mpps", "port"): (1, 65535),
     ("watch_folder", "settle_s"): (0, 3600),
     ("watch_folder", "rescan_s"): (0.5, 3600),
@@ -952,8 +966,19 @@ def test_every_numeric_key_has_a_documented_range() -> None:
         assert f"{_plain(low)}..{_plain(high)}" in rows[0], (section, key, rows[0])
 
 
+STOW_DESTINATION = """
+[[destinations]]
+name = "web"
+kind = "stow-rs"
+url = "https://pacs.example/dicom-web"
+"""
+STOW_ONLY_KEYS = {"max_request_mb", "request_timeout_s"}
+
+
 def _with(section: str, key: str, value: str) -> str:
     assignment = f"{key} = {value}\n"
+    if section == "destinations" and key in STOW_ONLY_KEYS:
+        return STOW_DESTINATION + assignment
     if section == "destinations":
         return re.sub(rf"(?m)^{key} = .*\n", "", DESTINATION) + assignment
     header = {
@@ -984,7 +1009,7 @@ def test_numeric_key_refuses_absurd_values(tmp_path: Path, section: str, key: st
     low, high = BOUNDS[section, key]
     is_int = isinstance(low, int) and isinstance(high, int) and key in {
         "port", "max_frames", "max_import_files", "max_connections", "max_results",
-        "days_before", "days_after", "max_associations", "max_file_mb"}
+        "days_before", "days_after", "max_associations", "max_file_mb", "max_request_mb"}
     outside = [str(high + 1), "1" + "0" * 30, str(low - 1)] if is_int else [
         f"{low - 0.05 if low else -1e-06!r}", f"{high * 1.01!r}", "1e300", "-1e300", "nan",
         "inf", "-inf", "1" + "0" * 400]
