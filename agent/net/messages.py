@@ -61,6 +61,9 @@ class StoreOutcome:
     detail: str = ""
     #: the association was gone before this object was sent
     not_sent: bool = False
+    #: the C-STORE's round trip in the sending process (first byte out → response in), 0.0
+    #: if nothing was sent; the bench counts stalls and per-object latency from it
+    seconds: float = 0.0
 
     def status_dataset(self) -> Dataset:
         """The status as pynetdicom would have returned it (empty: no response)."""

@@ -20,6 +20,7 @@ kill -9 or a crash point: an orphan must not go on sending after a new daemon to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -375,6 +377,13 @@ class _Child:
         self.send(Stored(self.established()))
 
     def store_one(self, key: int, path: str) -> StoreOutcome:
+        t0 = time.perf_counter()
+        outcome = self._store_one(key, path)
+        if outcome.error is None:
+            outcome = dataclasses.replace(outcome, seconds=time.perf_counter() - t0)
+        return outcome
+
+    def _store_one(self, key: int, path: str) -> StoreOutcome:
         from agent.net.transcode import uncompressed_copy
 
         try:
