@@ -17,6 +17,7 @@ from agent.config import ModalitySection
 from agent.errors import AcquisitionError, AgentError, IODError, SpoolFullError
 from agent.heartbeat import Heartbeat, stall_point
 from agent.iod import (
+    IODS,
     KNOWN_TRANSFER_SYNTAXES,
     MULTIFRAME_IODS,
     ConversionType,
@@ -26,6 +27,8 @@ from agent.iod import (
     new_series_context,
     validate_image,
 )
+from agent.iod import anatomy as regions
+from agent.iod.anatomy import Anatomy, AnatomyChoice
 from agent.iod.dose_sr import IrradiationEvent
 from agent.queue import QueueStore
 from agent.records import Code, DeviceInfo, Order, SeriesContext
@@ -69,6 +72,11 @@ class ImageSettings:
     def multiframe(self) -> bool:
         return self.iod in MULTIFRAME_IODS
 
+    @property
+    def writes_laterality(self) -> bool:
+        """Whether the objects carry Image Laterality (DX), so a side must be known."""
+        return IODS[self.iod].image_laterality
+
 
 @dataclass(frozen=True)
 class CapturedObject:
@@ -91,6 +99,14 @@ class AcquisitionResult:
     #: one per exposure whose technique values the device reported, in capture order: the
     #: procedure keeps them for its dose SR (each UID is also its image's (0008,3010))
     events: tuple[IrradiationEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """What every object of one acquisition says about it beyond the frames."""
+
+    anatomy: Anatomy
+    protocol_name: str
 
 
 def device_info(modality: ModalitySection, software_versions: str) -> DeviceInfo:
@@ -160,8 +176,35 @@ class Acquisition:
         """Whether acquiring fires the device's X-ray generator."""
         return type(self._driver).emits_radiation
 
-    def acquire(self, order: Order, frames: int) -> AcquisitionResult:
+    @property
+    def writes_laterality(self) -> bool:
+        return self._image.writes_laterality
+
+    def anatomy_for(self, order: Order, choice: AnatomyChoice | None = None) -> Anatomy:
+        """The region and side this acquisition's objects will carry, decided before any
+        exposure: the technologist's choice, else what the order names, else the region of
+        `[modality] anatomic_region`. For an IOD with Image Laterality (DX) the side must then
+        be known, or the region be unpaired ("U").
+
+        Raises
+        ------
+        IODError
+            An unknown body part or side; a choice that contradicts the order (a wrong side is
+            a patient-safety error: the order is corrected, not overridden); a side for an IOD
+            without Image Laterality; a DX whose side is unknown (naming what to give).
+        """
+        return regions.decide(order, choice or AnatomyChoice(),
+                              default_region=self._image.anatomic_region,
+                              writes_laterality=self._image.writes_laterality,
+                              iod=self._image.iod)
+
+    def acquire(self, order: Order, frames: int, *, anatomy: Anatomy | None = None,
+                protocol_name: str = "") -> AcquisitionResult:
         """Capture `frames` frames for `order`, one object each, in one new series.
+
+        `anatomy` is what `anatomy_for` decided (None: decided here, from the order and the
+        config); `protocol_name` goes into every object's General Series, the value the
+        procedure's MPPS sends for the series ("" writes none).
 
         Raises
         ------
@@ -172,6 +215,11 @@ class Acquisition:
         """
         if frames < 1:
             raise AcquisitionError(f"frames: expected at least 1, got {frames}")
+        try:
+            # decided before the device is touched: a refusal here costs no exposure
+            chosen = anatomy if anatomy is not None else self.anatomy_for(order)
+        except IODError as err:
+            raise AcquisitionError(str(err)) from err
         with self._lock:
             if not self._driver.is_open:
                 self.open()
@@ -189,7 +237,8 @@ class Acquisition:
             )
             self.heartbeat.beat()
             try:
-                captured, dropped, error = self._run_capture(order, series, frames)
+                captured, dropped, error = self._run_capture(
+                    order, series, frames, _Labels(chosen, protocol_name))
             finally:
                 self.heartbeat.idle()
             self.dropped_total += dropped
@@ -209,8 +258,8 @@ class Acquisition:
         return [event for obj in captured if obj.irradiation_event_uid is not None
                 and (event := self._events.pop(obj.irradiation_event_uid, None)) is not None]
 
-    def _run_capture(self, order: Order, series: SeriesContext,
-                     frames: int) -> tuple[list[CapturedObject], int, str]:
+    def _run_capture(self, order: Order, series: SeriesContext, frames: int,
+                     labels: _Labels) -> tuple[list[CapturedObject], int, str]:
         """The device is read on its own thread into a bounded buffer, so a slow disk never
         stalls it; a frame that finds the buffer full is dropped and counted."""
         buffer: queue.Queue[Frame | DriverError | None] = queue.Queue(self._buffer_frames)
@@ -254,7 +303,7 @@ class Acquisition:
                     continue
                 try:
                     captured.append(self._store_frames([item], order, series,
-                                                       len(captured) + 1))
+                                                       len(captured) + 1, labels))
                 except AgentError as err:
                     error = f"frame {len(captured) + 1} of {frames}: {err}"
                     stop.set()
@@ -264,7 +313,7 @@ class Acquisition:
         if held:
             try:
                 # the frames a device fault cut short are kept, as a shorter object
-                captured.append(self._store_frames(held, order, series, 1))
+                captured.append(self._store_frames(held, order, series, 1, labels))
             except AgentError as err:
                 error = f"{len(held)} frames: {err}" + (f"; {error}" if error else "")
         if error:
@@ -279,7 +328,7 @@ class Acquisition:
         return width * height * samples + 16 * 1024
 
     def _store_frames(self, frames: list[Frame], order: Order, series: SeriesContext,
-                      instance_number: int) -> CapturedObject:
+                      instance_number: int, labels: _Labels) -> CapturedObject:
         frame = frames[-1]
         sop_instance_uid = self._uids.new_uid()
         event_uid, event = self._irradiation_event(frames[0])
@@ -288,8 +337,10 @@ class Acquisition:
             instance_number=instance_number, sop_instance_uid=sop_instance_uid,
             conversion_type=self._conversion_type,
             patient_orientation=self._image.patient_orientation,
-            anatomic_region=self._image.anatomic_region,
+            anatomic_region=labels.anatomy.region,
+            image_laterality=labels.anatomy.laterality,
             irradiation_event_uid=event_uid,
+            protocol_name=labels.protocol_name,
         )
         validate_image(ds)
         # the spooled bytes are what goes on the wire, in this syntax, on every resend

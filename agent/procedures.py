@@ -283,8 +283,16 @@ class Procedures:
         with self._lock:
             return (study_instance_uid, sps_id) in self._acquired
 
-    def start(self, order: Order) -> Procedure:
-        """A new procedure (and MPPS IN PROGRESS) for `order`.
+    def protocol_name(self, procedure: Procedure) -> str:
+        """Protocol Name of the procedure's series: the scheduled step's description, else
+        the configured `[modality] protocol_name`. One function for both the images' General
+        Series (0018,1030) and the MPPS's Performed Series items, so they always agree."""
+        return procedure.order.sps_description or self._protocol_name
+
+    def start(self, order: Order, *,
+              performed_protocol_codes: Sequence[Code] = ()) -> Procedure:
+        """A new procedure (and MPPS IN PROGRESS) for `order`; `performed_protocol_codes`: the
+        protocol the technologist confirmed performed (empty: nothing claimed).
 
         Raises
         ------
@@ -300,6 +308,7 @@ class Procedures:
                     started_at=datetime.fromtimestamp(now).astimezone().replace(tzinfo=None),
                     protocol_name=order.sps_description or self._protocol_name,
                     study_id=order.requested_procedure_id[:16],
+                    performed_protocol_codes=performed_protocol_codes,
                 )
             except MppsError as err:
                 raise ProcedureError(f"cannot start the performed procedure step: {err}") \
@@ -329,13 +338,15 @@ class Procedures:
             logger.error("procedure %s: MPPS %s not audited: %s", procedure.procedure_id,
                          action, err)
 
-    def open_for(self, order: Order) -> Procedure:
-        """The procedure in progress for this order, or a new one."""
+    def open_for(self, order: Order, *,
+                 performed_protocol_codes: Sequence[Code] = ()) -> Procedure:
+        """The procedure in progress for this order, or a new one (`performed_protocol_codes`
+        go into a new one's MPPS; an open one's were recorded when it started)."""
         with self._lock:
             for procedure in self._procedures.values():
                 if procedure.state == "in_progress" and procedure.matches(order):
                     return procedure
-        return self.start(order)
+        return self.start(order, performed_protocol_codes=performed_protocol_codes)
 
     def get(self, procedure_id: str) -> Procedure:
         with self._lock:
@@ -363,8 +374,7 @@ class Procedures:
         if self._mpps is not None and procedure.mpps_uid is not None:
             try:
                 self._mpps.add_series(procedure.mpps_uid, series_instance_uid, images,
-                                      protocol_name=procedure.order.sps_description
-                                      or self._protocol_name)
+                                      protocol_name=self.protocol_name(procedure))
             except MppsError as err:
                 # the images are safe in the queue; the MPPS is told when it can be
                 logger.error("procedure %s: MPPS not updated: %s", procedure.procedure_id, err)
@@ -470,8 +480,7 @@ class Procedures:
             return
         for series_instance_uid, references in ending:
             self._mpps.add_series(procedure.mpps_uid, series_instance_uid, references,
-                                  protocol_name=procedure.order.sps_description
-                                  or self._protocol_name)
+                                  protocol_name=self.protocol_name(procedure))
         if rejected:
             self._mpps.withdraw_images(procedure.mpps_uid, rejected)
 

@@ -30,10 +30,11 @@ from agent import __version__, rejection
 from agent.acquisition import Acquisition, device_info
 from agent.audit import AuditTrail, AuditUnavailable
 from agent.config import AgentConfig
-from agent.errors import AcquisitionError, AgentError
+from agent.errors import AcquisitionError, AgentError, IODError
 from agent.forwarder import Forwarder
 from agent.importer import collect_import_files, read_dicom_file
 from agent.iod import KNOWN_TRANSFER_SYNTAXES, UIDSource, encode_part10
+from agent.iod.anatomy import Anatomy, AnatomyChoice
 from agent.iod.test_object import build_test_object
 from agent.listener import Listener
 from agent.metrics import LatencyHistogram, render_metrics, snapshot_from_status
@@ -41,7 +42,14 @@ from agent.mpps import MppsClient
 from agent.net.tls import EXPIRY_WARNING_DAYS, TlsConfigError, read_certificate
 from agent.procedures import EndStatus, Procedure, ProcedureError, Procedures, check_end
 from agent.queue import QueueStore
-from agent.records import DELIVERED_STATES, DeliveryState, DeviceInfo, Order, SOPReference
+from agent.records import (
+    DELIVERED_STATES,
+    Code,
+    DeliveryState,
+    DeviceInfo,
+    Order,
+    SOPReference,
+)
 from agent.worklist import WorklistError, WorklistItem, WorklistService
 
 logger = logging.getLogger(__name__)
@@ -114,6 +122,11 @@ class AcquireRequest:
     #: the technologist's deliberate second action (console) or the CLI's own request; needed
     #: when the device makes X-rays
     exposure_confirmed: bool = False
+    #: the body part and side, when the order does not name them (checked before the exposure)
+    anatomy: AnatomyChoice = field(default_factory=AnatomyChoice)
+    #: the technologist confirms the scheduled protocol was performed as scheduled (MPPS
+    #: Performed Protocol Code Sequence); only when this acquisition starts the procedure
+    performed_as_scheduled: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,7 +243,8 @@ class StationService(Protocol):
 
     def procedure(self, procedure_id: str) -> dict[str, Any]: ...
 
-    def start_procedure(self, choice: OrderChoice) -> StartResult: ...
+    def start_procedure(self, choice: OrderChoice,
+                        performed_as_scheduled: bool = False) -> StartResult: ...
 
     def acquire(self, request: AcquireRequest) -> AcquireResult: ...
 
@@ -385,16 +399,51 @@ class Station:
                    if item.is_duplicate else "")
         return item.to_order(), item, warning
 
-    def start_procedure(self, choice: OrderChoice) -> StartResult:
-        """The procedure in progress for this order, or a new one (MPPS IN PROGRESS)."""
+    def start_procedure(self, choice: OrderChoice,
+                        performed_as_scheduled: bool = False) -> StartResult:
+        """The procedure in progress for this order, or a new one (MPPS IN PROGRESS).
+
+        `performed_as_scheduled`: the technologist confirms the order's scheduled protocol is
+        what will be performed; the MPPS's Performed Protocol Code Sequence then lists it
+        (empty otherwise: nothing is claimed that nobody confirmed).
+        """
         if choice.procedure_id is not None:
+            if performed_as_scheduled:
+                raise RequestRefused("performed_as_scheduled: the performed protocol is "
+                                     "recorded when the procedure starts")
             return StartResult(self.procedure(choice.procedure_id))
         self._check_audit()
         order, _item, warning = self._resolve(choice)
         try:
-            return StartResult(self._procedures.open_for(order).as_json(), warning)
+            procedure = self._procedures.open_for(
+                order, performed_protocol_codes=self._performed_codes(
+                    order, performed_as_scheduled))
         except ProcedureError as err:
             raise AcquisitionError(str(err)) from err
+        view = procedure.as_json()
+        view["anatomy"] = self._anatomy_hint(order)
+        return StartResult(view, warning)
+
+    @staticmethod
+    def _performed_codes(order: Order, performed_as_scheduled: bool) -> tuple[Code, ...]:
+        if not performed_as_scheduled:
+            return ()
+        if not order.scheduled_protocol_codes:
+            raise RequestRefused("performed_as_scheduled: the order has no scheduled protocol "
+                                 "code to confirm")
+        return tuple(order.scheduled_protocol_codes)
+
+    def _anatomy_hint(self, order: Order) -> dict[str, Any]:
+        """What the console must still ask: the region and side the order (or config) gives,
+        and whether the objects need a side (DX)."""
+        try:
+            decided = self._acquisition.anatomy_for(order)
+            region, side, missing = decided.region, decided.laterality, False
+        except IODError:
+            region, side, missing = None, None, True
+        return {"needs_side": self._acquisition.writes_laterality, "missing": missing,
+                "body_part": None if region is None else region.meaning,
+                "laterality": side}
 
     def end_procedure(self, request: EndRequest) -> dict[str, Any]:
         """COMPLETED, or DISCONTINUED with a CID 9300 reason.
@@ -438,21 +487,42 @@ class Station:
         self._check_audit()
         choice = request.choice
         if choice.procedure_id is not None:
+            if request.performed_as_scheduled:
+                raise RequestRefused("performed_as_scheduled: the performed protocol is "
+                                     "recorded when the procedure starts")
             try:
                 procedure = self._procedures.get(choice.procedure_id)
             except ProcedureError as err:
                 raise AcquisitionError(str(err)) from err
+            self._decide_anatomy(procedure.order, request)     # before anything is exposed
             warning = ""
         else:
             order, _item, warning = self._resolve(choice)
+            self._decide_anatomy(order, request)    # before a procedure or an exposure starts
+            codes = self._performed_codes(order, request.performed_as_scheduled)
             if warning:
                 # marked, not refused: a repeat exposure is sometimes what the doctor ordered
                 logger.warning("acquiring again for %s", warning)
             try:
-                procedure = self._procedures.open_for(order)
+                procedure = self._procedures.open_for(order, performed_protocol_codes=codes)
             except ProcedureError as err:
                 raise AcquisitionError(str(err)) from err
         return self._acquire_into(procedure, request, warning)
+
+    def _decide_anatomy(self, order: Order, request: AcquireRequest) -> Anatomy:
+        """The region and side the objects will carry, or a refusal before any exposure: a DX
+        of a paired region needs its side (a wrong or missing side cannot be fixed after the
+        patient was irradiated).
+
+        Raises
+        ------
+        RequestRefused
+            Naming what to give (HTTP 400; the CLI prints it and exits non-zero).
+        """
+        try:
+            return self._acquisition.anatomy_for(order, request.anatomy)
+        except IODError as err:
+            raise RequestRefused(str(err)) from err
 
     def _check_audit(self) -> None:
         """Refuse an audited action before it starts when its events could not be recorded
@@ -482,7 +552,10 @@ class Station:
                       warning: str) -> AcquireResult:
         if procedure.state != "in_progress":
             raise AcquisitionError(f"procedure {procedure.procedure_id} is {procedure.state}")
-        result = self._acquisition.acquire(procedure.order, request.frames)
+        decided = self._decide_anatomy(procedure.order, request)
+        result = self._acquisition.acquire(
+            procedure.order, request.frames, anatomy=decided,
+            protocol_name=self._procedures.protocol_name(procedure))
         self._procedures.record_series(procedure, result.series_instance_uid, [
             SOPReference(o.sop_class_uid, o.sop_instance_uid) for o in result.objects],
             events=result.events)

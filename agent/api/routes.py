@@ -35,6 +35,7 @@ from agent.records import Order
 from agent.station import (
     MAX_RECENT,
     AcquireRequest,
+    AnatomyChoice,
     EndRequest,
     ExposureNotConfirmed,
     ImportRequest,
@@ -82,6 +83,36 @@ def _parse_end(body: Any) -> tuple[EndStatus | None, str]:
     return end, reason
 
 
+LATERALITIES = ("R", "L", "B", "U")
+_BODY_PART = re.compile(r"[A-Za-z]{1,16}")
+
+
+def parse_anatomy(body: dict[str, Any]) -> AnatomyChoice:
+    """`body_part` (a Body Part Examined term such as "HAND") and `laterality` (R, L, B or U),
+    each optional: the station checks them against the order and the IOD.
+
+    Raises
+    ------
+    BadRequest
+        Naming the field and what was expected.
+    """
+    body_part = body.get("body_part")
+    if body_part is not None and (not isinstance(body_part, str)
+                                  or not _BODY_PART.fullmatch(body_part)):
+        raise BadRequest("body_part: expected a Body Part Examined term such as \"HAND\"")
+    laterality = body.get("laterality")
+    if laterality is not None and laterality not in LATERALITIES:
+        raise BadRequest("laterality: expected one of \"R\", \"L\", \"B\", \"U\"")
+    return AnatomyChoice(body_part.upper() if body_part else None, laterality)
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key}: expected true or false")
+    return value
+
+
 def parse_acquire_request(body: Any) -> AcquireRequest:
     """Validate the JSON of POST /api/acquire: `frames`, one of `"unscheduled": true` (with
     patient_id, patient_name), `accession`, `sps_id` or `procedure_id`, and for an X-ray device
@@ -102,7 +133,9 @@ def parse_acquire_request(body: Any) -> AcquireRequest:
         raise BadRequest("confirm_exposure: expected true or false")
     end, reason = _parse_end(body)
     choice = parse_order_choice(body, extra=("procedure_id",))
-    return AcquireRequest(frames, choice, end=end, reason=reason, exposure_confirmed=confirmed)
+    return AcquireRequest(frames, choice, end=end, reason=reason, exposure_confirmed=confirmed,
+                          anatomy=parse_anatomy(body),
+                          performed_as_scheduled=_flag(body, "performed_as_scheduled"))
 
 
 def parse_order_choice(body: Any, extra: tuple[str, ...] = ()) -> OrderChoice:
@@ -361,9 +394,13 @@ async def post_console_worklist(request: Request) -> Response:
 async def post_procedures(request: Request) -> Response:
     """Start (or find) the procedure in progress for a worklist entry or an unscheduled
     patient: `{"accession"}`, `{"sps_id"}` or `{"unscheduled": true, "patient_id",
-    "patient_name"}`."""
-    choice = parse_order_choice(await _body(request))
-    result = await run_in_threadpool(_station(request).start_procedure, choice)
+    "patient_name"}`, and `"performed_as_scheduled": true` when the technologist confirms the
+    scheduled protocol. The answer's `procedure.anatomy` says what the console must still ask
+    (body part, side)."""
+    body = await _body(request)
+    choice = parse_order_choice(body)
+    performed = _flag(body, "performed_as_scheduled")
+    result = await run_in_threadpool(_station(request).start_procedure, choice, performed)
     return _json(200, result.as_json())
 
 

@@ -47,6 +47,7 @@ class ImageRequest:
     anatomic_region: Code | None
     irradiation_event_uid: str | None = None   #: the exposure that made the image, if any
     image_laterality: str = "U"                #: DX only; checked by check_image_laterality
+    protocol_name: str = ""                    #: General Series (0018,1030); "" writes none
 
     @property
     def first(self) -> Frame:
@@ -58,7 +59,8 @@ class ImageRequest:
 def _general_series(ds: Dataset, r: ImageRequest) -> None:
     modules.add_general_series_module(
         ds, r.order, r.device, r.series, modality=r.iod.modality,
-        laterality_unknown=not r.iod.image_laterality and r.anatomic_region is None)
+        laterality_unknown=not r.iod.image_laterality and r.anatomic_region is None,
+        protocol_name=r.protocol_name)
 
 
 def _general_image(ds: Dataset, r: ImageRequest) -> None:
@@ -167,8 +169,9 @@ def _check_laterality(spec: IODSpec, laterality: object, region: Code | None) ->
                            f"has none (got {laterality!r})")
         return "U"
     if laterality is None and region is None:
-        # neither region nor side known: today's "U", until the console asks for both
-        # (issue 16 item 3); the integrator's wiring ends this case
+        # neither region nor side known: the builder keeps "U" for its library callers (golden
+        # outputs); an acquisition never gets here, the station refuses it before the exposure
+        # (agent.station: Acquisition.anatomy_for)
         return "U"
     return modules.check_image_laterality(laterality, region)
 
@@ -241,6 +244,7 @@ def build_image(
     timezone_offset: str | None = None,
     irradiation_event_uid: str | None = None,
     image_laterality: str | None = None,
+    protocol_name: str = "",
 ) -> Dataset:
     """Build one image object of the IOD named `iod` from `frames`.
 
@@ -280,7 +284,11 @@ def build_image(
         For "dx" only: Image Laterality (0020,0062), "R", "L", "B" or "U". "U" means unpaired
         (PS3.3 C.8.11.2), accepted only with an unpaired `anatomic_region`; None: "U" for a
         known unpaired region, refused for a paired one (the side must be given). Without
-        both a region and a side the DX keeps "U" (what the console cannot ask yet).
+        both a region and a side the DX keeps "U" here; an acquisition refuses that case
+        before the exposure (`agent.acquisition.Acquisition.anatomy_for`).
+    protocol_name
+        Protocol Name (0018,1030) of General Series (Type 3): the same value the procedure's
+        MPPS lists for the series; "" writes none.
 
     Returns
     -------
@@ -317,7 +325,8 @@ def build_image(
         conversion=conversion, derived=derived,
         content_datetime=content_datetime, timezone_offset=offset,
         patient_orientation=orientation, anatomic_region=region,
-        irradiation_event_uid=irradiation_event_uid, image_laterality=laterality)
+        irradiation_event_uid=irradiation_event_uid, image_laterality=laterality,
+        protocol_name=modules.check_protocol_name(protocol_name))
     return assemble(request)
 
 

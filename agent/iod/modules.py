@@ -18,6 +18,13 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import format_number_as_ds
 
 from agent.errors import IODError
+
+# the region tables and the side check live in agent.iod.anatomy (the station asks them before
+# an exposure); re-exported for this module's callers
+from agent.iod.anatomy import IMAGE_LATERALITIES as IMAGE_LATERALITIES
+from agent.iod.anatomy import PAIRED_REGIONS as PAIRED_REGIONS
+from agent.iod.anatomy import UNPAIRED_REGIONS as UNPAIRED_REGIONS
+from agent.iod.anatomy import check_image_laterality as check_image_laterality
 from agent.iod.iods import (
     DX_FOR_PRESENTATION,
     MULTIFRAME_GRAYSCALE_BYTE_SC,
@@ -251,7 +258,8 @@ def check_general_series(order: Order, device: DeviceInfo, series: SeriesContext
 
 def add_general_series_module(ds: Dataset, order: Order, device: DeviceInfo,
                               series: SeriesContext, *, modality: str | None = None,
-                              laterality_unknown: bool = True) -> None:
+                              laterality_unknown: bool = True,
+                              protocol_name: str = "") -> None:
     """General Series module, with the Request Attributes Sequence for a scheduled order.
 
     `modality`: the value the IOD fixes (DX, XC), else the device's. `laterality_unknown`:
@@ -267,6 +275,9 @@ def add_general_series_module(ds: Dataset, order: Order, device: DeviceInfo,
         put(ds, "Laterality", "")
     put(ds, "SeriesDate", date_part(series.series_datetime))
     put(ds, "SeriesTime", time_part(series.series_datetime))
+    if protocol_name:
+        # Type 3: written only with the value the MPPS sends for this series (issue 16)
+        put(ds, "ProtocolName", protocol_name)
     if order.scheduled:
         item = Dataset()
         put(item, "RequestedProcedureID", order.requested_procedure_id)
@@ -709,56 +720,19 @@ def check_patient_orientation(value: object) -> tuple[str, str]:
     return (value[0], value[1])
 
 
-#: Image Laterality (0020,0062) enumerated values (PS3.3 C.8.11.2): "U" is *unpaired*, not
-#: unknown
-IMAGE_LATERALITIES = ("R", "L", "B", "U")
-
-#: SNOMED CT anatomic regions (CID 4031) of paired body parts: a side is needed
-PAIRED_REGIONS = frozenset({
-    "76752008", "72696002", "85562004", "56459004", "16982005", "127949000", "8205005",
-    "344001", "29836001", "71341001", "12611008", "85050009", "14975008", "30021000",
-    "68367000", "40983000", "51299004", "81745001", "64033007"})
-#: ... and of unpaired ones, where "U" is the truth
-UNPAIRED_REGIONS = frozenset({
-    "51185008", "818983003", "113345001", "816092008", "12921003", "69536005", "89546000",
-    "45048000", "122494005", "122495006", "122496007", "54735007", "64688005", "421060004",
-    "38266002"})
-
-
-def _pairing(region: Code | None) -> str:
-    """"paired", "unpaired" or "unknown" for this region code."""
-    if region is None or region.scheme not in ("SCT", "SRT"):
-        return "unknown"
-    if region.value in PAIRED_REGIONS:
-        return "paired"
-    return "unpaired" if region.value in UNPAIRED_REGIONS else "unknown"
-
-
-def check_image_laterality(laterality: object, region: Code | None) -> str:
-    """The DX Image Laterality to write: the side given, or "U" for a known unpaired region.
+def check_protocol_name(value: object) -> str:
+    """Protocol Name (0018,1030), LO: up to 64 characters, no backslash or control character.
 
     Raises
     ------
     IODError
-        A value outside R/L/B/U; "U" for a region not known to be unpaired (or none); a
-        paired (or unrecognised) region with no side. Nothing is guessed.
+        Naming General Series: ProtocolName and what is wrong.
     """
-    where = "DX Anatomy Imaged: ImageLaterality"
-    pairing = _pairing(region)
-    named = "no anatomic region" if region is None else f"{region.meaning!r} ({region.value})"
-    if laterality is None:
-        if pairing == "unpaired":
-            return "U"
-        reason = "is a paired body part" if pairing == "paired" else \
-            "is not known to be unpaired"
-        raise IODError(f"{where}: {named} {reason}: give the side (image_laterality R, L or "
-                       "B); \"U\" would claim an unpaired region")
-    if not isinstance(laterality, str) or laterality not in IMAGE_LATERALITIES:
-        raise IODError(f"{where}: expected one of R, L, B, U, got {laterality!r}")
-    if laterality == "U" and pairing != "unpaired":
-        raise IODError(f"{where}: 'U' means unpaired (PS3.3 C.8.11.2), but the region is "
-                       f"{named}: give R, L or B, or an unpaired anatomic_region")
-    return laterality
+    if not isinstance(value, str) or len(value) > 64 or "\\" in value or any(
+            ord(ch) < 32 for ch in value):
+        raise IODError(f"General Series: ProtocolName: expected up to 64 characters without "
+                       f"backslash or control characters (LO), got {value!r:.80}")
+    return value.strip()
 
 
 def add_dx_anatomy_imaged_module(ds: Dataset, anatomic_region: Code | None,

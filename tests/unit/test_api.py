@@ -108,7 +108,8 @@ class FakeStation:
                 return item
         raise AcquisitionError("no worklist item")
 
-    def start_procedure(self, choice: OrderChoice) -> StartResult:
+    def start_procedure(self, choice: OrderChoice,
+                        performed_as_scheduled: bool = False) -> StartResult:
         self.calls.append(("start", choice))
         warning = ""
         patient_id = choice.order.patient_id if choice.order else "P2"

@@ -14,6 +14,7 @@ from agent.acquisition import AcquisitionResult, CapturedObject
 from agent.config import load_config
 from agent.errors import AcquisitionError
 from agent.iod import UIDSource
+from agent.iod.anatomy import Anatomy, AnatomyChoice, decide
 from agent.procedures import Procedures
 from agent.queue import QueueStore
 from agent.records import Order
@@ -42,9 +43,20 @@ class FakeAcquisition:
     exposures: int = 0
     queue: QueueStore | None = None
     last_frame: Any = None
+    #: the real rule, as `[modality] iod` would set it: DX writes Image Laterality
+    writes_laterality: bool = False
+    #: what each acquisition was asked to write: (anatomy, protocol name)
+    labels: list[tuple[Anatomy | None, str]] = field(default_factory=list)
 
-    def acquire(self, order: Order, frames: int) -> AcquisitionResult:
+    def anatomy_for(self, order: Order, choice: AnatomyChoice | None = None) -> Anatomy:
+        return decide(order, choice or AnatomyChoice(), default_region=None,
+                      writes_laterality=self.writes_laterality,
+                      iod="dx" if self.writes_laterality else "secondary-capture")
+
+    def acquire(self, order: Order, frames: int, *, anatomy: Anatomy | None = None,
+                protocol_name: str = "") -> AcquisitionResult:
         assert self.queue is not None
+        self.labels.append((anatomy, protocol_name))
         self.exposures += frames
         objects = []
         for i in range(frames):
