@@ -25,12 +25,15 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import child_pids, cpu_seconds
 
 
 def _nodelay_ae() -> Any:
@@ -62,6 +65,7 @@ def send_pynetdicom(paths: list[Path], host: str, port: int, called_ae: str, *,
                              [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     failed = 0
     max_pdu = None
+    cpu0 = _tree_cpu_seconds()
     t0 = time.perf_counter()
     assoc = None
     try:
@@ -82,7 +86,7 @@ def send_pynetdicom(paths: list[Path], host: str, port: int, called_ae: str, *,
             assoc.release()
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "objects": len(paths), "failed": failed,
-            "negotiated_max_pdu": max_pdu}
+            "negotiated_max_pdu": max_pdu, "cpu_s": _tree_cpu_seconds() - cpu0}
 
 
 def send_agent(spool: Path, destination: str, host: str, port: int, called_ae: str,
@@ -140,6 +144,8 @@ def send_agent(spool: Path, destination: str, host: str, port: int, called_ae: s
             # (the restart scenario times that); here the clock starts once they are up
             if hasattr(worker, "wait_ready"):
                 worker.wait_ready()
+        latencies = _record_round_trips()
+        cpu0 = _tree_cpu_seconds()
         t0 = time.perf_counter()
         for worker in workers:
             worker.start()
@@ -147,13 +153,47 @@ def send_agent(spool: Path, destination: str, host: str, port: int, called_ae: s
             if finished():
                 break
         seconds = time.perf_counter() - t0
+        # before stop(): the sending processes end there and their /proc entries with them
+        cpu = _tree_cpu_seconds() - cpu0
         for worker in workers:
             worker.stop()
         counts = store.counts().get(destination, {})
         return {"seconds": seconds, "objects": total, "failed": total - counts.get("sent", 0),
-                "workers": n_workers, "negotiated_max_pdu": health.negotiated_max_pdu}
+                "workers": n_workers, "negotiated_max_pdu": health.negotiated_max_pdu,
+                "cpu_s": cpu, "latencies_s": latencies,
+                "sending_processes": len(child_pids(os.getpid()))}
     finally:
         store.close()
+
+
+def _record_round_trips() -> list[float]:
+    """Every C-STORE round trip the sending processes report (StoreOutcome.seconds), in the
+    order the outcomes arrive; the list fills while the workers run."""
+    from agent.net import store_process
+
+    seconds: list[float] = []
+    original = store_process.StoreProcess.store
+
+    def store(self: Any, items: Any) -> Any:
+        for outcome in original(self, items):
+            if outcome.error is None and not outcome.not_sent:
+                seconds.append(outcome.seconds)
+            yield outcome
+
+    store_process.StoreProcess.store = store  # type: ignore[method-assign]
+    return seconds
+
+
+def _tree_cpu_seconds() -> float:
+    """utime + stime of this process (the forwarder, as in the daemon) and of every process
+    it started (the sending processes), from /proc."""
+    total = 0.0
+    for pid in [os.getpid(), *child_pids(os.getpid())]:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass            # ended between listing and reading
+    return total
 
 
 def _peer_tls(args: argparse.Namespace) -> Any:
