@@ -86,3 +86,13 @@ class DaemonUnavailable(AgentError, ConnectionError):
 class ApiTokenError(AgentError, PermissionError):
     """The API token file is missing, unreadable or unsafe (symlink, shared, garbled); the
     message names the file and what to do (issue 13)."""
+
+
+class DicomWebError(NetworkError):
+    """A DICOMweb (STOW-RS, QIDO-RS) request to a destination could not be made or was
+    refused as a whole; the message names the destination and what to check."""
+
+
+class DicomWebCredentialsError(DicomWebError, PermissionError):
+    """A destination's token_file or credentials_file is missing, unreadable, not owner-only
+    or garbled; the message names the file (never its content)."""
