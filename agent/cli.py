@@ -167,6 +167,13 @@ def cmd_acquire(config: AgentConfig, args: argparse.Namespace) -> int:
         body["reason"] = args.reason or ""
     elif args.reason:
         raise AgentError("--reason goes with --end discontinued")
+    # the station checks them before the exposure: a DX of a paired body part needs its side
+    if args.body_part:
+        body["body_part"] = args.body_part
+    if args.laterality:
+        body["laterality"] = args.laterality
+    if args.performed_as_scheduled:
+        body["performed_as_scheduled"] = True
     result = api_call(config, "POST", "/api/acquire", body)
     if result.get("warning"):
         _err(f"warning: {result['warning']}")
@@ -512,6 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", metavar="CODE",
                    help="discontinuation reason, a DICOM CID 9300 code (e.g. 110513 "
                         "'Discontinued for unspecified reason')")
+    p.add_argument("--body-part", metavar="TERM",
+                   help="the body part imaged, a Body Part Examined term (CHEST, HAND, KNEE, "
+                        "...), when the order does not name it")
+    p.add_argument("--laterality", choices=("R", "L", "B", "U"),
+                   help="the side imaged (U: an unpaired body part), when the order does not "
+                        "say; a DX of a paired body part is refused without it")
+    p.add_argument("--performed-as-scheduled", action="store_true",
+                   help="the scheduled protocol was performed as scheduled: the MPPS lists it "
+                        "as the performed protocol (otherwise none is claimed)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("worklist", help="the current worklist (RIS, or its cache when down)")
     p.add_argument("--json", action="store_true")

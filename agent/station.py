@@ -269,7 +269,9 @@ class StationService(Protocol):
 
 def final_state_by_destination(config: AgentConfig) -> dict[str, DeliveryState]:
     return {
-        d.name: DeliveryState.COMMITTED if d.storage_commitment else DeliveryState.SENT
+        # a stow-rs destination with verify = true commits by QIDO-RS (agent.stow_forwarder)
+        d.name: DeliveryState.COMMITTED if d.storage_commitment or d.verify
+        else DeliveryState.SENT
         for d in config.destinations
     }
 
@@ -379,13 +381,21 @@ class Station:
             raise AcquisitionError(str(err)) from err
 
     def procedures(self) -> list[dict[str, Any]]:
-        return [p.as_json() for p in self._procedures.all()]
+        return [self._procedure_view(p) for p in self._procedures.all()]
 
     def procedure(self, procedure_id: str) -> dict[str, Any]:
         try:
-            return self._procedures.get(procedure_id).as_json()
+            return self._procedure_view(self._procedures.get(procedure_id))
         except ProcedureError as err:
             raise NotFound(str(err)) from err
+
+    def _procedure_view(self, procedure: Procedure) -> dict[str, Any]:
+        """A procedure as the API shows it; one in progress also says what the console must
+        still ask before an exposure (`anatomy`)."""
+        view = procedure.as_json()
+        if procedure.state == "in_progress":
+            view["anatomy"] = self._anatomy_hint(procedure.order)
+        return view
 
     def _resolve(self, choice: OrderChoice) -> tuple[Order, WorklistItem | None, str]:
         """The order a choice stands for, its worklist item if any, and a duplicate warning."""
@@ -420,9 +430,7 @@ class Station:
                     order, performed_as_scheduled))
         except ProcedureError as err:
             raise AcquisitionError(str(err)) from err
-        view = procedure.as_json()
-        view["anatomy"] = self._anatomy_hint(order)
-        return StartResult(view, warning)
+        return StartResult(self._procedure_view(procedure), warning)
 
     @staticmethod
     def _performed_codes(order: Order, performed_as_scheduled: bool) -> tuple[Code, ...]:
@@ -568,7 +576,7 @@ class Station:
             except ProcedureError as err:
                 warning = (warning + "; " if warning else "") + str(err)
         return AcquireResult(
-            warning=warning, procedure=procedure.as_json(),
+            warning=warning, procedure=self._procedure_view(procedure),
             study_instance_uid=result.study_instance_uid,
             series_instance_uid=result.series_instance_uid,
             objects=tuple(self.objects([o.queue_id for o in result.objects])),
@@ -766,7 +774,7 @@ class Station:
                              for health in self._forwarder.health()],
             "queue": total_counts(counts),
             "worklist": self._worklist_status(),
-            "procedures": [p.as_json() for p in self._procedures.all()
+            "procedures": [self._procedure_view(p) for p in self._procedures.all()
                            if p.state == "in_progress"],
             "tls": self._tls_status(),
             "limits": {"max_frames": self._limits.max_frames,

@@ -28,6 +28,7 @@ from agent.api.console.thumbnail import DEFAULT_MAX_SIDE, thumbnail_png
 from agent.api.security import SecurityMiddleware, SecurityPolicy
 from agent.audit import AuditUnavailable
 from agent.errors import AcquisitionError, AgentError, UnknownQueueItemError
+from agent.iod.anatomy import REGIONS
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.mpps import DISCONTINUATION_REASONS
 from agent.procedures import EndStatus, ProcedureError
@@ -428,6 +429,14 @@ async def get_reasons(request: Request) -> Response:
         for c in DISCONTINUATION_REASONS.values()]})
 
 
+async def get_body_parts(request: Request) -> Response:
+    """The body parts the console offers (Body Part Examined terms, PS3.16 Annex L), and
+    whether each is paired (a DX of a paired one needs R, L or B)."""
+    return _json(200, {"body_parts": [
+        {"body_part": r.body_part, "meaning": r.code.meaning, "paired": r.paired}
+        for r in REGIONS]})
+
+
 @_guarded
 async def get_queue(request: Request) -> Response:
     """The newest objects, for the live queue view: `?limit=N` (1..MAX_RECENT, default 50)."""
@@ -495,6 +504,7 @@ def create_app(station: StationService, policy: SecurityPolicy,
         Route("/api/reject", post_reject, methods=["POST"]),
         Route("/api/console/worklist", post_console_worklist, methods=["POST"]),
         Route("/api/reasons", get_reasons, methods=["GET"]),
+        Route("/api/body-parts", get_body_parts, methods=["GET"]),
         Route("/api/metrics", get_metrics, methods=["GET"]),
         Route("/api/queue", get_queue, methods=["GET"]),
         Route("/api/retry", post_retry, methods=["POST"]),

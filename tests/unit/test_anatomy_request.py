@@ -219,3 +219,19 @@ def test_post_acquire_of_a_paired_region_without_a_side_is_400(parts: Parts) -> 
                   "confirm_exposure": True, "body_part": "KNEE", "laterality": "L"})
         assert response.status_code == 200, response.text
         assert parts.acquisition.exposures == 1  # type: ignore[attr-defined]
+
+
+def test_the_console_gets_the_body_parts_and_an_open_procedure_what_to_ask(parts: Parts) -> None:
+    station = Station(parts, StationLimits())
+    app = create_app(station, POLICY)
+    with TestClient(app, base_url="http://127.0.0.1:8471") as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        parts_list = client.get("/api/body-parts", headers=auth).json()["body_parts"]
+        assert {"body_part": "KNEE", "meaning": "Knee", "paired": True} in parts_list
+        assert {"body_part": "CHEST", "meaning": "Chest", "paired": False} in parts_list
+        started = client.post("/api/procedures", headers=auth,
+                              json={"accession": "A1"}).json()["procedure"]
+        resumed = client.get(f"/api/procedures/{started['procedure_id']}",
+                             headers=auth).json()["procedure"]
+        assert resumed["anatomy"] == {"needs_side": True, "missing": False,
+                                      "body_part": "Knee", "laterality": "R"}

@@ -15,6 +15,8 @@ const state = {
   emitsRadiation: false, // the device makes X-rays: every acquisition needs a second click
   maxFrames: 100,        // [api] max_frames, from /api/status
   pendingExposure: null, // {frames, continuous} while the Expose button waits
+  anatomy: null,         // procedure.anatomy of POST /api/procedures: what must still be asked
+  bodyParts: [],         // GET /api/body-parts: {body_part, meaning, paired}
 };
 // the Expose button stays armed this long; after that the technologist starts again
 const EXPOSE_ARMED_MS = 15000;
@@ -173,6 +175,7 @@ function selectWorklistItem(item) {
     detail: `ID ${item.patient_id} · born ${item.patient_birth_date || "?"} · ${item.patient_sex || "?"}` +
       ` · Acc ${item.accession_number || "—"} · ${item.requested_procedure_description || item.sps_description || ""}`,
     warning: item.duplicate_reason ? `Duplicate exam? ${item.duplicate_reason}` : "",
+    hasProtocol: (item.scheduled_protocol_codes || []).length > 0,
   };
   renderWorklist();
   renderProcedure();
@@ -225,6 +228,8 @@ function renderProcedure() {
   cont.disabled = !proc || (!state.acquiring && !state.connected) || (state.acquiring && !state.continuous);
   cont.textContent = state.continuous ? (state.stopRequested ? "Stopping…" : "Stop") : "Acquire until stopped";
   cont.className = state.continuous ? "stop" : "";
+  $("as-scheduled-box").hidden = !sel || !sel.hasProtocol || !!proc;
+  renderAnatomy();
   $("complete").disabled = !proc || state.acquiring || images === 0;
   $("reason").disabled = !proc || state.acquiring;
   $("discontinue").disabled = !proc || state.acquiring || !$("reason").value;
@@ -234,8 +239,13 @@ async function startProcedure() {
   if (!state.selected) return;
   $("start").disabled = true;
   try {
-    const result = await api("POST", "/api/procedures", state.selected.body);
+    const body = Object.assign({}, state.selected.body);
+    if (state.selected.hasProtocol && $("as-scheduled").checked) body.performed_as_scheduled = true;
+    const result = await api("POST", "/api/procedures", body);
     state.procedure = result.procedure;
+    state.anatomy = result.procedure.anatomy || null;
+    $("body-part").value = "";
+    $("laterality").value = "";
     state.procedureWarning = result.warning;
     say("Procedure started");
   } catch (err) {
@@ -246,9 +256,11 @@ async function startProcedure() {
 
 async function acquireOnce(frames) {
   // confirm_exposure: sent only after the Expose click (or for a device without X-rays)
-  const result = await api("POST", "/api/acquire",
-    { procedure_id: state.procedure.procedure_id, frames, confirm_exposure: true });
+  const request = { procedure_id: state.procedure.procedure_id, frames, confirm_exposure: true };
+  Object.assign(request, chosenAnatomy());
+  const result = await api("POST", "/api/acquire", request);
   state.procedure = result.procedure;
+  state.anatomy = result.procedure.anatomy || state.anatomy;
   if (result.error) say(`Acquisition: ${result.error}`, true);
   else say(`${result.objects.length} object(s) queued`);
   await refreshProcedure();
@@ -282,9 +294,64 @@ function confirmExposure() {
   if (pending.continuous) runContinuous(); else runAcquire(pending.frames);
 }
 
+// -- body part and side: asked when the order does not give them ------------------------------
+async function loadBodyParts() {
+  try {
+    const result = await api("GET", "/api/body-parts");
+    state.bodyParts = result.body_parts;
+    const select = $("body-part");
+    select.replaceChildren(el("option", "", "choose…"));
+    select.firstChild.value = "";
+    for (const part of result.body_parts) {
+      const option = el("option", "", part.meaning);
+      option.value = part.body_part;
+      select.appendChild(option);
+    }
+  } catch (err) {
+    say(`Body parts: ${err.message}`, true);
+  }
+}
+
+function renderAnatomy() {
+  // shown for a device whose objects carry Image Laterality (DX); what the order names is
+  // shown, not asked; the station checks again before the exposure
+  const a = state.anatomy;
+  const box = $("anatomy");
+  box.hidden = !state.procedure || !a || !a.needs_side;
+  if (box.hidden) return;
+  const given = !a.missing;
+  $("body-part").disabled = given || state.acquiring;
+  $("laterality").disabled = given || state.acquiring;
+  $("anatomy-source").textContent = given
+    ? `From the order: ${a.body_part || "—"}, side ${a.laterality || "—"}`
+    : "The order does not say: choose the body part and side";
+}
+
+function chosenAnatomy() {
+  const a = state.anatomy;
+  if (!a || !a.missing) return {};
+  const chosen = {};
+  if ($("body-part").value) chosen.body_part = $("body-part").value;
+  if ($("laterality").value) chosen.laterality = $("laterality").value;
+  return chosen;
+}
+
+function anatomyProblem() {
+  const a = state.anatomy;
+  if (!a || !a.needs_side || !a.missing) return "";
+  const part = state.bodyParts.find((p) => p.body_part === $("body-part").value);
+  const side = $("laterality").value;
+  if (!part && !side) return "Choose the body part and side before exposing";
+  if (part && part.paired && (!side || side === "U")) return `${part.meaning}: choose the side (R, L or B)`;
+  if (side === "U" && (!part || part.paired)) return "U means an unpaired body part: choose one";
+  return "";
+}
+
 async function acquire() {
   const frames = parseInt($("frames").value, 10);
   if (!(frames >= 1 && frames <= state.maxFrames)) { say(`Frames: 1 to ${state.maxFrames}`, true); return; }
+  const problem = anatomyProblem();
+  if (problem) { say(problem, true); return; }
   if (askExposure(frames, false)) return;
   await runAcquire(frames);
 }
@@ -306,6 +373,8 @@ async function runAcquire(frames) {
 // "until stopped": one frame at a time into the same procedure until Stop is pressed
 async function toggleContinuous() {
   if (state.continuous) { state.stopRequested = true; renderProcedure(); return; }
+  const problem = anatomyProblem();
+  if (problem) { say(problem, true); return; }
   if (askExposure(1, true)) return;
   await runContinuous();
 }
@@ -340,6 +409,7 @@ async function refreshProcedure() {
   try {
     const result = await api("GET", `/api/procedures/${encodeURIComponent(state.procedure.procedure_id)}`);
     state.procedure = result.procedure.state === "in_progress" ? result.procedure : null;
+    state.anatomy = state.procedure ? (state.procedure.anatomy || null) : null;
   } catch (err) {
     if (err.status === 404) state.procedure = null;
   }
@@ -356,6 +426,7 @@ async function endProcedure(end) {
     await api("POST", `/api/procedures/${encodeURIComponent(state.procedure.procedure_id)}/end`, body);
     say(end === "completed" ? "Procedure completed" : "Procedure discontinued");
     state.procedure = null;
+    state.anatomy = null;
     state.procedureWarning = "";
     state.selected = null;
     $("reason").value = "";
@@ -397,6 +468,7 @@ function renderInProgress(procedures) {
     b.type = "button";
     b.addEventListener("click", () => {
       state.procedure = p;
+      state.anatomy = p.anatomy || null;
       state.selected = null;
       state.procedureWarning = "";
       renderProcedure();
@@ -585,6 +657,7 @@ function init() {
   $("discontinue").addEventListener("click", () => endProcedure("discontinued"));
   $("reason").addEventListener("change", renderProcedure);
   loadReasons();
+  loadBodyParts();
   loadWorklist(false);
   pollStatus();
   pollQueue();
