@@ -1,8 +1,10 @@
 """The dose report end to end (issue 16 item 1): the serial firmware stub → the real serial
-driver in the daemon, `[modality] iod = "dx"` → three exposures in an unscheduled procedure
-ended completed → Orthanc holds the three DX images and one X-Ray Radiation Dose SR whose
-TID 10003 events match the images one to one: Irradiation Event UID (0008,3010), kVp,
-exposure time and exposure."""
+driver in the daemon, `[modality] iod = "dx"` → three exposures in a worklist procedure (a
+real RIS, DCMTK wlmscpfs) ended completed → Orthanc holds the three DX images and one X-Ray
+Radiation Dose SR whose TID 10003 events match the images one to one: Irradiation Event UID
+(0008,3010), kVp, exposure time and exposure. The images carry the region and side the order
+names and the Protocol Name the MPPS sends; before that, a DX of a paired body part without
+its side is refused by the CLI before the device fires (issue 16 item 3)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import io
 import json
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from support.agent_process import AGENT_AE, Destination, make_agent
 from support.peers import free_port, run_dciodvfy, stop_process, wait_until
+from support.worklist_data import Code, numbered, running_wlmscpfs, write_wl
 
 from agent.demo.orthanc import OrthancServer, RegisteredModality
 from agent.iod.dose_sr import EXPOSURE, EXPOSURE_TIME, IRRADIATION_EVENT_UID, KVP
@@ -47,8 +51,23 @@ def event_rows(report: Dataset) -> dict[str, dict[str, float]]:
     return rows
 
 
+HAND_LEFT = numbered(
+    7, modality="DX", patient_id="PID-DOSE-7", start_date=date.today().strftime("%Y%m%d"),
+    requested_procedure_description="Hand left",
+    requested_procedure_code=Code("RPID-HAND", "99LOCAL", "Hand radiograph left"),
+    sps_description="Hand PA left", protocol_code=Code("XR-HAND-L", "99LOCAL", "XR Hand Left"))
+
+
 def test_three_exposures_make_three_dx_images_and_one_dose_sr_that_match(
         tmp_path: Path, orthanc: OrthancServer) -> None:
+    with running_wlmscpfs(tmp_path / "ris", "-csk") as ris:
+        ris_ae, folder = ris.new_called_ae()
+        write_wl(folder, HAND_LEFT, "hand")
+        run_dose_test(tmp_path, orthanc, f'[worklist]\nhost = "127.0.0.1"\nport = {ris.port}\n'
+                                         f'called_ae = "{ris_ae}"\nrefresh_s = 3600\n')
+
+
+def run_dose_test(tmp_path: Path, orthanc: OrthancServer, worklist_toml: str) -> None:
     link = tmp_path / "ttyXRAY"
     with (tmp_path / "stub.log").open("w") as log:
         stub = subprocess.Popen([sys.executable, "-m", "agent", "simulate", "serial",
@@ -64,6 +83,7 @@ def test_three_exposures_make_three_dx_images_and_one_dose_sr_that_match(
             listener_port=listener_port,
             device_toml=f'[device]\ndriver = "serial"\n[device.options]\nport = "{link}"\n'
                         f"kvp = 81.0\nmas = 4.0\n",
+            extra_toml=worklist_toml,
         )
         config = agent.config_path.read_text()
         assert '[modality]\nmodality = "OT"' in config     # the helper's section, extended
@@ -74,8 +94,19 @@ def test_three_exposures_make_three_dx_images_and_one_dose_sr_that_match(
         assert agent.cli("check-config").returncode == 0
         agent.start()
         try:
-            result = agent.cli("acquire", "--unscheduled", "--patient-id", "DOSE-1",
-                               "--patient-name", "Dose^Test", "--frames", "3",
+            # a knee without its side: refused before the device fires, nothing started
+            refused = agent.cli("acquire", "--unscheduled", "--patient-id", "DOSE-1",
+                                "--patient-name", "Dose^Test", "--body-part", "KNEE")
+            assert refused.returncode != 0
+            assert "'Knee' (72696002) is a paired body part" in refused.stderr
+            assert "--laterality" in refused.stderr
+            status = json.loads(agent.cli("status", "--json").stdout)
+            assert status["device"]["frames_read"] == 0 and status["procedures"] == []
+            assert agent.queue_rows() == []
+
+            # the order names the hand and the left side: nothing to ask
+            result = agent.cli("acquire", "--accession", HAND_LEFT.accession_number,
+                               "--frames", "3", "--performed-as-scheduled",
                                "--end", "completed", "--wait", "60", "--json", timeout_s=120)
             assert result.returncode == 0, result.stderr + agent.log()[-2000:]
             acquired = json.loads(result.stdout)
@@ -84,6 +115,14 @@ def test_three_exposures_make_three_dx_images_and_one_dose_sr_that_match(
                 orthanc.find_instance(o["sop_instance_uid"]) or "")))
                 for o in acquired["objects"]]
             assert [str(ds.SOPClassUID) for ds in images] == [DX] * 3
+            for ds in images:
+                assert ds.ImageLaterality == "L"
+                assert ds.AnatomicRegionSequence[0].CodeValue == "85562004"      # Hand
+                assert ds.ProtocolName == HAND_LEFT.sps_description    # what the MPPS sends
+                assert ds.StudyInstanceUID == HAND_LEFT.study_instance_uid
+                path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+                ds.save_as(path)
+                assert run_dciodvfy(path) == []
 
             def stored_reports() -> list[Dataset]:
                 found = []
