@@ -48,6 +48,7 @@ from agent.net.tls import PeerTls
 from agent.net.transcode import uncompressed_copy
 from agent.queue import QueueStore
 from agent.records import Delivery
+from agent.routing import GroupRouter, probe_address
 
 logger = logging.getLogger(__name__)
 
@@ -708,10 +709,21 @@ class DestinationWorker:
 
 
 class Forwarder:
-    """All destination workers."""
+    """All destination workers, and the router of archive groups (agent.routing) when `queue`
+    has groups: it reads the workers' shared DestinationHealth per destination, so it serves
+    workers of any kind with `destination`, `health` and `wake()`. `router_options` go to
+    GroupRouter (tests shorten its intervals)."""
 
-    def __init__(self, workers: Sequence[DestinationWorker]) -> None:
+    def __init__(self, workers: Sequence[DestinationWorker], *,
+                 queue: QueueStore | None = None, **router_options: Any) -> None:
         self.workers = list(workers)
+        self.router: GroupRouter | None = None
+        if queue is not None and queue.groups:
+            by_name = {w.destination.name: w for w in self.workers}
+            self.router = GroupRouter(
+                queue, queue.groups, {name: w.health for name, w in by_name.items()},
+                addresses={name: probe_address(w.destination) for name, w in by_name.items()},
+                wake=self.wake_destination, **router_options)
 
     def launch(self) -> None:
         """Start every sending process; they get ready while the daemon does other things."""
@@ -729,6 +741,8 @@ class Forwarder:
                 logger.error("%s", err)
         for worker in self.workers:
             worker.start()
+        if self.router is not None:
+            self.router.start()
 
     def set_audit(self, audit: TransferAudit | None) -> None:
         """Audit every worker's transfers (the daemon opens the trail after the spool lock,
@@ -737,6 +751,8 @@ class Forwarder:
             worker.audit = audit
 
     def stop(self) -> None:
+        if self.router is not None:
+            self.router.stop()
         for worker in self.workers:
             worker.stop()
 
@@ -744,11 +760,25 @@ class Forwarder:
         for worker in self.workers:
             worker.wake()
 
+    def wake_destination(self, name: str) -> None:
+        for worker in self.workers:
+            if worker.destination.name == name:
+                worker.wake()
+
     def stalled(self) -> list[str]:
         """The workers that stopped making progress (systemd watchdog)."""
-        return [reason for w in self.workers if (reason := w.stalled())]
+        stalled = [reason for w in self.workers if (reason := w.stalled())]
+        if self.router is not None and not self.router.alive():
+            stalled.append("archive group router: thread ended")
+        return stalled
 
     def health(self) -> list[dict[str, Any]]:
-        """One entry per destination (its workers share one DestinationHealth)."""
+        """One entry per destination (its workers share one DestinationHealth); a member of
+        an archive group also shows its `group`, whether it is the `current` member (where
+        new objects go) and whether the router counts it `down`."""
         unique = {id(worker.health): worker.health for worker in self.workers}
-        return [health.as_dict() for health in unique.values()]
+        entries = [health.as_dict() for health in unique.values()]
+        if self.router is not None:
+            for entry in entries:
+                entry.update(self.router.member_status(entry["name"]) or {})
+        return entries

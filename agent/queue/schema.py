@@ -120,11 +120,30 @@ def _add_rejection_tables(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+#: archive groups (issue 19 item 2): a row moved from a member that stopped answering to the
+#: next one keeps its delivery id and takes the new member's name; this table keeps where it
+#: was first routed, so `status`, the log and a person can tell a moved row from one routed
+#: there at capture (a table of its own: no released table changes shape)
+_REROUTES_TABLE = """CREATE TABLE IF NOT EXISTS reroutes (
+    delivery_id      INTEGER NOT NULL REFERENCES deliveries(delivery_id),
+    group_name       TEXT NOT NULL,
+    from_destination TEXT NOT NULL,
+    to_destination   TEXT NOT NULL,
+    moved_at         REAL NOT NULL
+)"""
+
+
+def _add_reroutes_table(conn: sqlite3.Connection) -> None:
+    conn.execute(_REROUTES_TABLE)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "deliveries.unknown_outcomes: consecutive sends with no answer, bounded",
               _add_unknown_outcomes),
     Migration(2, "rejections, cancellations, note_waits: IOCM rejection before and after "
                  "sending (issue 16 item 2)", _add_rejection_tables),
+    Migration(3, "reroutes: rows of an archive group moved to another member (issue 19 "
+                 "item 2)", _add_reroutes_table),
 )
 
 #: the newest schema this code knows

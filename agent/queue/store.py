@@ -202,7 +202,13 @@ class QueueStore:
     spool_dir
         The spool folder (created 0700 if missing).
     destinations
-        Names of the configured destinations: every new object gets one row per name.
+        Names of the configured destinations: every new object gets one row per name that is
+        in no group.
+    groups
+        Archive groups, {group name: member names in order}: every new object gets one row
+        per group, named after the group's current member (the first member until
+        `set_route` says otherwise). The forwarder's router chooses the member; the queue
+        only records it, and `reassign` moves a member's movable rows to another.
     clock
         Seconds since the epoch; tests pass their own.
     min_free_bytes
@@ -215,12 +221,20 @@ class QueueStore:
         spool_dir: Path,
         destinations: Sequence[str],
         *,
+        groups: Mapping[str, Sequence[str]] | None = None,
         clock: Callable[[], float] = time.time,
         min_free_bytes: int = 0,
     ) -> None:
         self.spool = Spool(spool_dir)
         self.min_free_bytes = min_free_bytes
         self.destinations = tuple(destinations)
+        self.groups: dict[str, tuple[str, ...]] = {
+            name: tuple(members) for name, members in (groups or {}).items()}
+        _check_groups(self.destinations, self.groups)
+        grouped = {m for members in self.groups.values() for m in members}
+        self._ungrouped = tuple(d for d in self.destinations if d not in grouped)
+        # group -> its current member: where new objects go
+        self._routes = {name: members[0] for name, members in self.groups.items()}
         self._now = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -414,7 +428,7 @@ class QueueStore:
                 conn.executemany(
                     "INSERT INTO deliveries (queue_id, destination, state, next_attempt_at,"
                     " updated_at) VALUES (?, ?, ?, ?, ?)",
-                    [(queue_id, dest, S.PENDING, now, now) for dest in self.destinations],
+                    [(queue_id, dest, S.PENDING, now, now) for dest in self.targets()],
                 )
                 final = self.spool.object_path(queue_id)
                 # the file is in place before the row commits: a row never points at nothing
@@ -436,6 +450,113 @@ class QueueStore:
         crashpoints.reached("after_enqueue")
         return QueuedObject(queue_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
                             len(payload), sha256, now)
+
+    # -- archive groups ----------------------------------------------------------------------
+    def targets(self) -> tuple[str, ...]:
+        """The destinations a new object gets a row for: every ungrouped one, then each
+        group's current member."""
+        with self._lock:
+            return self._ungrouped + tuple(self._routes.values())
+
+    def route(self, group: str) -> str:
+        """The current member of `group` (KeyError for an unknown group)."""
+        with self._lock:
+            return self._routes[group]
+
+    def set_route(self, group: str, member: str) -> None:
+        """New objects of `group` go to `member` from now on (rows already queued stay).
+
+        Raises
+        ------
+        QueueError
+            If `member` is not a member of `group`.
+        """
+        if member not in self.groups.get(group, ()):
+            raise QueueError(f"{member!r} is not a member of archive group {group!r}")
+        with self._lock:
+            self._routes[group] = member
+
+    def reassign(self, from_member: str, to_member: str, group: str) -> int:
+        """Move `from_member`'s movable rows to `to_member`, in one transaction; returns how
+        many moved. Movable: pending and never delivered there in any way that might have
+        reached the archive: never stored (`stored_at` unset), no send without an answer
+        (`unknown_outcomes` 0), never in a commitment transaction, not a rejection note
+        (which must follow its rejected object) and not cancelled. Everything else stays
+        pinned to `from_member` and is resent there, same bytes, same UID, so the archive
+        never gets one object under two routes. Moved rows are due at once and recorded in
+        `reroutes`.
+
+        Raises
+        ------
+        QueueError
+            If the two are not both members of `group`, or the database fails.
+        """
+        members = self.groups.get(group, ())
+        if from_member not in members or to_member not in members or from_member == to_member:
+            raise QueueError(f"cannot move rows of archive group {group!r} from "
+                             f"{from_member!r} to {to_member!r}")
+        now = self._now()
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT d.delivery_id, d.queue_id FROM deliveries d WHERE d.destination=? "
+                "AND d.state=? AND d.stored_at IS NULL AND d.unknown_outcomes=0 "
+                "AND NOT EXISTS (SELECT 1 FROM transaction_items t "
+                "               WHERE t.delivery_id=d.delivery_id) "
+                "AND NOT EXISTS (SELECT 1 FROM note_waits w WHERE w.delivery_id=d.delivery_id) "
+                "AND NOT EXISTS (SELECT 1 FROM cancellations c "
+                "               WHERE c.delivery_id=d.delivery_id) "
+                # one row per object and destination (the table's UNIQUE constraint)
+                "AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.queue_id=d.queue_id "
+                "               AND o.destination=?) ORDER BY d.delivery_id",
+                (from_member, S.PENDING, to_member)).fetchall()
+            conn.executemany(
+                "UPDATE deliveries SET destination=?, next_attempt_at=?, updated_at=?, "
+                "last_error=? WHERE delivery_id=? AND state=?",
+                [(to_member, now, now, f"moved from {from_member} (not answering)",
+                  r["delivery_id"], S.PENDING) for r in rows])
+            conn.executemany(
+                "INSERT INTO reroutes (delivery_id, group_name, from_destination, "
+                "to_destination, moved_at) VALUES (?, ?, ?, ?, ?)",
+                [(r["delivery_id"], group, from_member, to_member, now) for r in rows])
+        if rows:
+            logger.warning("archive group %s: %d queued object(s) moved from %s to %s "
+                           "(queue items %s)", group, len(rows), from_member, to_member,
+                           _id_ranges([r["queue_id"] for r in rows]))
+        return len(rows)
+
+    def pinned_count(self, destination: str) -> int:
+        """Rows at `destination` not yet final that `reassign` would leave there: their
+        outcome there may be known to the archive only (for `status` and tests)."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT COUNT(*) FROM deliveries d WHERE d.destination=? "
+                "AND d.state IN (?, ?, ?, ?) AND (d.state<>? OR d.stored_at IS NOT NULL "
+                "OR d.unknown_outcomes>0 OR EXISTS (SELECT 1 FROM transaction_items t "
+                "WHERE t.delivery_id=d.delivery_id))",
+                (destination, S.PENDING, S.SENDING, S.SENT, S.COMMIT_REQUESTED,
+                 S.PENDING)).fetchone()
+        return int(row[0])
+
+    def reroutes(self, queue_ids: Iterable[int] | None = None) -> list[dict[str, object]]:
+        """Moves recorded by `reassign` (oldest first): queue id, group, from, to, when."""
+        sql = ("SELECT d.queue_id, r.group_name, r.from_destination, r.to_destination, "
+               "r.moved_at FROM reroutes r JOIN deliveries d USING (delivery_id)")
+        args: list[object] = []
+        if queue_ids is not None:
+            ids = list(queue_ids)
+            sql += f" WHERE d.queue_id IN ({','.join('?' * len(ids))})"
+            args.extend(ids)
+        with self._lock:
+            return [dict(r) for r in self.conn.execute(sql + " ORDER BY r.rowid", args)]
+
+    def make_due(self, destination: str) -> int:
+        """`destination`'s pending rows waiting out a backoff become due now (a member found
+        answering again resends its pinned rows at once); returns how many."""
+        now = self._now()
+        with self._tx() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET next_attempt_at=? WHERE destination=? AND state=? "
+                "AND next_attempt_at>?", (now, destination, S.PENDING, now)).rowcount
 
     def free_bytes(self) -> int:
         stats = os.statvfs(self.spool.root)
@@ -978,8 +1099,11 @@ class QueueStore:
                 for r in conn.execute(
                     "SELECT d.delivery_id, d.state, o.sop_instance_uid, o.sop_class_uid "
                     "FROM transaction_items t JOIN deliveries d USING (delivery_id) "
-                    "JOIN objects o USING (queue_id) WHERE t.transaction_uid=?",
-                    (result.transaction_uid,),
+                    "JOIN objects o USING (queue_id) WHERE t.transaction_uid=? "
+                    # a report speaks only for the member it came from: a row that is now
+                    # another member's (archive groups) is not this archive's to commit
+                    "AND d.destination=?",
+                    (result.transaction_uid, txn["destination"]),
                 )
             }
             for sop_class, sop_instance in result.committed:
@@ -1074,6 +1198,31 @@ class QueueStore:
             self.spool.object_path(queue_id).unlink(missing_ok=True)
             purged += 1
         return purged
+
+
+def _check_groups(destinations: Sequence[str], groups: Mapping[str, Sequence[str]]) -> None:
+    """Raises QueueError for groups the config would have refused (a programming error)."""
+    seen: dict[str, str] = {}
+    for name, members in groups.items():
+        if not members or name in destinations:
+            raise QueueError(f"archive group {name!r}: needs members and a name that is no "
+                             "destination's")
+        for member in members:
+            if member not in destinations or member in seen:
+                raise QueueError(f"archive group {name!r}: member {member!r} is unknown or "
+                                 f"already in group {seen.get(member)!r}")
+            seen[member] = name
+
+
+def _id_ranges(ids: Sequence[int]) -> str:
+    """1,2,3,7 -> "1-3, 7": a log line stays short when thousands of rows move."""
+    runs: list[tuple[int, int]] = []
+    for queue_id in sorted(ids):
+        if runs and runs[-1][1] == queue_id - 1:
+            runs[-1] = (runs[-1][0], queue_id)
+        else:
+            runs.append((queue_id, queue_id))
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def read_counts(db_path: Path) -> dict[str, dict[str, int]]:
