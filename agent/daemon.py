@@ -29,6 +29,8 @@ from agent.iod import UIDSource, encoder_status
 from agent.listener import CommitmentReportHandler, Listener, Refusal
 from agent.metrics import LatencyHistogram
 from agent.mpps import MppsClient
+from agent.net.stow import check_secret_files
+from agent.net.stow import ssl_context as stow_ssl_context
 from agent.net.tls import check_tls, peer_tls, server_context, tls_identity
 from agent.procedures import Procedure, Procedures
 from agent.queue import QueueStore
@@ -44,6 +46,7 @@ from agent.station import (
     final_state_by_destination,
     total_counts,
 )
+from agent.stow_forwarder import StowWorker
 from agent.watchfolder import WatchFolder
 from agent.worklist import WorklistService
 from drivers.errors import DriverError
@@ -96,6 +99,7 @@ def preflight(config: AgentConfig) -> list[str]:
                         f"got {str(spool)!r} ({existing} is not writable)")
     problems.extend(check_spool_location(config))
     problems.extend(check_tls(config))
+    problems.extend(check_secret_files(config))
     return problems
 
 
@@ -272,9 +276,17 @@ class Daemon:
             verify_peer_address=config.listener.verify_hostname,
             on_refused=self._audit_refusal,
         )
-        workers = []
+        workers: list[DestinationWorker | StowWorker] = []
         for d in config.destinations:
             health = DestinationHealth(d.name)
+            if d.kind == "stow-rs":
+                # one thread per DICOMweb destination: requests of up to max_request_mb are
+                # streamed from the spool, the thread waits on sockets (GIL released)
+                workers.append(StowWorker(
+                    d, queue=self.queue, queue_config=config.queue, uids=self.uids,
+                    on_change=self._notify, health=health,
+                    tls=stow_ssl_context(config) if d.url.startswith("https:") else None))
+                continue
             workers += [
                 DestinationWorker(d, ae_title=config.agent.ae_title, queue=self.queue,
                                   queue_config=config.queue, uids=self.uids,

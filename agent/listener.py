@@ -202,7 +202,9 @@ class Listener:
         self.max_association_pdata_bytes = max_association_pdata_bytes
         self.host = host
         self.port = port
-        self._destinations = destinations
+        # DICOMweb destinations send no DIMSE reports: their (empty) AE titles and hosts do
+        # not widen the allow-lists
+        self._destinations = [d for d in destinations if d.kind == "dimse"]
         self._handler = report_handler
         self._server: AllowListServer | None = None
         self._thread: threading.Thread | None = None
