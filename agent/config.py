@@ -10,8 +10,8 @@ import datetime
 import math
 import os
 import re
-import urllib.parse
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -79,6 +79,9 @@ class ModalitySection:
     # Anatomic Region Sequence item (code value, coding scheme, meaning); video-photographic
     # needs it
     anatomic_region: tuple[str, ...] = ()
+    # Protocol Name (0018,1030) of images and MPPS series when the order names no protocol;
+    # "" = the model name (never an invented "default" protocol)
+    protocol_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -345,7 +348,13 @@ class _Invalid(Exception):
 class _Check:
     expected: str
     convert: Callable[[Any], Any]       # returns the value to store, or raises _Invalid
+    #: the accepted values as docs/configuration.md's Range column writes them ("1..65535",
+    #: "`tls`, `tcp`, `udp`"); "" when the check has no such short form
+    range_text: str = ""
 
+
+#: while `checks_by_key` runs: each (section class, key) -> the check `take` applied to it
+_recorded_checks: dict[tuple[type, str], _Check] | None = None
 
 _MISSING: Any = object()                # a required key without a value
 _INVALID: Any = object()                # a value already reported as a problem
@@ -397,7 +406,7 @@ def _integer(low: int, high: int) -> _Check:
             raise _Invalid()
         return value
 
-    return _Check(f"an integer {low}..{high}", convert)
+    return _Check(f"an integer {low}..{high}", convert, f"{low}..{high}")
 
 
 def _number(low: float, high: float) -> _Check:
@@ -416,7 +425,8 @@ def _number(low: float, high: float) -> _Check:
             raise _Invalid()
         return number
 
-    return _Check(f"a number {_plain(low)}..{_plain(high)}", convert)
+    return _Check(f"a number {_plain(low)}..{_plain(high)}", convert,
+                  f"{_plain(low)}..{_plain(high)}")
 
 
 def _plain(number: float) -> str:
@@ -520,7 +530,8 @@ def _one_of(choices: tuple[str, ...]) -> _Check:
             raise _Invalid()
         return value
 
-    return _Check("one of " + ", ".join(f'"{choice}"' for choice in choices), convert)
+    return _Check("one of " + ", ".join(f'"{choice}"' for choice in choices), convert,
+                  ", ".join(f"`{choice}`" for choice in choices))
 
 
 def _matching(pattern: re.Pattern[str], expected: str) -> _Check:
@@ -666,6 +677,8 @@ class _Table(Generic[_SectionT]):
 
     def take(self, key: str, check: _Check) -> Any:
         """Check `key`, remember the value for `build`, and return it (or `_INVALID`)."""
+        if _recorded_checks is not None:
+            _recorded_checks[(self.cls, key)] = check
         if key not in self.table:
             value = self._default(key)
             if value is _MISSING:
@@ -925,6 +938,7 @@ def _check_modality(table: dict[str, Any] | None, problems: _Problems) -> Modali
     section.take("transfer_syntax", _one_of(KNOWN_TRANSFER_SYNTAXES))
     section.take("patient_orientation", _string_list(2, 2, 16))
     section.take("anatomic_region", _string_list(3, 3, 64))
+    section.take("protocol_name", _dicom_text(64, "LO"))
     return section.build()
 
 
@@ -1129,3 +1143,398 @@ def _check_queue(table: dict[str, Any] | None, problems: _Problems) -> QueueSect
 
 #: a year: long enough for any site's policy, short enough that patient data does not stay forever
 _RETENTION_S = _number(0, 365 * 86_400)
+
+
+# --- the reference: what each key means, beside the checks (docs/configuration.md is generated
+# from this table, the dataclass defaults and the checks' ranges by agent.config_doc) ---------
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One row of docs/configuration.md. `keys`: one key, or several that share the row.
+    `default`/`range` replace what the dataclass default and the check would give (for
+    defaults computed at load, ranges no check states in short); `range_note` follows the
+    check's range ("(a year)", "and >= `retry_initial_s`")."""
+
+    keys: tuple[str, ...]
+    type: str
+    meaning: str
+    default: str | None = None
+    range: str | None = None
+    range_note: str = ""
+
+
+def _doc(keys: str, type_: str, meaning: str, *, default: str | None = None,
+         range_: str | None = None, note: str = "") -> KeyDoc:
+    return KeyDoc(tuple(k.strip() for k in keys.split(",")), type_, meaning, default, range_,
+                  note)
+
+
+def checks_by_key() -> dict[tuple[type, str], _Check]:
+    """Each key's check, as `load_config` applies it: recorded while a document naming every
+    section (and both destination kinds) is checked, so the docs' ranges are the checks'."""
+    global _recorded_checks
+    document: dict[str, Any] = {
+        name: {} for name in _SECTIONS if name != "destinations"}
+    document["watch_folder"] = {"path": "in"}
+    document["destinations"] = [{"name": "a", "host": "h", "port": 104, "called_ae": "A"},
+                                {"name": "b", "kind": "stow-rs"}]
+    _recorded_checks = {}
+    try:
+        _check_document(document, Path("/reference/agent.toml"), _Problems("agent.toml"))
+        return dict(_recorded_checks)
+    finally:
+        _recorded_checks = None
+
+
+def format_default(value: Any) -> str:
+    """A dataclass default as docs/configuration.md writes it: TOML in backticks."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, int | float):
+        return f"`{_plain(value)}`"
+    if isinstance(value, str | Path):
+        return f'`"{value}"`'
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{item}"' for item in value) + "]`"
+    if isinstance(value, MappingProxyType | dict):
+        return "`{}`" if not value else "`{...}`"
+    raise AssertionError(f"no doc form for a default of type {type(value).__name__}")
+
+
+#: docs/configuration.md's rows, section by section, in the order the doc lists them
+REFERENCE: dict[type, tuple[KeyDoc, ...]] = {
+    AgentSection: (
+        _doc('ae_title', 'AE title',
+             'Our AE title: the calling AE of every association, the called AE of the listener, '
+             'and the Scheduled Station AE Title used in worklist queries.',
+             range_='1..16 characters'),
+        _doc('spool_dir', 'path',
+             'Folder for the queue database and the Part 10 files. Relative to the config '
+             "file's folder.",
+             range_='non-empty'),
+        _doc('log_level', 'string',
+             'Minimum level of log records.',
+             note=' (upper case)'),
+        _doc('uid_root', 'string',
+             'Root of the UIDs the agent makes. `""` uses `2.25.<uuid>` UIDs (PS3.5 B.2), which '
+             'need no registered root. The 40-character limit leaves room for suffixes inside '
+             'the 64-character UID limit.',
+             range_='`""`, or digits and dots, at most 40 characters, no component with a '
+                    'leading zero (except `0` itself), not starting or ending with a dot'),
+    ),
+    ListenerSection: (
+        _doc('host', 'host',
+             'Address to listen on; `"0.0.0.0"` for all interfaces, needed when archives on '
+             'other hosts send commitment reports.'),
+        _doc('port', 'port',
+             'Port to listen on. Register it, with `ae_title`, in each archive.'),
+        _doc('tls', 'boolean',
+             'Accept only DICOM TLS associations, with the `[tls]` identity (required then). A '
+             'client must present a certificate that `[tls] ca_file` vouches for; a plaintext '
+             'association, or one whose certificate does not verify, is refused before any '
+             'DICOM message is read.'),
+        _doc('verify_hostname', 'boolean',
+             "With `tls`: the client's certificate must also name the address it connects from "
+             '(an IP address in its subject alternative names, or a DNS name that resolves to '
+             'that address). `false` accepts any certificate `ca_file` vouches for.'),
+    ),
+    ApiSection: (
+        _doc('host', 'host',
+             'Address to listen on. Keep it on loopback unless a reverse proxy adds '
+             'authentication.'),
+        _doc('port', 'port',
+             'Port to listen on.'),
+        _doc('token_file', 'path',
+             'The bearer token the CLI sends with each request, created (mode 0600) at first '
+             'start if missing. Relative to the config file. The default keeps it beside the '
+             'queue, in the folder only the service user can read.',
+             default='`<spool_dir>/api-token`'),
+        _doc('max_frames', 'integer',
+             'Frames one acquire request may ask for. A request for more is refused before the '
+             'device is touched: one click cannot fill the spool (10,000 frames of 512 × 512 × '  # noqa: RUF001 (as the doc writes it)
+             '16 bits are 5 GB).'),
+        _doc('import_folders', 'list of paths',
+             'Folders from which `import` through the API (console, `modality-agent import` '
+             'against a running daemon) may read files; each absolute or relative to the config '
+             'file. `[]` (the default) refuses `import` through the API, so a request cannot '
+             'make the agent read arbitrary files. They must be outside the spool.'),
+        _doc('max_import_files', 'integer',
+             'Files one import request may queue.'),
+        _doc('max_connections', 'integer',
+             'HTTP connections held open at once; further clients wait. Bounds what a stuck or '
+             'hostile client can tie up.'),
+        _doc('idle_timeout_s', 'number',
+             'An HTTP connection that sends nothing for this long is closed.'),
+        _doc('allowed_hosts', 'list of host names',
+             'Names the API answers to in the `Host` header besides the localhost forms '
+             '(`localhost`, `127.0.0.1`, `[::1]`) and `host`; compared without regard to case '
+             '(stored lower case). A request with any other `Host` is refused, so a web page '
+             'cannot reach the API through DNS rebinding. Add the name a reverse proxy forwards.',
+             range_='each non-empty, no whitespace, no `/`'),
+    ),
+    DeviceSection: (
+        _doc('driver', 'string',
+             'Name of the device driver: built in (`simulated`) or installed as a plug-in '
+             '(entry point group `modality_agent.drivers`). Whether the driver exists is '
+             'checked when it is loaded.',
+             range_='non-empty; `a-z`, `0-9`, `_`, `-`'),
+        _doc('options', 'table',
+             'Written as a `[device.options]` section. Passed to the driver unchanged '
+             '(read-only); the driver checks its own options when it starts.',
+             range_='any'),
+    ),
+    ModalitySection: (
+        _doc('modality', 'string',
+             'Modality (0008,0060).',
+             range_='1..16 of `A-Z 0-9 _` and space (DICOM CS); surrounding spaces removed'),
+        _doc('iod', 'string',
+             "The IOD built for each capture (`KNOWN_IODS`; docs/iods.md lists each one's "
+             'modules). `dx` needs `patient_orientation` (or a device that reports it) and, per '
+             'acquisition, the body part and side (docs/console.md).'),
+        _doc('manufacturer', 'DICOM text (LO)',
+             'Manufacturer (0008,0070).',
+             range_='at most 64 characters'),
+        _doc('model_name', 'DICOM text (LO)',
+             "Manufacturer's Model Name (0008,1090).",
+             range_='at most 64 characters'),
+        _doc('device_serial_number', 'DICOM text (LO)',
+             'Device Serial Number (0018,1000).',
+             range_='at most 64 characters'),
+        _doc('station_name', 'DICOM text (SH)',
+             'Station Name (0008,1010).',
+             range_='at most 16 characters'),
+        _doc('institution_name', 'DICOM text (LO)',
+             'Institution Name (0008,0080); empty is allowed.',
+             range_='at most 64 characters'),
+        _doc('transfer_syntax', 'string',
+             'Transfer syntax of stored and sent objects: Explicit VR Little Endian, or a '
+             'lossless compression (RLE, JPEG-LS, JPEG 2000) whose encoder `check-config` finds '
+             'installed (`KNOWN_TRANSFER_SYNTAXES`).'),
+        _doc('patient_orientation', 'list of 2 strings',
+             'DX: Patient Orientation (0020,0020), the row and column directions (e.g. `["L", '
+             '"F"]`), for a device that does not report it with each frame. `[]`: the device '
+             'must report it, or a DX is refused.',
+             range_='2 strings of at most 16 characters, or `[]`'),
+        _doc('anatomic_region', 'list of 3 strings',
+             'Anatomic Region Sequence item (code value, coding scheme, meaning), e.g. '
+             '`["51185008", "SCT", "Chest"]`: the region when neither the order nor the '
+             'technologist names one. `video-photographic` needs a region.',
+             range_='3 strings of at most 64 characters, or `[]`'),
+        _doc('protocol_name', 'DICOM text (LO)',
+             'Protocol Name (0018,1030) written into the images and the MPPS series of a '
+             'procedure whose scheduled step has no description (unscheduled ones). `""`: the '
+             'model name. Both always carry the same value.',
+             range_='at most 64 characters'),
+    ),
+    WorklistSection: (
+        _doc('host', 'host',
+             "Worklist provider's address."),
+        _doc('port', 'port',
+             "Worklist provider's port."),
+        _doc('called_ae', 'AE title',
+             "Worklist provider's AE title.",
+             range_='1..16 characters'),
+        _doc('refresh_s', 'number',
+             'Seconds between worklist queries (each ± 10 % jitter).'),
+        _doc('max_results', 'integer',
+             'More matches than this: the query is cancelled (C-CANCEL) and the list is shown '
+             'as "more than N".'),
+        _doc('days_before, days_after', 'integer',
+             'Scheduled Procedure Step Start Date range around today (0, 0: today only).'),
+        _doc('timeout_s', 'number',
+             'Total deadline for one worklist refresh: connecting, the association, every '
+             'C-FIND response and the release together, not a limit per message (a RIS that '
+             'trickles one response just under a per-message limit could otherwise hold a '
+             'refresh for hours). Past it the refresh is abandoned and the cache is shown, with '
+             'its age.'),
+        _doc('fallback_charsets', 'list of strings',
+             'How to decode an answer that carries no (0008,0005) Specific Character Set, tried '
+             'in order; `[]` refuses non-ASCII text in such answers instead of guessing.',
+             range_='pydicom character set names'),
+        _doc('tls', 'boolean',
+             'Query over DICOM TLS with the `[tls]` identity (required then). Never falls back '
+             'to plaintext.'),
+        _doc('verify_hostname', 'boolean',
+             "With `tls`: the provider's certificate must name `host` (a DNS name, or the IP "
+             'address when `host` is one).'),
+        _doc('filter_station_ae', 'boolean',
+             'The broad query matches Scheduled Station AE Title = `[agent] ae_title`. `false` '
+             'for a RIS that schedules by modality only (it leaves the station empty or names a '
+             'generic one, and a station filter then returns nothing).'),
+        _doc('filter_modality', 'boolean',
+             'The broad query matches Modality = `[modality] modality`.'),
+    ),
+    DestinationSection: (
+        _doc('name', 'string',
+             'Names the archive in logs, the queue and the API.',
+             range_='non-empty; `A-Z a-z 0-9 _ -`; unique among destinations'),
+        _doc('kind', 'string',
+             'How the archive is reached: DICOM C-STORE (`dimse`), or DICOMweb STOW-RS (PS3.18 '
+             '10.5) over HTTP(S) (`stow-rs`).'),
+        _doc('host', 'host',
+             "Archive's address. Not for `stow-rs`.",
+             default='required (dimse)'),
+        _doc('port', 'port',
+             "Archive's DICOM port. Not for `stow-rs`.",
+             default='required (dimse)'),
+        _doc('called_ae', 'AE title',
+             "Archive's AE title. Not for `stow-rs`.",
+             default='required (dimse)', range_='1..16 characters'),
+        _doc('group', 'string',
+             'Archive group: an object goes to one member of each group (the first healthy one, '
+             'in the order of the `[[destinations]]` blocks); an ungrouped destination (`""`) '
+             'gets every object.',
+             range_="`A-Z a-z 0-9 _ -`; not a destination's name"),
+        _doc('url', 'URL',
+             "(`stow-rs`) The DICOMweb service's base URL, e.g. "
+             '`"https://pacs.example/dicom-web"`; instances are posted to `<url>/studies`. '
+             'HTTPS is verified against `[tls] ca_file` when `[tls]` is present, else the '
+             "system's CAs.",
+             default='required (stow-rs)',
+             range_='`http://` or `https://`, no credentials, query or fragment'),
+        _doc('token_file', 'path',
+             '(`stow-rs`) File holding a bearer token (one line), readable by its owner only.',
+             range_='relative to the config file'),
+        _doc('credentials_file', 'path',
+             '(`stow-rs`) File holding HTTP basic credentials `user:password` (one line), '
+             'readable by its owner only.',
+             range_='relative to the config file; not with `token_file`'),
+        _doc('verify', 'boolean',
+             '(`stow-rs`) After the archive stores an instance, confirm it by a QIDO-RS lookup '
+             'before the object counts as committed (the DICOMweb stand-in for Storage '
+             'Commitment). `false`: stored = done.'),
+        _doc('max_request_mb', 'integer',
+             '(`stow-rs`) Several instances go in one request up to this many MB (one larger '
+             'instance goes alone).'),
+        _doc('request_timeout_s', 'number',
+             '(`stow-rs`) The longest one HTTP request may take, connect to response; past it '
+             'the outcome is unknown and the same bytes are sent again.'),
+        _doc('dimse_timeout_s', 'number',
+             'How long to wait for a response or for the next PDU from this archive before '
+             'aborting the association; the object is then resent later, the same bytes under '
+             'the same UID.'),
+        _doc('commitment_report_wait_s', 'number',
+             'For archives that send the commitment report on the same association: keep it '
+             'open this long after the N-ACTION response (it is released as soon as the report '
+             'arrives). Reports on a new association are always accepted; Orthanc uses only '
+             'those.'),
+        _doc('storage_commitment', 'boolean',
+             'Ask the archive for Storage Commitment (N-ACTION) after storing; objects are '
+             'deleted only once committed and `retention_s` has passed. If `false`, an object '
+             'counts as delivered once C-STORE succeeds.'),
+        _doc('commitment_timeout_s', 'number',
+             'Seconds to wait for a commitment report; past this deadline the still-uncommitted '
+             'objects are requested again under a new Transaction UID. At least 10 s, so that '
+             'an archive that commits in batches is not asked again and again; at most a week.'),
+        _doc('max_associations', 'integer',
+             'Parallel associations to this archive, each held by its own sending process '
+             '(about 50 MB resident each, 35 MB of it private). 3 measured best on a 2-core '
+             'machine (`python -m bench send`, which also runs 1, 2 and 4); an archive that '
+             'allows fewer parallel associations per AE title needs less.'),
+        _doc('tls', 'boolean',
+             'C-STORE and Storage Commitment over DICOM TLS with the `[tls]` identity (required '
+             'then). A TLS failure leaves the objects pending, with the reason in `status` '
+             '(certificate expired, unknown CA, host name mismatch, handshake failure...), and '
+             'they are retried with backoff; plaintext is never tried instead.'),
+        _doc('verify_hostname', 'boolean',
+             "With `tls`: the archive's certificate must name `host` (a DNS name, or the IP "
+             'address when `host` is one). Set `false` only for an archive whose certificate '
+             'carries no usable name, and then trust a CA that signs nothing else.'),
+    ),
+    MppsSection: (
+        _doc('host', 'host',
+             "MPPS provider's address."),
+        _doc('port', 'port',
+             "MPPS provider's port."),
+        _doc('called_ae', 'AE title',
+             "MPPS provider's AE title.",
+             range_='1..16 characters'),
+        _doc('tls', 'boolean',
+             'N-CREATE/N-SET over DICOM TLS with the `[tls]` identity (required then).'),
+        _doc('verify_hostname', 'boolean',
+             "With `tls`: the provider's certificate must name `host`."),
+    ),
+    TlsSection: (
+        _doc('certificate', 'path',
+             'Our certificate, PEM; intermediate CA certificates may follow it in the same '
+             'file. It must be valid for both TLS server and client use if the listener uses '
+             'TLS. `status` shows when it expires and warns 30 days before.'),
+        _doc('private_key', 'path',
+             'Its private key, PEM, unencrypted (the agent starts unattended). Refused if group '
+             'or others may read it: `chmod 600`, owned by the service user.'),
+        _doc('ca_file', 'path',
+             'PEM bundle of the CA certificates trusted for every peer (archives, RIS, and the '
+             'archives that send commitment reports to the listener).'),
+        _doc('profile', 'string',
+             'The PS3.15 secure transport connection profile: B.10 Non-Downgrading BCP 195 (the '
+             "default, and DCMTK's), B.9 BCP 195, B.11 Extended BCP 195. All refuse TLS 1.1 and "
+             'older, compression and renegotiation; see below.'),
+    ),
+    AuditSection: (
+        _doc('host', 'host',
+             "The audit record repository's address."),
+        _doc('port', 'port',
+             'Its syslog port: usually 6514 for `tls`, 514 for `udp`.'),
+        _doc('transport', 'string',
+             "`tls`: syslog over TLS (RFC 5425, PS3.15 A.6) with this station's `[tls]` "
+             'identity (required then: `transport = "tls"` without `[tls]` is a config error); '
+             "the repository's certificate is verified against `[tls] ca_file`, and nothing is "
+             'ever sent in plaintext instead. `tcp`: octet-counted syslog over TCP (RFC 6587). '
+             '`udp`: one message per datagram (RFC 5426, PS3.15 A.7); no delivery confirmation.'),
+        _doc('verify_hostname', 'boolean',
+             "With `tls`: the repository's certificate must also name `host`."),
+        _doc('backlog_alert_s', 'number',
+             'When the oldest undelivered audit message is older than this, `status` and the '
+             'console show an error.'),
+        _doc('udp_max_bytes', 'integer',
+             'With `udp`: the largest datagram sent. A larger message is held in the audit '
+             'spool (never cut: cut XML is unreadable) and `status` shows an error until the '
+             'transport is changed to `tls` or `tcp`. RFC 5426 requires receivers to take 480 '
+             'octets and recommends 2048; rsyslog takes 8 KB by default.'),
+        _doc('retry_initial_s', 'number',
+             'Wait after the repository could not be reached; doubled after each further '
+             'failure.'),
+        _doc('retry_max_s', 'number',
+             'The longest wait between attempts.',
+             note=', ≥ `retry_initial_s`'),
+    ),
+    QueueSection: (
+        _doc('retry_initial_s', 'number',
+             'Delay before the first retry after a failed send, in seconds.'),
+        _doc('retry_max_s', 'number',
+             'Retry delays grow up to this many seconds.',
+             note=', and >= `retry_initial_s`'),
+        _doc('retention_s', 'number',
+             'How long delivered (committed) objects stay on disk, in seconds. They hold '
+             "patient data: keep this as short as the site's policy allows.",
+             note=' (a year)'),
+        _doc('min_free_mb', 'number',
+             "Free space (MB) the spool's file system must keep: a capture that would leave "
+             'less is refused with a clear message before any frame is taken, and nothing '
+             'uncommitted is ever deleted to make room.'),
+    ),
+    WatchFolderSection: (
+        _doc('path', 'path',
+             'The folder to watch; relative to the config file. `done/`, `rejected/` and '
+             '`.state/` are made inside it.'),
+        _doc('settle_s', 'number',
+             'A file is taken once its size, mtime and inode have not changed for this long.'),
+        _doc('after_import', 'string',
+             'What happens to a file once it is durably queued.'),
+        _doc('use_close_events', 'boolean',
+             'Also take a file when its writer closes it (and it is unchanged since). Turn off '
+             'for writers that close and reopen per chunk.'),
+        _doc('rescan_s', 'number',
+             'How often the folder is scanned again (a full spool, missed events).'),
+        _doc('retention_s', 'number',
+             'How long files moved to `done/` and `rejected/` are kept before they are deleted. '
+             'They hold patient data. Absent: the same as `[queue] retention_s`.',
+             default='`[queue] retention_s`', note=' (a year)'),
+        _doc('max_file_mb', 'integer',
+             'A dropped file larger than this many MiB is moved to `rejected/` without being '
+             'read, so one huge file cannot exhaust memory or the spool.'),
+    ),
+}

@@ -329,7 +329,7 @@ class Daemon:
         hooks = self._build_audit()
         procedures = self.procedures = Procedures(
             uids=self.uids, mpps=self.mpps, modality=config.modality.modality,
-            protocol_name=f"{config.modality.model_name} default",
+            protocol_name=config.modality.protocol_name or config.modality.model_name,
             state_path=config.agent.spool_dir / "procedures.json",
             on_mpps=None if hooks is None else hooks.mpps,
             # an X-ray procedure's dose report (IHE REM) is queued as it ends, before the MPPS
