@@ -297,30 +297,40 @@ def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_echo(config: AgentConfig, args: argparse.Namespace) -> int:
+    from functools import partial
+
     from agent.net.echo import echo
+    from agent.net.stow import probe_destination
     from agent.net.tls import peer_tls
 
     peers = [(d.name, d.host, d.port, d.called_ae, peer_tls(config, d))
-             for d in config.destinations]
+             for d in config.destinations if d.kind == "dimse"]
     if config.worklist is not None:
         peers.append(("worklist", config.worklist.host, config.worklist.port,
                       config.worklist.called_ae, peer_tls(config, config.worklist)))
     if config.mpps is not None:
         peers.append(("mpps", config.mpps.host, config.mpps.port, config.mpps.called_ae,
                       peer_tls(config, config.mpps)))
+    # a DICOMweb archive has no C-ECHO: a QIDO-RS request with the credentials stands in
+    web = [d for d in config.destinations if d.kind == "stow-rs"]
     if args.destination:
         peers = [p for p in peers if p[0] == args.destination]
-        if not peers:
+        web = [d for d in web if d.name == args.destination]
+        if not peers and not web:
             raise AgentError(f"no configured peer named {args.destination!r}")
     failures = 0
     results = []
-    for name, host, port, called_ae, tls in peers:
-        ok, detail, elapsed_s = echo(config.agent.ae_title, host, port, called_ae, tls=tls)
+    checks = [(d.name, d.url, partial(probe_destination, config, d)) for d in web]
+    checks += [(name, f"{called_ae}@{host}:{port}",
+                partial(echo, config.agent.ae_title, host, port, called_ae, tls=tls))
+               for name, host, port, called_ae, tls in peers]
+    for name, where, check in checks:
+        ok, detail, elapsed_s = check()
         failures += not ok
         results.append({"name": name, "ok": ok, "detail": detail,
                         "ms": round(elapsed_s * 1000, 1)})
         if not args.json:
-            _out(f"{name} ({called_ae}@{host}:{port}): "
+            _out(f"{name} ({where}): "
                  f"{'OK' if ok else 'FAILED'} {detail} {elapsed_s * 1000:.1f} ms")
     if args.json:
         _out(json.dumps({"peers": results}))

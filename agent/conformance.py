@@ -165,6 +165,12 @@ class SopClassRole:
     when: str
 
 
+def _dimse(config: AgentConfig) -> list[DestinationSection]:
+    """The DIMSE destinations: a stow-rs one has no association, AE title or contexts
+    (it is described under DICOMweb)."""
+    return [d for d in config.destinations if d.kind == "dimse"]
+
+
 def sop_class_roles(config: AgentConfig) -> tuple[SopClassRole, ...]:
     """Every SOP class the agent uses with this config, as SCU or SCP."""
     rows: list[SopClassRole] = []
@@ -197,7 +203,7 @@ def proposed_by_activity(config: AgentConfig) -> tuple[tuple[str, str, str, str]
     """(activity, abstract syntax, transfer syntax, role) of every context the agent proposes
     with this config, one row per transfer syntax."""
     rows: list[tuple[str, str, str, str]] = []
-    for destination in config.destinations:
+    for destination in _dimse(config):
         for abstract, syntaxes in storage_contexts(config, destination):
             for syntax in syntaxes:
                 rows.append((f"send to {destination.name}", abstract, syntax, "SCU"))
@@ -484,7 +490,7 @@ def _implementation_model(config: AgentConfig) -> list[Section]:
         f"One Application Entity, `{ae}`, in one daemon process (`modality-agent run`):",
         "- Acquisition: the device's frames become objects of the configured IOD, written to "
         "a durable queue (spool) before anything is sent.",
-        f"- Sending: {sum(d.max_associations for d in config.destinations)} sending "
+        f"- Sending: {sum(d.max_associations for d in _dimse(config))} sending "
         "process(es) (`max_associations` per destination), each with one association at a "
         "time: C-STORE of queued objects, then a Storage Commitment request (N-ACTION) on "
         "the same association when the destination asks for commitment.",
@@ -497,6 +503,12 @@ def _implementation_model(config: AgentConfig) -> list[Section]:
     if config.mpps is not None:
         flow.append(f"- MPPS SCU: N-CREATE (IN PROGRESS) at the first frame, N-SET "
                     f"(COMPLETED or DISCONTINUED) to {config.mpps.called_ae}.")
+    web = [d for d in config.destinations if d.kind == "stow-rs"]
+    if web:
+        flow.append("- DICOMweb (not DIMSE): STOW-RS (PS3.18 10.5) of the same queued objects, "
+                    "unchanged, to " + ", ".join(f"`{d.name}` ({d.url})" for d in web)
+                    + "; a destination with `verify = true` counts an object committed only "
+                    "once a QIDO-RS lookup finds it (docs/stow-rs.md).")
     flow.append("- Verification SCU: `modality-agent echo` and `selftest` C-ECHO each "
                 "configured peer.")
     sequencing = (
@@ -547,7 +559,7 @@ def _ae_specification(config: AgentConfig) -> list[Section]:
                 ("Largest PDU read from any peer", f"{MAX_PDU_READ_BYTES} bytes"),
                 *((f"Associations to {d.name} ({d.called_ae})",
                    f"at most {d.max_associations} at once (max_associations)")
-                  for d in config.destinations),
+                  for d in _dimse(config)),
                 *((("Associations to the worklist SCP", "1 per query"),)
                   if config.worklist is not None else ()),
                 *((("Associations to the MPPS SCP", "1 at a time"),)
@@ -565,7 +577,7 @@ def _ae_specification(config: AgentConfig) -> list[Section]:
                 ("ACSE timeout (associations we open)", f"{ACSE_TIMEOUT_S:g} s"),
                 ("ACSE timeout (listener)", f"{LISTENER_ACSE_TIMEOUT_S:g} s"),
                 *((f"DIMSE timeout to {d.name}", f"{d.dimse_timeout_s:g} s (dimse_timeout_s)")
-                  for d in config.destinations),
+                  for d in _dimse(config)),
                 *(((("Worklist query deadline", f"{config.worklist.timeout_s:g} s in all "
                      "(timeout_s)"),)) if config.worklist is not None else ()),
                 ("Network (idle) timeout", f"{NETWORK_TIMEOUT_S:g} s"),
@@ -582,7 +594,7 @@ def _ae_specification(config: AgentConfig) -> list[Section]:
     sections.append(Section("4.2.1.3", "Association acceptance policy", (
         "The listener accepts associations only from the addresses of the configured "
         "destinations, calling one of their AE titles ("
-        + ", ".join(sorted({d.called_ae for d in config.destinations})) + f") and calling "
+        + ", ".join(sorted({d.called_ae for d in _dimse(config)})) + f") and calling "
         f"`{ae_title}`; any other association is rejected. A Storage Commitment report is "
         "answered 0x0000 only after it is durably recorded. Default SCU/SCP roles are "
         "accepted (archives such as Orthanc propose the SCP role for the report association).",
@@ -605,7 +617,7 @@ def _initiation(config: AgentConfig) -> Section:
                      f"{_uid_name(o.transfer_syntax_uid)} {o.transfer_syntax_uid}", o.when)
                     for o in stored_objects(config))),
     ]
-    for destination in config.destinations:
+    for destination in _dimse(config):
         blocks.append(f"Proposed presentation contexts, destination `{destination.name}` "
                       f"({destination.called_ae} at {destination.host}:{destination.port}"
                       f"{', DICOM TLS' if destination.tls else ''}):")
@@ -637,13 +649,16 @@ def _network_interfaces(config: AgentConfig) -> Section:
     rows = [("Listener (DICOM, inbound)", f"{config.listener.host}:{config.listener.port}",
              "DICOM TLS only" if config.listener.tls else "plain TCP")]
     rows += [(f"Destination {d.name} (DICOM)", f"{d.host}:{d.port}",
-              "DICOM TLS" if d.tls else "plain TCP") for d in config.destinations]
+              "DICOM TLS" if d.tls else "plain TCP") for d in _dimse(config)]
     if config.worklist is not None:
         rows.append(("Worklist (DICOM)", f"{config.worklist.host}:{config.worklist.port}",
                      "DICOM TLS" if config.worklist.tls else "plain TCP"))
     if config.mpps is not None:
         rows.append(("MPPS (DICOM)", f"{config.mpps.host}:{config.mpps.port}",
                      "DICOM TLS" if config.mpps.tls else "plain TCP"))
+    rows += [(f"Destination {d.name} (DICOMweb STOW-RS)", d.url,
+              "HTTPS" if d.url.startswith("https:") else "HTTP")
+             for d in config.destinations if d.kind == "stow-rs"]
     rows.append(("HTTP API and console (not DICOM)", f"{config.api.host}:{config.api.port}",
                  "HTTP, bearer token"))
     return Section("4.3", "Network interfaces", (
@@ -658,7 +673,7 @@ def _configuration(config: AgentConfig) -> Section:
     titles = [("Local", config.agent.ae_title, f"{config.listener.host}:{config.listener.port}",
                "this station (listener)")]
     titles += [("Remote", d.called_ae, f"{d.host}:{d.port}", f"archive `{d.name}`")
-               for d in config.destinations]
+               for d in _dimse(config)]
     if config.worklist is not None:
         titles.append(("Remote", config.worklist.called_ae,
                        f"{config.worklist.host}:{config.worklist.port}", "worklist SCP"))
@@ -725,7 +740,7 @@ def _character_sets(config: AgentConfig) -> Section:
 
 def _security(config: AgentConfig) -> Section:
     paths = [("listener", config.listener.tls)]
-    paths += [(f"destination {d.name}", d.tls) for d in config.destinations]
+    paths += [(f"destination {d.name}", d.tls) for d in _dimse(config)]
     if config.worklist is not None:
         paths.append(("worklist", config.worklist.tls))
     if config.mpps is not None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -205,7 +206,7 @@ class TransferAudit:
         self._trail = trail
         self._alert = alert
         self._queue = queue
-        self._peers = {d.name: AuditPeer(d.host, d.called_ae, d.port) for d in destinations}
+        self._peers = {d.name: _peer(d) for d in destinations}
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._studies: OrderedDict[str, StudyRef] = OrderedDict()   # SOP Instance UID -> study
@@ -337,6 +338,11 @@ class TransferAudit:
 
 
 def _peer(destination: DestinationSection) -> AuditPeer:
+    if destination.kind == "stow-rs":
+        # a DICOMweb archive: the URL's host and port, no AE title
+        url = urlsplit(destination.url)
+        return AuditPeer(url.hostname or destination.url, "",
+                         url.port or (443 if url.scheme == "https" else 80))
     return AuditPeer(destination.host, destination.called_ae, destination.port)
 
 

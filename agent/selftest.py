@@ -65,7 +65,7 @@ def _timed(name: str, run: Callable[[], tuple[bool, str]]) -> Check:
 def echo_checks(config: AgentConfig) -> list[Check]:
     """C-ECHO to each configured peer; with `tls = true` the echo goes over TLS."""
     peers = [(f"destination {d.name}", d.host, d.port, d.called_ae, peer_tls(config, d))
-             for d in config.destinations]
+             for d in config.destinations if d.kind == "dimse"]
     if config.worklist is not None:
         peers.append(("worklist", config.worklist.host, config.worklist.port,
                       config.worklist.called_ae, peer_tls(config, config.worklist)))
@@ -73,6 +73,14 @@ def echo_checks(config: AgentConfig) -> list[Check]:
         peers.append(("mpps", config.mpps.host, config.mpps.port, config.mpps.called_ae,
                       peer_tls(config, config.mpps)))
     checks = []
+    for d in config.destinations:
+        if d.kind == "stow-rs":
+            # a DICOMweb archive has no C-ECHO: a QIDO-RS request with the credentials
+            from agent.net.stow import probe_destination
+
+            ok, detail, elapsed_s = probe_destination(config, d)
+            checks.append(Check(f"destination {d.name} echo", ok,
+                                f"GET {d.url}/studies?limit=1: {detail}", elapsed_s * 1000))
     for name, host, port, called_ae, tls in peers:
         how = f"C-ECHO {called_ae}@{host}:{port}{' over TLS' if tls else ''}"
         ok, detail, elapsed_s = echo(config.agent.ae_title, host, port, called_ae, tls=tls)

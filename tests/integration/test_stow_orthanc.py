@@ -114,6 +114,10 @@ def test_an_object_reaches_a_dicomweb_only_archive_and_is_committed_by_qido(
     # the spooled Part 10 file as it is: no re-encode on the way
     assert orthanc.instance_file(orthanc_id) == spool_bytes(agent, uid)
     assert "verified at web by QIDO-RS: 1 committed" in agent.log()
+    # echo: a DICOMweb archive has no C-ECHO; a QIDO-RS request stands in
+    echo = agent.cli("echo")
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    assert f"web ({orthanc.rest_url}/dicom-web): OK QIDO-RS HTTP 200" in echo.stdout
 
 
 def test_outage_and_return_with_no_command(tmp_path: Path,
@@ -175,6 +179,9 @@ def test_a_wrong_token_is_a_clear_error_and_the_object_waits(
         assert row["state"] in ("pending", "sending")       # kept, never failed
         assert f"check token_file {token}" in row["last_error"]
         assert server.find_instance(uid) is None
+        echo = agent.cli("echo")
+        assert echo.returncode != 0 and "FAILED HTTP 403 Forbidden: check token_file" \
+            in echo.stdout
         # the file fixed, no restart: delivered
         token.write_text("right-Token.1\n")
         wait_until(lambda: agent.queue_rows()[0]["state"] == "committed", 15,
