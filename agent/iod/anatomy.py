@@ -254,3 +254,12 @@ def decide(order: Order, choice: AnatomyChoice, *, default_region: Code | None,
                        "exposure: give the body part and side (console), or --body-part and "
                        "--laterality R|L|B|U (CLI)") from err
     return Anatomy(region, laterality, region_source, side_source or "region")
+
+
+def regions_markdown() -> str:
+    """The regions an order or the technologist may name (docs/worklist.md), from REGIONS."""
+    head = "| Body part (`--body-part`) | SNOMED CT | Meaning | Paired | Words in an order |\n"
+    return head + "|---|---|---|---|---|\n" + "".join(
+            f"| `{r.body_part}` | {r.code.value} | {r.code.meaning} | "
+            f"{'yes: R, L or B' if r.paired else 'no: U'} | "
+            f"{', '.join(w for w in r.words)} |\n" for r in REGIONS)

@@ -343,3 +343,12 @@ def modules_markdown() -> str:
             + "".join(f"| {row.ie} | {MODULES[row.key].title} | {MODULES[row.key].clause} "
                       f"| {row.usage.value} | {_written_text(row)} |\n" for row in spec.modules))
     return "\n".join(parts)
+
+
+def iod_list_markdown() -> str:
+    """The IODs `[modality] iod` may name, one row each (docs/worklist.md: every one of them
+    carries the worklist item), from IODS."""
+    return "| `[modality] iod` | IOD (PS3.3) | SOP Class UID | Frames |\n|---|---|---|---|\n" + \
+        "".join(f"| `{spec.name}` | {spec.title} ({spec.clause}) | {spec.sop_class_uid} | "
+                f"{spec.min_frames if spec.min_frames == spec.max_frames else '1 or more'} |\n"
+                for spec in IODS.values())
