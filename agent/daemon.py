@@ -36,6 +36,7 @@ from agent.procedures import Procedure, Procedures
 from agent.queue import QueueStore
 from agent.queue.spool import observe_fsync, write_durably
 from agent.queue.store import read_counts
+from agent.routing import archive_groups
 from agent.sdnotify import NotifyError, notify, watchdog_interval_s
 from agent.service_watchdog import ServiceWatchdog
 from agent.spool_location import check_spool_location
@@ -253,6 +254,7 @@ class Daemon:
         self.fsync_histogram = LatencyHistogram()
         observe_fsync(self.fsync_histogram)
         self.queue = QueueStore(config.agent.spool_dir, [d.name for d in config.destinations],
+                                groups=archive_groups(config.destinations),
                                 min_free_bytes=int(config.queue.min_free_mb * 2**20))
         # the audit trail opens its spool once the spool is locked (_build_after_lock); the
         # parts built before report to it through these methods
@@ -296,7 +298,7 @@ class Daemon:
                 # one association per worker: associations are not thread-safe
                 for i in range(d.max_associations)
             ]
-        self.forwarder = Forwarder(workers)
+        self.forwarder = Forwarder(workers, queue=self.queue)
         self.acquisition = Acquisition(
             driver_name=config.device.driver, driver_options=dict(config.device.options),
             device=device_info(config.modality, f"modality-agent {__version__}"),

@@ -32,6 +32,8 @@ class Destination:
     #: DICOM TLS to this destination (needs `tls` in write_config); None: the key is left out
     tls: bool | None = None
     verify_hostname: bool | None = None
+    #: archive group (issue 19); "" leaves the key out
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ def write_config(
             lines.append(f"tls = {_bool(d.tls)}")
         if d.verify_hostname is not None:
             lines.append(f"verify_hostname = {_bool(d.verify_hostname)}")
+        if d.group:
+            lines.append(f'group = "{d.group}"')
     path.write_text("\n".join(lines) + "\n" + extra_toml)
     return path
 
