@@ -39,7 +39,12 @@ from pydicom import Dataset
 from agent import __version__
 from agent.config import AgentConfig, DestinationSection
 from agent.errors import AgentError, DicomWebCredentialsError, DicomWebError
-from agent.net.status import StoreResult, StoreVerdict, classify_store_status
+from agent.net.status import (
+    PROCESSING_FAILURE,
+    StoreResult,
+    StoreVerdict,
+    classify_store_status,
+)
 from agent.net.tls import PeerTls, client_context, tls_identity
 
 logger = logging.getLogger(__name__)
@@ -262,7 +267,8 @@ def _sequences(body: Dataset | None) -> tuple[dict[str, str], dict[str, int]] | 
     for item in body.get(_FAILED) or []:
         uid = str(item.get("ReferencedSOPInstanceUID", "") or "")
         reason = item.get("FailureReason")
-        failed[uid] = 0x0110 if reason is None else int(reason)    # absent: processing failure
+        # absent: processing failure
+        failed[uid] = PROCESSING_FAILURE if reason is None else int(reason)
     return referenced, failed
 
 
