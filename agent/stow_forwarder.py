@@ -95,6 +95,8 @@ class StowWorker:
         self._max_bytes = destination.max_request_mb * 2**20
         self._client = client if client is not None else DicomWebClient(destination, tls=tls)
         self._claimed: list[int] = []
+        # delivery id -> times in a row it was answered "stored" but not found (verify)
+        self._misses: dict[int, int] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -313,12 +315,14 @@ class StowWorker:
         reason = f"{dest.name}: {outcome.summary}"
         if outcome.problem is RequestProblem.AUTH:
             reason += f": {credential_hint(dest)}; objects kept pending"
+        elif outcome.problem is RequestProblem.CONFIG:
+            reason += ": check url (the archive's DICOMweb root); objects kept pending"
         delay = (self._unreachable(reason) if outcome.problem in _DOWN and not stored
                  else self._next_backoff(reason))
         when = time.time() + delay
         for delivery, result in later:
             text = f"{dest.name}: {result.text}"
-            if outcome.problem is RequestProblem.AUTH:
+            if outcome.problem in (RequestProblem.AUTH, RequestProblem.CONFIG):
                 text = reason
             if result.verdict is StoreVerdict.RETRY:
                 self._queue.mark_retry([delivery.delivery_id], text, when,
@@ -384,6 +388,41 @@ class StowWorker:
         logger.info("verified at %s by QIDO-RS: %d committed, %d to resend, %d failed "
                     "(transaction %s)", dest.name, outcome.committed, outcome.resend,
                     outcome.failed, transaction_uid)
+        self._missed_again(deliveries, [
+            d for d in deliveries
+            if (d.sop_class_uid, d.sop_instance_uid, FAILURE_NO_SUCH_OBJECT) in missing])
+
+    def _missed_again(self, verified: Sequence[Delivery], missed: Sequence[Delivery]) -> None:
+        """Instances the archive said it stored but QIDO-RS does not find are resent, not at
+        once (the report path makes them due now) but after a backoff, and failed after
+        MAX_UNKNOWN_OUTCOMES misses in a row: an archive that answers "stored" and drops the
+        object (Orthanc 1.10 with the DICOMweb plugin does so for an instance its Lua filter
+        refuses) would otherwise get it again and again in a hot loop."""
+        for delivery in verified:
+            if delivery not in missed:
+                self._misses.pop(delivery.delivery_id, None)      # found: the count ends
+        if not missed:
+            return
+        dest = self.destination
+        delay = self._next_backoff(f"{dest.name}: stored instance(s) not found by QIDO-RS; "
+                                   "sending them again")
+        for delivery in missed:
+            count = self._misses.get(delivery.delivery_id, 0) + 1
+            self._misses[delivery.delivery_id] = count
+            if count < MAX_UNKNOWN_OUTCOMES:
+                continue
+            del self._misses[delivery.delivery_id]
+            self.health.count(failed_total=1)
+            self._queue.mark_failed(
+                delivery.delivery_id,
+                f"{dest.name} answered stored {count} times but QIDO-RS never found "
+                "the instance: is the archive dropping it (a filter, a rule)? kept for "
+                "`queue retry`")
+            logger.error("queue item %d: %s said stored %d times, QIDO-RS never found %s; "
+                         "failed", delivery.queue_id, dest.name, count,
+                         delivery.sop_instance_uid)
+        again = [d.delivery_id for d in missed if d.delivery_id in self._misses]
+        self._queue.postpone(again, time.time() + delay)
 
 
 def _refused_with_request(result: StoreResult) -> bool:

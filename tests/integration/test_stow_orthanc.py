@@ -215,7 +215,7 @@ def store(tmp_path: Path) -> Iterator[QueueStore]:
         queue.close()
 
 
-def queue_images(store: QueueStore, count: int) -> list[str]:
+def queue_images(store: QueueStore, count: int, order: Order = ORDER) -> list[str]:
     uids = UIDSource()
     series = SeriesContext(study_instance_uid=uids.new_uid(), series_instance_uid=uids.new_uid(),
                            study_id="1", series_number=1, study_datetime="20240301093000.000000",
@@ -226,7 +226,7 @@ def queue_images(store: QueueStore, count: int) -> list[str]:
                       photometric_interpretation="MONOCHROME2", t_mono=float(index),
                       t_wall=1_709_285_400.0 + index, sequence_number=index)
         sop_uid = uids.new_uid()
-        ds = build_image("secondary-capture", [frame], order=ORDER, device=DEVICE, series=series,
+        ds = build_image("secondary-capture", [frame], order=order, device=DEVICE, series=series,
                          instance_number=index + 1, sop_instance_uid=sop_uid)
         store.enqueue(encode_part10(ds), sop_instance_uid=sop_uid,
                       sop_class_uid=str(ds.SOPClassUID),
@@ -375,3 +375,34 @@ def test_failed_sop_sequence_reasons_fail_or_retry_each_instance(store: QueueSto
     assert result[uids[0]][0] is S.SENT                   # stored; without verify: done
     assert result[uids[1]][0] is S.FAILED and "0xC000" in result[uids[1]][1]
     assert result[uids[2]][0] is S.PENDING and "0xA700" in result[uids[2]][1]
+
+
+#: an archive rule that drops some objects: Orthanc 1.10 with DICOMweb 1.7 still answers them in
+#: Referenced SOP Sequence (HTTP 200) without storing them
+DROP_FILTER = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  return dicom.PatientID ~= 'DROPPED-1'
+end
+"""
+
+
+def test_verify_catches_an_archive_that_says_stored_and_drops_the_object(
+        tmp_path: Path, store: QueueStore) -> None:
+    (tmp_path / "orthanc").mkdir()
+    lua = tmp_path / "orthanc" / "drop.lua"
+    lua.write_text(DROP_FILTER)
+    server = start_web_orthanc(tmp_path / "orthanc", extra_config={"LuaScripts": [str(lua)]})
+    [kept] = queue_images(store, 1)
+    [dropped] = queue_images(store, 1, Order(patient_name="Dropped^Test",
+                                             patient_id="DROPPED-1"))
+    stow = worker(store, f"{server.rest_url}/dicom-web")
+    try:
+        run_until(stow, lambda: states(store)[dropped][0] is S.FAILED,
+                  "the dropped object to fail after repeated misses")
+    finally:
+        stow.stop()
+        server.stop()
+    result = states(store)
+    assert result[kept][0] is S.COMMITTED
+    assert "QIDO-RS never found" in result[dropped][1]
+    assert [d.attempts for d in store.deliveries() if d.sop_instance_uid == dropped] == [5]

@@ -5,6 +5,7 @@ pending, and verify = true through the commitment path."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,22 @@ def test_a_failed_lookup_leaves_the_object_stored_and_looks_again(store: QueueSt
     worker.stop()
     assert rows(store)[uid][0] is S.COMMITTED
     assert len(archive.requests) == 1            # looked up again, not sent again
+
+
+def test_stored_but_never_found_is_resent_with_backoff_then_failed(store: QueueStore) -> None:
+    # Orthanc 1.10 + DICOMweb 1.7 answers "stored" for an instance its Lua filter dropped
+    [uid] = enqueue(store, 1)
+    archive = Archive(lambda _r, sent: stored_answer(sent), qido_answer({}))
+    worker = make_worker(store, archive, verify=True)
+    worker.run_once()
+    [row] = store.deliveries()
+    assert row.state is S.PENDING and "0x0112" in row.last_error
+    assert row.next_attempt_at > time.time()          # not resent at once, in a hot loop
+    for _ in range(10):
+        store.postpone([d.delivery_id for d in store.deliveries()], 0)
+        worker.run_once()
+    worker.stop()
+    state, error = rows(store)[uid]
+    assert state is S.FAILED
+    assert "stored" in error and "QIDO-RS" in error and "5 times" in error
+    assert len(archive.requests) == 5
