@@ -18,9 +18,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import PROFILE, SCALE, Workspace, say
+from bench.common import PROFILE, SCALE, TRACEMALLOC, Workspace, say
 
-SCENARIOS = ("send", "restart", "capture", "build", "e2e", "soak")
+SCENARIOS = ("send", "restart", "capture", "build", "e2e", "soak", "footprint")
 ALIASES = {"end-to-end": "e2e", "endtoend": "e2e"}
 
 
@@ -44,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample every agent process and Python sender with py-spy "
                         "(raw collapsed stacks, --idle --threads) into DIR; slows them down")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="soak: the daemon and its sending processes trace allocations; "
+                        "report what grew between the first and last idle checkpoint "
+                        "(slows them down: its RSS figures are not the agent's)")
     args = parser.parse_args(argv)
+    TRACEMALLOC["on"] = args.tracemalloc
     if args.tiny:
         SCALE["tiny"] = True
         args.quick = True

@@ -47,6 +47,10 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 
 #: set by `--profile DIR`: agent processes and Python senders are sampled by py-spy into DIR
 PROFILE: dict[str, Path | None] = {"dir": None}
+#: set by `--tracemalloc`: the daemon of `soak` and its children trace their allocations and
+#: dump snapshots on request (bench/tracemalloc_hook), compared by the soak
+TRACEMALLOC: dict[str, bool] = {"on": False}
+TRACEMALLOC_HOOK = Path(__file__).resolve().parent / "tracemalloc_hook"
 #: --tiny: every scenario at a size that only proves the bench code still works (the test suite
 #: runs it); its figures mean nothing
 SCALE: dict[str, bool] = {"tiny": False}
@@ -61,8 +65,9 @@ def profile_prefix(name: str) -> list[str]:
     folder = PROFILE["dir"]
     if folder is None:
         return []
-    return [str(PY_SPY), "record", "--idle", "--threads", "--format", "raw", "-r", "100",
-            "-o", str(_profile_path(folder, name)), "--"]
+    # --subprocesses: the agent's sending processes are sampled too
+    return [str(PY_SPY), "record", "--idle", "--threads", "--subprocesses", "--format", "raw",
+            "-r", "100", "-o", str(_profile_path(folder, name)), "--"]
 
 
 def _profile_path(folder: Path, name: str) -> Path:
@@ -169,9 +174,46 @@ def child_pids(pid: int) -> list[int]:
     return sorted(set(children))
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children...), from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in child_pids(todo.pop()):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size (shared pages divided among the processes mapping them), from
+    /proc/PID/smaps_rollup: summed over processes it does not count shared pages twice."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def process_label(pid: int) -> str:
+    """A short name for a process of the agent: "daemon", "sending process"... from its
+    command line."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(a.decode(errors="replace") for a in args if a)
+    if "store_process" in text:
+        return "sending process"
+    if "-m agent" in text or " agent " in text:
+        return "daemon"
+    return Path(args[0].decode(errors="replace")).name if args and args[0] else "?"
+
+
 def children_rss_bytes(pid: int) -> int:
+    """RSS of every process below `pid` (the daemon's sending processes), summed."""
     total = 0
-    for child in child_pids(pid):
+    for child in descendants(pid):
         try:
             total += rss_bytes(child)
         except OSError:
@@ -561,11 +603,18 @@ class AgentDaemon:
         assert self.process is not None
         return self.process.pid
 
-    def start(self, *, wait_api: bool = True, timeout_s: float = 60) -> None:
+    def start(self, *, wait_api: bool = True, timeout_s: float = 60,
+              tracemalloc_dir: Path | None = None) -> None:
+        """`tracemalloc_dir`: the daemon and its children trace allocations and dump
+        snapshots there on request (bench/tracemalloc_hook; slows them down)."""
         self.started_at = time.time()
+        env = python_env()
+        if tracemalloc_dir is not None:
+            env["PYTHONPATH"] = f"{TRACEMALLOC_HOOK}{os.pathsep}{env['PYTHONPATH']}"
+            env["BENCH_TRACEMALLOC_DIR"] = str(tracemalloc_dir)
         self.process = self.ws.popen(
             [sys.executable, "-m", "agent", "--config", str(self.config_path), "run"],
-            log=self.log_path, env=python_env(), cwd=REPO,
+            log=self.log_path, env=env, cwd=REPO,
         )
         folder = PROFILE["dir"]
         if folder is not None:
@@ -573,7 +622,8 @@ class AgentDaemon:
             name = self.config_path.parent.name
             self.profiler = self.ws.popen(
                 [str(PY_SPY), "record", "--pid", str(self.process.pid), "--idle", "--threads",
-                 "--format", "raw", "-r", "100", "-o", str(_profile_path(folder, name))],
+                 "--subprocesses", "--format", "raw", "-r", "100",
+                 "-o", str(_profile_path(folder, name))],
                 log=self.ws.root / f"py-spy-{name}.log")
         if wait_api:
             self.wait_api(timeout_s)

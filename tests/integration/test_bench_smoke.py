@@ -19,18 +19,61 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@pytest.fixture
+def bench_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench` is not an installed package: it runs from the repository root."""
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+@pytest.mark.usefixtures("bench_on_path")
+def test_a_stall_in_a_run_is_counted() -> None:
+    from bench.send import STALL_S, count_stalls, latency_ms
+
+    # synthetic round trips: one run of normal sends, one with a 63 s stall (a lost response
+    # waiting out the DIMSE timeout) and one just over the limit
+    assert count_stalls([0.01, 0.02, 0.5, STALL_S]) == 0
+    assert count_stalls([0.01, 63.0, 0.02]) == 1
+    assert count_stalls([STALL_S + 0.001, 0.01, 63.0]) == 2
+    assert count_stalls([]) == 0
+    stats = latency_ms([0.01] * 98 + [0.02, 63.0])
+    assert stats == {"p50": 10.0, "p99": 20.0, "max": 63000.0}
+    assert latency_ms([]) is None
+
+
+@pytest.mark.usefixtures("bench_on_path")
+def test_rss_slope_is_least_squares() -> None:
+    from bench.soak import least_squares_slope
+
+    assert least_squares_slope([0, 1000, 2000, 3000], [100.0, 100.5, 101.0, 101.5]) == \
+        pytest.approx(0.0005)
+    assert least_squares_slope([1000, 1000], [1.0, 2.0]) is None
+
+
 def test_every_scenario_runs_at_tiny_size() -> None:
     result = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--json"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
-    for scenario in ("send", "restart", "capture", "build", "e2e", "soak"):
+    for scenario in ("send", "restart", "capture", "build", "e2e", "soak", "footprint"):
         assert scenario in report, scenario
         assert not report[scenario].get("error"), (scenario, report[scenario]["error"])
     send = report["send"]
     assert isinstance(send["ratio_vs_storescu"], float) and send["ratio_vs_storescu"] > 0
     senders = {row["tool"] for row in send["rows"]}
     assert any("storescu" in s for s in senders) and any("agent" in s for s in senders)
+    assert "storescu-parallel" in senders
+    # issue 18: the fair baseline, stalls, per-object latency, CPU, footprint, RSS slope
+    assert is_number(send["ratio_vs_storescu_parallel"]) and send["ratio_vs_storescu_parallel"] > 0
+    assert isinstance(send["parallel_n"], int) and send["parallel_n"] >= 1
+    assert isinstance(send["stalls"], int) and send["stalls"] >= 0
+    assert all(is_number(send["latency_ms"][k]) for k in ("p50", "p99", "max"))
+    assert is_number(send["cpu_per_object_vs_storescu"])
+    assert is_number(report["footprint"]["idle_pss_mb"]) and report["footprint"]["idle_pss_mb"] > 0
+    assert is_number(report["soak"]["rss_slope_mb_per_1000"])
     assert report["capture"]["frames"] > 0 and report["capture"]["dropped"] >= 0
     assert report["restart"]["queued"] > 1 and report["restart"]["seconds_to_first_store"] > 0
