@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from agent import config
 from agent.config import REFERENCE, KeyDoc, checks_by_key, format_default
@@ -301,7 +303,7 @@ def _default(cls: type, doc: KeyDoc) -> str:
     return "required"
 
 
-def _range(cls: type, doc: KeyDoc, checks: dict[tuple[type, str], object]) -> str:
+def _range(cls: type, doc: KeyDoc, checks: Mapping[tuple[type, str], Any]) -> str:
     if doc.range is not None:
         return doc.range
     check = checks.get((cls, doc.keys[0]))

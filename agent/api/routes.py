@@ -28,7 +28,7 @@ from agent.api.console.thumbnail import DEFAULT_MAX_SIDE, thumbnail_png
 from agent.api.security import SecurityMiddleware, SecurityPolicy
 from agent.audit import AuditUnavailable
 from agent.errors import AcquisitionError, AgentError, UnknownQueueItemError
-from agent.iod.anatomy import REGIONS
+from agent.iod.anatomy import REGIONS, AnatomyChoice
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.mpps import DISCONTINUATION_REASONS
 from agent.procedures import EndStatus, ProcedureError
@@ -36,7 +36,6 @@ from agent.records import Order
 from agent.station import (
     MAX_RECENT,
     AcquireRequest,
-    AnatomyChoice,
     EndRequest,
     ExposureNotConfirmed,
     ImportRequest,
