@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 from support.agent_process import AGENT_AE
-from support.peers import free_port, wait_until
+from support.peers import free_port, run_dciodvfy, wait_until
 
 from agent.config import DestinationSection, QueueSection
 from agent.demo.orthanc import OrthancServer, RegisteredModality
 from agent.forwarder import DestinationWorker
 from agent.iod import UIDSource, build_image, encode_part10
+from agent.iod.anatomy import BY_BODY_PART
 from agent.iod.kos import KOS_SOP_CLASS
 from agent.listener import CommitmentReportHandler, Listener
 from agent.queue import QueueStore
@@ -35,6 +36,8 @@ DEVICE = DeviceInfo(modality="DX", manufacturer="Example Medical", model_name="E
                     institution_name="Klinikum", software_versions="fw 2.1")
 ORDER = Order(patient_name="Iocm^Test", patient_id="IOCM-1", patient_birth_date="19700101",
               patient_sex="O")
+#: a DX states its region and side (issue 16 item 3): a right hand
+HAND = BY_BODY_PART["HAND"].code
 
 
 @pytest.fixture
@@ -62,7 +65,8 @@ def queue_images(store: QueueStore, count: int) -> list[str]:
         sop_uid = uids.new_uid()
         ds = build_image("dx", [frame], order=ORDER, device=DEVICE, series=series,
                          instance_number=index + 1, sop_instance_uid=sop_uid, tz=UTC,
-                         patient_orientation=("P", "F"))
+                         patient_orientation=("P", "F"), anatomic_region=HAND,
+                         image_laterality="R")
         store.enqueue(encode_part10(ds), sop_instance_uid=sop_uid,
                       sop_class_uid=str(ds.SOPClassUID), transfer_syntax_uid=EXPLICIT)
         made.append(sop_uid)
@@ -120,7 +124,7 @@ def delivery_times(db: Path, sop_instance_uid: str) -> tuple[float | None, float
 
 
 def test_rejected_after_sending_the_note_follows_the_commitment(
-        store: QueueStore, orthanc: OrthancServer) -> None:
+        store: QueueStore, orthanc: OrthancServer, tmp_path: Path) -> None:
     listener_port = free_port(exclude={orthanc.dicom_port, orthanc.http_port})
     orthanc.register_modality(RegisteredModality("agent", AGENT_AE, "127.0.0.1", listener_port))
     # a short commitment deadline: the first report cannot reach us (listener down), so the
@@ -172,6 +176,11 @@ def test_rejected_after_sending_the_note_follows_the_commitment(
         "ReferencedSOPInstanceUID"] == image
     assert orthanc.find_instance(image) is not None
     assert len(orthanc.instances()) == 2
+    # both objects as Orthanc holds them pass dciodvfy (issue 16 done-when)
+    for uid in (image, note.sop_instance_uid):
+        path = tmp_path / f"{uid}.dcm"
+        path.write_bytes(orthanc.instance_file(orthanc.find_instance(uid) or ""))
+        assert run_dciodvfy(path) == [], uid
 
 
 def test_a_two_destination_rejection_splits_its_rows(tmp_path: Path,
