@@ -16,8 +16,9 @@ holds one object under two routes.
 A down member is probed every `PROBE_INTERVAL_S` by a plain TCP connect to its address (the
 one check common to every kind; its workers may have nothing left to send there). When it
 answers, or when its workers succeed with a pinned row, it is up again: its failure record is
-cleared, its pinned rows become due at once, and new objects go to it again if it comes first
-in the group. Rows moved away stay where they went.
+cleared, its pinned rows become due at once, the commitment requests it left unanswered are
+asked again, and new objects go to it again if it comes first in the group. Rows moved away
+stay where they went.
 
 What this does not do: spread one agent's objects over several members (the order of the
 group does that across agents, docs/scale.md), or move a row whose outcome is unknown to
@@ -27,6 +28,7 @@ another member when the first never comes back (a person decides that; `queue re
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -72,6 +74,9 @@ class RoutingQueue(Protocol):
     def reassign(self, from_member: str, to_member: str, group: str) -> int: ...
 
     def make_due(self, destination: str) -> int: ...
+
+    def expire_transactions(self, destination: str, *, now: float | None = None
+                            ) -> list[int]: ...
 
 
 def archive_groups(destinations: Sequence[DestinationSection]) -> dict[str, tuple[str, ...]]:
@@ -231,9 +236,14 @@ class GroupRouter:
                 health.unreachable_since = None
                 health.consecutive_failures = 0
         member.down_since = None
+        # a node that went down lost the commitment requests it had not answered (Orthanc
+        # sends each report once, from memory): ask again under new Transaction UIDs now,
+        # not after commitment_timeout_s; a late report on an old UID is still honoured
+        asked_again = len(self._queue.expire_transactions(member.name, now=math.inf))
         due = self._queue.make_due(member.name)
         logger.warning("archive group %s: %s answers again (%d queued object(s) there due "
-                       "now)", member.group, member.name, due)
+                       "now, %d commitment request(s) to repeat)", member.group, member.name,
+                       due, asked_again)
         self._wake(member.name)
 
     # -- thread --------------------------------------------------------------------------------

@@ -550,13 +550,15 @@ class QueueStore:
             return [dict(r) for r in self.conn.execute(sql + " ORDER BY r.rowid", args)]
 
     def make_due(self, destination: str) -> int:
-        """`destination`'s pending rows waiting out a backoff become due now (a member found
-        answering again resends its pinned rows at once); returns how many."""
+        """`destination`'s rows waiting out a backoff — pending ones to send, sent ones to ask
+        commitment for — become due now (a member found answering again gets its pinned rows
+        at once); returns how many."""
         now = self._now()
         with self._tx() as conn:
             return conn.execute(
-                "UPDATE deliveries SET next_attempt_at=? WHERE destination=? AND state=? "
-                "AND next_attempt_at>?", (now, destination, S.PENDING, now)).rowcount
+                "UPDATE deliveries SET next_attempt_at=? WHERE destination=? "
+                "AND state IN (?, ?) AND next_attempt_at>?",
+                (now, destination, S.PENDING, S.SENT, now)).rowcount
 
     def free_bytes(self) -> int:
         stats = os.statvfs(self.spool.root)

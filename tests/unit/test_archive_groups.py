@@ -359,3 +359,33 @@ def test_groups_and_probe_addresses_from_the_config() -> None:
     assert archive_groups(destinations) == {"archive": ("a", "b")}
     assert [probe_address(d) for d in destinations] == [
         ("pacs-a", 104), ("other", 11112), ("pacs-b", 8443), ("pacs-c", 80)]
+
+
+def test_a_member_back_is_asked_again_for_the_commitments_it_never_reported(
+        store: QueueStore, clock: FakeClock,
+        routed: tuple[GroupRouter, dict[str, DestinationHealth], Probe, list[str]]) -> None:
+    router, health, probe, _woken = routed
+    asked, waiting = put(store, 2)
+    first, second = store.claim_batch("node-a")
+    for d in (first, second):
+        store.mark_sent(d.delivery_id)
+    store.begin_commitment("node-a", [first.delivery_id], "2.25.11",
+                           deadline=clock.t + 3600)
+    # the second one's N-ACTION failed: asked again after a backoff
+    store.begin_commitment("node-a", [second.delivery_id], "2.25.12", deadline=clock.t + 3600)
+    store.fail_transaction_request("2.25.12", "node-a: aborted", next_attempt_at=clock.t + 300)
+    fail(health["node-a"], clock.t, times=2)
+    router.check()                       # down: stored rows stay pinned there
+    assert where(store, asked)["node-a"] == "commit_requested"
+    probe.answers[("10.0.0.1", 104)] = True
+    clock.t += 5
+    router.check()                       # back: the open request is repeated at once
+    assert store.open_transactions("node-a") == 0
+    for q in (asked, waiting):
+        [d] = store.deliveries(queue_ids=[q], destination="node-a")
+        assert d.state is S.SENT and d.next_attempt_at <= clock.t
+    # a late report on the old Transaction UID still counts
+    store.apply_commitment_report(
+        CommitmentResult("2.25.11", committed=((SC, first.sop_instance_uid),), failed=()),
+        retry_commit_at=clock.t)
+    assert where(store, asked)["node-a"] == "committed"
