@@ -356,9 +356,10 @@ class StowWorker:
         try:
             committed: list[tuple[str, str]] = []
             missing: list[tuple[str, str, int]] = []
+            listed = self._client.find_instances([d.sop_instance_uid for d in deliveries],
+                                                 on_progress=self.heartbeat.beat)
             for delivery in deliveries:
-                found = self._client.find_instance(delivery.sop_instance_uid)
-                self.heartbeat.beat()
+                found = listed.get(delivery.sop_instance_uid)
                 pair = (delivery.sop_class_uid, delivery.sop_instance_uid)
                 if found is None:
                     missing.append((*pair, FAILURE_NO_SUCH_OBJECT))

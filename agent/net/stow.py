@@ -56,6 +56,9 @@ CHUNK_BYTES = 1 << 20
 #: an answer larger than this is not read (a STOW answer lists UIDs: a few hundred bytes
 #: per instance)
 MAX_RESPONSE_BYTES = 16 << 20
+#: UIDs looked up per QIDO-RS request (UID list matching): ~65 bytes each keeps the URL
+#: within the 4 KB many servers accept
+LIST_LOOKUP = 50
 _SECRET_MAX_BYTES = 4096
 _SHARED_BITS = stat.S_IRWXG | stat.S_IRWXO
 
@@ -472,9 +475,12 @@ class DicomWebClient:
                                {u: StoreResult(StoreVerdict.UNKNOWN, None, text) for u in sent})
 
     # -- QIDO-RS -----------------------------------------------------------------------------
-    def find_instance(self, sop_instance_uid: str) -> str | None:
-        """The SOP Class UID the archive lists for this instance (QIDO-RS
-        GET <url>/instances?SOPInstanceUID=...), or None if it lists none.
+    def find_instances(self, uids: Sequence[str], *,
+                       on_progress: Callable[[], None] = lambda: None) -> dict[str, str]:
+        """SOP Instance UID -> the SOP Class UID the archive lists for it, for those of `uids`
+        it lists (QIDO-RS). Up to LIST_LOOKUP UIDs go in one request by UID list matching
+        (PS3.18 8.3.4.1, `SOPInstanceUID=a,b,c`); a UID that request does not return (or an
+        archive that refuses list matching) is looked up alone before it counts as missing.
 
         Raises
         ------
@@ -483,20 +489,48 @@ class DicomWebClient:
         DicomWebCredentialsError
             The token or credentials file is unusable.
         """
+        found: dict[str, str] = {}
+        for start in range(0, len(uids), LIST_LOOKUP):
+            chunk = list(uids[start:start + LIST_LOOKUP])
+            if len(chunk) > 1:
+                try:
+                    found.update(self._qido(",".join(chunk), set(chunk)))
+                except _ListRefused:
+                    pass                     # no list matching there: one at a time below
+                on_progress()
+            for uid in chunk:
+                if uid not in found:
+                    found.update(self._qido(uid, {uid}))
+                    on_progress()
+        return found
+
+    def find_instance(self, sop_instance_uid: str) -> str | None:
+        """The SOP Class UID the archive lists for this instance, or None (`find_instances`).
+
+        Raises
+        ------
+        DicomWebError
+            As `find_instances`.
+        """
+        return self._qido(sop_instance_uid, {sop_instance_uid}).get(sop_instance_uid)
+
+    def _qido(self, value: str, wanted: set[str]) -> dict[str, str]:
         headers = self._headers(DICOM_JSON)
         try:
             response = self._client.get(
                 f"{self.url}/instances",
-                params={"SOPInstanceUID": sop_instance_uid, "includefield": "00080016"},
+                params={"SOPInstanceUID": value, "includefield": "00080016"},
                 headers=headers)
         except httpx.HTTPError as err:
             raise DicomWebError(f"QIDO-RS to {self.url}: {_why(err)}") from err
         if response.status_code == 204:
-            return None
+            return {}
         if response.status_code != 200:
             label = status_label(response.status_code, response.reason_phrase)
             if response.status_code in _AUTH:
                 label += f": {credential_hint(self.destination)}"
+            elif len(wanted) > 1 and response.status_code in _LIST_REFUSED:
+                raise _ListRefused(label)
             raise DicomWebError(f"QIDO-RS to {self.url}: {label}")
         try:
             matches = json.loads(response.content or b"[]")
@@ -504,14 +538,16 @@ class DicomWebClient:
             raise DicomWebError(f"QIDO-RS to {self.url}: not DICOM JSON") from err
         if not isinstance(matches, list):
             raise DicomWebError(f"QIDO-RS to {self.url}: expected a JSON array")
+        found: dict[str, str] = {}
         for match in matches:
             try:
-                found = Dataset.from_json(match)
+                listed = Dataset.from_json(match)
             except (ValueError, TypeError, KeyError, AttributeError):
                 continue
-            if str(found.get("SOPInstanceUID", "")) == sop_instance_uid:
-                return str(found.get("SOPClassUID", "") or "")
-        return None
+            uid = str(listed.get("SOPInstanceUID", ""))
+            if uid in wanted:
+                found[uid] = str(listed.get("SOPClassUID", "") or "")
+        return found
 
     def probe(self) -> tuple[bool, str, float]:
         """`echo`/`selftest`: GET <url>/studies?limit=1 with the credentials; (ok, detail,
@@ -529,6 +565,14 @@ class DicomWebClient:
         if response.status_code in _AUTH:
             return False, f"{label}: {credential_hint(self.destination)}", elapsed
         return response.status_code in (200, 204), f"QIDO-RS {label}", elapsed
+
+
+class _ListRefused(DicomWebError):
+    """The archive refused a UID list query (no list matching): look up one at a time."""
+
+
+#: statuses with which an archive may refuse a UID list it does not support
+_LIST_REFUSED = frozenset({400, 404, 413, 414, 422, 501})
 
 
 def _read_capped(response: httpx.Response) -> bytes:

@@ -175,13 +175,17 @@ def test_server_error_is_outcome_unknown_and_fails_after_repeated_unknowns(
     assert len(archive.requests) == 5
 
 
-def qido_answer(found: dict[str, str]) -> Callable[[str], httpx.Response]:
-    def answer(uid: str) -> httpx.Response:
-        if uid not in found:
-            return httpx.Response(200, json=[])
+def qido_answer(found: dict[str, str], *, lists: bool = True
+                ) -> Callable[[str], httpx.Response]:
+    """QIDO-RS by SOPInstanceUID, with UID list matching (a,b,c) or, `lists` False, a 400
+    for a list."""
+    def answer(value: str) -> httpx.Response:
+        if "," in value and not lists:
+            return httpx.Response(400)
+        listed = [uid for uid in value.split(",") if uid in found]
         return httpx.Response(200, content=json.dumps([{
             "00080016": {"vr": "UI", "Value": [found[uid]]},
-            "00080018": {"vr": "UI", "Value": [uid]}}]).encode(),
+            "00080018": {"vr": "UI", "Value": [uid]}} for uid in listed]).encode(),
             headers={"Content-Type": "application/dicom+json"})
     return answer
 
@@ -194,7 +198,8 @@ def test_verify_commits_what_qido_finds_and_resends_what_it_misses(store: QueueS
     worker.run_once()
     worker.stop()
     result = rows(store)
-    assert archive.lookups == uids
+    # one list query; the one it did not return is looked up alone before it counts missing
+    assert archive.lookups == [",".join(uids), uids[1]]
     assert result[uids[0]][0] is S.COMMITTED
     # not found: sent again (Failure Reason 0x0112), as a commitment failure would be
     assert result[uids[1]][0] is S.PENDING and "0x0112" in result[uids[1]][1]
@@ -236,3 +241,25 @@ def test_stored_but_never_found_is_resent_with_backoff_then_failed(store: QueueS
     assert state is S.FAILED
     assert "stored" in error and "QIDO-RS" in error and "5 times" in error
     assert len(archive.requests) == 5
+
+
+def test_an_archive_without_uid_list_matching_is_asked_one_at_a_time(store: QueueStore) -> None:
+    uids = enqueue(store, 3)
+    archive = Archive(lambda _r, sent: stored_answer(sent),
+                      qido_answer(dict.fromkeys(uids, CLASS), lists=False))
+    worker = make_worker(store, archive, verify=True)
+    worker.run_once()
+    worker.stop()
+    assert archive.lookups == [",".join(uids), *uids]
+    assert {state for state, _ in rows(store).values()} == {S.COMMITTED}
+
+
+def test_all_found_costs_one_lookup(store: QueueStore) -> None:
+    uids = enqueue(store, 20)
+    archive = Archive(lambda _r, sent: stored_answer(sent),
+                      qido_answer(dict.fromkeys(uids, CLASS)))
+    worker = make_worker(store, archive, verify=True)
+    worker.run_once()
+    worker.stop()
+    assert archive.lookups == [",".join(uids)]
+    assert {state for state, _ in rows(store).values()} == {S.COMMITTED}
