@@ -5,6 +5,8 @@ the URL's host."""
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from agent.conformance import render_conformance
 from agent.daemon import Daemon, preflight
 from agent.forwarder import DestinationWorker, _peer
 from agent.records import DeliveryState
+from agent.selftest import echo_checks
 from agent.station import final_state_by_destination
 from agent.stow_forwarder import StowWorker
 
@@ -111,3 +114,18 @@ def test_audit_names_the_urls_host_and_port(tmp_path: Path) -> None:
     web = next(d for d in config(tmp_path, "").destinations if d.name == "web")
     peer = _peer(web)
     assert (peer.host, peer.port, peer.ae_title) == ("archive.example", 8443, "")
+
+
+def test_selftest_probes_a_dicomweb_destination_instead_of_c_echo(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "request_timeout_s = 2")
+    web = next(d for d in cfg.destinations if d.name == "web")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()                                   # nobody listens there now
+    cfg = dataclasses.replace(cfg, destinations=(dataclasses.replace(
+        web, url=f"http://127.0.0.1:{port}/dicom-web"),))
+    [check] = echo_checks(cfg)
+    assert check.name == "destination web echo" and not check.ok
+    assert check.detail.startswith(f"GET http://127.0.0.1:{port}/dicom-web/studies?limit=1: "
+                                   "cannot reach")
