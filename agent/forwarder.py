@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pydicom import dcmread
@@ -714,13 +714,29 @@ class DestinationWorker:
         logger.error("%s; asking again in %.1f s", reason, delay)
 
 
+class ForwardingWorker(Protocol):
+    """What the Forwarder needs of a worker: DestinationWorker (DIMSE) and
+    agent.stow_forwarder.StowWorker (STOW-RS) both have it."""
+
+    destination: DestinationSection
+    health: DestinationHealth
+    audit: TransferAudit | None
+
+    def launch(self) -> None: ...
+    def wait_ready(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wake(self) -> None: ...
+    def stalled(self) -> str: ...
+
+
 class Forwarder:
     """All destination workers, and the router of archive groups (agent.routing) when `queue`
     has groups: it reads the workers' shared DestinationHealth per destination, so it serves
     workers of any kind with `destination`, `health` and `wake()`. `router_options` go to
     GroupRouter (tests shorten its intervals)."""
 
-    def __init__(self, workers: Sequence[DestinationWorker], *,
+    def __init__(self, workers: Sequence[ForwardingWorker], *,
                  queue: QueueStore | None = None, **router_options: Any) -> None:
         self.workers = list(workers)
         self.router: GroupRouter | None = None
