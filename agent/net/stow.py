@@ -377,8 +377,10 @@ class DicomWebClient:
     Not thread-safe: one per worker thread."""
 
     def __init__(self, destination: DestinationSection, *, tls: ssl.SSLContext | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.destination = destination
+        self._clock = clock
         self.url = destination.url.rstrip("/")
         timeout = destination.request_timeout_s
         self._client = httpx.Client(
@@ -438,7 +440,18 @@ class DicomWebClient:
             boundary = new_boundary()
             headers["Content-Type"] = content_type(boundary)
             headers["Content-Length"] = str(body_length(sizes, boundary))
-            outcome = self._post(sent, multipart_body(handles, boundary, on_chunk=on_progress),
+            deadline = self._clock() + self.destination.request_timeout_s
+
+            def on_chunk() -> None:
+                on_progress()
+                # httpx's timeouts are per read or write: a body that trickles out must
+                # still end within request_timeout_s of the start (then: outcome unknown)
+                if self._clock() > deadline:
+                    raise _UploadTooSlow(
+                        f"the request took longer than request_timeout_s = "
+                        f"{self.destination.request_timeout_s:g} s")
+
+            outcome = self._post(sent, multipart_body(handles, boundary, on_chunk=on_chunk),
                                  headers)
         return outcome, unreadable
 
@@ -565,6 +578,10 @@ class DicomWebClient:
         if response.status_code in _AUTH:
             return False, f"{label}: {credential_hint(self.destination)}", elapsed
         return response.status_code in (200, 204), f"QIDO-RS {label}", elapsed
+
+
+class _UploadTooSlow(TimeoutError):
+    """The body was still being sent when request_timeout_s ran out."""
 
 
 class _ListRefused(DicomWebError):

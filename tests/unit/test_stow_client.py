@@ -420,3 +420,21 @@ def test_garbled_secret_files_are_refused_without_echoing_them(
 def test_a_missing_secret_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(DicomWebCredentialsError, match=r"token_file .*missing"):
         authorization(destination(token_file=tmp_path / "missing"))
+
+
+def test_a_request_that_outlasts_request_timeout_s_is_outcome_unknown(tmp_path: Path) -> None:
+    # each MiB read "takes" 50 s: the third crosses request_timeout_s = 120 mid-body
+    paths = spool_files(tmp_path, [5 * 2**20])
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 50.0
+        return now[0]
+
+    with DicomWebClient(destination(request_timeout_s=120),
+                        transport=httpx.MockTransport(Recorder(200, None)),
+                        clock=clock) as client:
+        outcome, _ = client.store([StowPart(UIDS[0], paths[0])])
+    assert outcome.problem is RequestProblem.UNKNOWN
+    assert outcome.instances[UIDS[0]].verdict is StoreVerdict.UNKNOWN
+    assert "longer than request_timeout_s = 120 s" in outcome.summary
