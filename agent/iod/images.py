@@ -168,11 +168,6 @@ def _check_laterality(spec: IODSpec, laterality: object, region: Code | None) ->
             raise IODError(f"ImageLaterality: only DX writes Image Laterality; {spec.name} "
                            f"has none (got {laterality!r})")
         return "U"
-    if laterality is None and region is None:
-        # neither region nor side known: the builder keeps "U" for its library callers (golden
-        # outputs); an acquisition never gets here, the station refuses it before the exposure
-        # (agent.station: Acquisition.anatomy_for)
-        return "U"
     return modules.check_image_laterality(laterality, region)
 
 
@@ -283,9 +278,10 @@ def build_image(
     image_laterality
         For "dx" only: Image Laterality (0020,0062), "R", "L", "B" or "U". "U" means unpaired
         (PS3.3 C.8.11.2), accepted only with an unpaired `anatomic_region`; None: "U" for a
-        known unpaired region, refused for a paired one (the side must be given). Without
-        both a region and a side the DX keeps "U" here; an acquisition refuses that case
-        before the exposure (`agent.acquisition.Acquisition.anatomy_for`).
+        known unpaired region, refused for a paired one and for no region at all (the side
+        must be given; "U" would claim an unpaired region). An acquisition decides both before
+        the exposure (`agent.acquisition.Acquisition.anatomy_for`), so it never gets here
+        without them.
     protocol_name
         Protocol Name (0018,1030) of General Series (Type 3): the same value the procedure's
         MPPS lists for the series; "" writes none.

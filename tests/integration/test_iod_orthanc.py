@@ -105,8 +105,9 @@ def test_orthanc_stores_and_previews_each_iod_and_syntax(orthanc: OrthancServer,
         ds = build_image(iod, frames, order=ORDER, device=DEVICE, series=series,
                          instance_number=number, sop_instance_uid=sop_instance_uid,
                          patient_orientation=("L", "F") if iod == "dx" else None,
+                         # a DX states its region (issue 16): the chest, unpaired ("U")
                          anatomic_region=Code("51185008", "SCT", "Chest")
-                         if iod == "video-photographic" else None)
+                         if iod in ("video-photographic", "dx") else None)
         path = tmp_path / f"{number}-{iod}-{syntax}.dcm"
         path.write_bytes(encode_part10(ds, syntax))
 

@@ -62,7 +62,7 @@ def dx(irradiation_event_uid: str | None) -> Any:
     series = new_series_context(uids, ORDER, started_at=datetime(2026, 1, 2), series_number=1)
     return build_image("dx", [frame()], order=ORDER, device=DEVICE, series=series,
                        instance_number=1, sop_instance_uid=uids.new_uid(), tz=UTC,
-                       irradiation_event_uid=irradiation_event_uid)
+                       irradiation_event_uid=irradiation_event_uid, image_laterality="R")
 
 
 # -- 1. the image names its exposure, the acquisition returns it ----------------------------------

@@ -99,8 +99,9 @@ CASES: dict[str, tuple[str, Callable[[], list[Frame]], Order, dict[str, object]]
                  {"conversion_type": "DV"}),
     "dx-mono12-region": ("dx", lambda: [mono(12, 0)], SCHEDULED,
                          {"anatomic_region": CHEST, "patient_orientation": ("P", "F")}),
+    # a DX states its side (issue 16): this one's changed from "U" (claimed unpaired) to "L"
     "dx-mono16-nodose": ("dx", lambda: [mono(16, 2, dose=False)], UNSCHEDULED,
-                         {"patient_orientation": ("L", "F")}),
+                         {"patient_orientation": ("L", "F"), "image_laterality": "L"}),
     "vp-rgb-3": ("video-photographic", lambda: [rgb(i) for i in range(3)], SCHEDULED,
                  {"anatomic_region": CHEST}),
     "vp-mono8-2": ("video-photographic", lambda: [mono(8, i) for i in range(2)], UNSCHEDULED,

@@ -96,6 +96,9 @@ def build(iod: str, frames: list[Frame], **overrides: Any) -> Dataset:
     }
     if iod == "dx":
         arguments["patient_orientation"] = ORIENTATION
+        if "anatomic_region" not in overrides and "image_laterality" not in overrides:
+            # a DX states its side (issue 16): neither region nor side is refused
+            arguments["image_laterality"] = "R"
     if iod == "video-photographic":
         arguments["anatomic_region"] = CHEST
     arguments.update(overrides)
@@ -278,7 +281,7 @@ def test_dx_attributes_come_from_the_device_parameters() -> None:
     assert float(ds.ExposureTimeInuS) == 32000
     assert [float(v) for v in ds.ImagerPixelSpacing] == [0.139, 0.139]
     assert list(ds.PatientOrientation) == list(ORIENTATION)
-    assert ds.ImageLaterality == "U" and "Laterality" not in ds
+    assert ds.ImageLaterality == "R" and "Laterality" not in ds
     assert "ConversionType" not in ds and "PixelSpacing" not in ds
     assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (2048, 4096)
     assert ds.RequestAttributesSequence[0].RequestedProcedureID == "RP-17"

@@ -61,6 +61,18 @@ def test_only_r_l_b_u(side: object) -> None:
         dx(anatomic_region=KNEE, image_laterality=side)
 
 
+def test_neither_region_nor_side_is_refused() -> None:
+    with pytest.raises(IODError, match=r"ImageLaterality: no anatomic region is not known to be "
+                                       r"unpaired: give the side"):
+        build("dx", [mono(40, 33, 12)], patient_orientation=ORIENTATION,
+              image_laterality=None)
+
+
+def test_a_side_without_a_region_is_kept() -> None:
+    ds = dx(image_laterality="L")
+    assert ds.ImageLaterality == "L" and ds.AnatomicRegionSequence == []
+
+
 def test_only_dx_takes_a_laterality() -> None:
     with pytest.raises(IODError, match=r"ImageLaterality.*DX"):
         build("secondary-capture", [mono(40, 33, 8)], image_laterality="R")

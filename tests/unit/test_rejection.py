@@ -69,7 +69,8 @@ def queue_image(store: QueueStore, uid: str, *, order: Order = SCHEDULED,
     order = dataclasses.replace(order, study_instance_uid=study)
     ds = build_image("dx", [mono(12, 0)], order=order, device=DEVICE, series=context,
                      instance_number=1, sop_instance_uid=uid, tz=TZ,
-                     anatomic_region=None, patient_orientation=("P", "F"))
+                     anatomic_region=None, image_laterality="R",
+                     patient_orientation=("P", "F"))
     return store.enqueue(encode_part10(ds), sop_instance_uid=uid,
                          sop_class_uid=str(ds.SOPClassUID), transfer_syntax_uid=EXPLICIT
                          ).queue_id
