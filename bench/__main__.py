@@ -22,6 +22,8 @@ from bench.common import PROFILE, SCALE, TRACEMALLOC, Workspace, say
 
 SCENARIOS = ("send", "restart", "capture", "build", "e2e", "soak", "footprint")
 ALIASES = {"end-to-end": "e2e", "endtoend": "e2e"}
+#: run only when named: `fleet` starts a database, two Orthanc nodes and --agents daemons
+NAMED_ONLY = ("fleet",)
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -48,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="soak: the daemon and its sending processes trace allocations; "
                         "report what grew between the first and last idle checkpoint "
                         "(slows them down: its RSS figures are not the agent's)")
+    parser.add_argument("--agents", type=int, metavar="N",
+                        help="fleet: agent daemons to start (default 10; --quick: 2)")
     args = parser.parse_args(argv)
+    if args.agents is not None:
+        from bench import fleet
+        fleet.AGENTS["n"] = args.agents
     TRACEMALLOC["on"] = args.tracemalloc
     if args.tiny:
         SCALE["tiny"] = True
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         PROFILE["dir"] = args.profile.resolve()
     chosen = [ALIASES.get(s, s) for s in args.scenarios] or list(SCENARIOS)
-    unknown = [s for s in chosen if s not in SCENARIOS]
+    unknown = [s for s in chosen if s not in SCENARIOS + NAMED_ONLY]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     repeats = args.repeats or (1 if args.quick else 3)
