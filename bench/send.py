@@ -57,8 +57,8 @@ DEFAULT_ASSOCIATIONS: int = DestinationSection.__dataclass_fields__["max_associa
 #: to show where the default comes from (full runs only: --quick must stay under 4 minutes)
 TOOLS = ("agent", "agent-1", "agent-2", "agent-4", "storescu", "storescu-parallel",
          "dcmsend-parallel", "pynetdicom-one", "pynetdicom-per-object")
-QUICK_TOOLS = ("agent", "storescu", "storescu-parallel", "dcmsend-parallel", "pynetdicom-one",
-               "pynetdicom-per-object")
+#: --quick leaves out the association per object (the slowest run, ~10 s, and no news)
+QUICK_TOOLS = ("agent", "storescu", "storescu-parallel", "dcmsend-parallel", "pynetdicom-one")
 #: issue 18: the fair comparison runs at least this many interleaved repeats into the plain
 #: receivers, also in --quick (one run of 12 objects takes ~0.2 s and scatters by ±30 %); the
 #: other tools, and everything into storescp +tls, run --repeats (--quick: 1, to stay < 4 min)
@@ -448,7 +448,8 @@ def _report(rows: list[Row], ceilings: list[float], ceiling_total: int, scp_kind
 
     agent_rows = [r for r in rows if r.tool == "agent"]
     all_latencies = [s for r in agent_rows for s in r.latencies_s]
-    runs = min((len(r.seconds) for r in rows if r.tool in FAIR_TOOLS), default=0)
+    runs = min((len(r.seconds) for r in rows
+                if r.tool in FAIR_TOOLS and r.receiver_name != "storescp-tls"), default=0)
     text = table(
         f"send ({'quick, ' if quick else ''}{runs}+ interleaved runs of the fair comparison, "
         f"{repeats} of the rest; same spooled files)",
