@@ -329,6 +329,9 @@ class QueueStore:
         """Undo what a crash left half done; returns counts for the log.
 
         - `sending` rows go back to `pending`: the same bytes, the same UIDs are sent again.
+          Whether the archive got them is unknown, so they count one send without an answer
+          (at least one: recoveries do not add up), which pins them to their archive group
+          member (`reassign`).
         - `tmp/` files were never acknowledged: they are removed.
         - a file in `objects/` without a row was never acknowledged either: moved to
           `quarantine/` for inspection, not deleted.
@@ -343,7 +346,8 @@ class QueueStore:
                   "recommit": 0}
         with self._tx() as conn:
             cur = conn.execute(
-                "UPDATE deliveries SET state=?, updated_at=? WHERE state=?",
+                "UPDATE deliveries SET state=?, updated_at=?, "
+                "unknown_outcomes=MAX(unknown_outcomes, 1) WHERE state=?",
                 (S.PENDING, now, S.SENDING),
             )
             counts["requeued"] = cur.rowcount

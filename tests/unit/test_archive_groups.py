@@ -389,3 +389,24 @@ def test_a_member_back_is_asked_again_for_the_commitments_it_never_reported(
         CommitmentResult("2.25.11", committed=((SC, first.sop_instance_uid),), failed=()),
         retry_commit_at=clock.t)
     assert where(store, asked)["node-a"] == "committed"
+
+
+def test_a_row_in_flight_when_the_agent_died_stays_with_its_member(
+        tmp_path: Path, clock: FakeClock) -> None:
+    groups = {"g": ("a", "b")}
+    store = QueueStore(tmp_path / "spool", ["a", "b"], groups=groups, clock=clock)
+    store.open()
+    in_flight, waiting = put(store, 2)
+    store.claim_batch("a", limit=1)             # then the power goes
+    store.conn.close()
+    store._conn = None
+    store.spool.unlock()
+    restarted = QueueStore(tmp_path / "spool", ["a", "b"], groups=groups, clock=clock)
+    restarted.open()                            # recovery: back to pending, outcome unknown
+    try:
+        assert where(restarted, in_flight) == {"a": "pending"}
+        assert restarted.reassign("a", "b", "g") == 1
+        assert where(restarted, in_flight) == {"a": "pending"}
+        assert where(restarted, waiting) == {"b": "pending"}
+    finally:
+        restarted.close()
