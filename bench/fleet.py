@@ -197,6 +197,17 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     say(f"fleet: phase 2, {settings['phase2']} frames per agent, node 1 down")
     acquired += acquire_all(settings["phase2"], 2)
 
+    def node1_down(daemon: AgentDaemon) -> bool:
+        status = daemon.api("GET", "/api/status", timeout_s=30)
+        return any(d["name"] == "node1" and d.get("down") for d in status["destinations"])
+
+    # every agent that sends to node 1 first has noticed (the others never try it)
+    deadline = time.monotonic() + 120
+    while not all(node1_down(d) for d in daemons[::2]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("fleet: the agents did not notice node 1 was down in 120 s")
+        time.sleep(0.2)
+
     def pinned_now() -> int:
         return sum(1 for s in spools for r in spool_rows(s)
                    if r["destination"] == "node1" and r["state"] != "committed")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,11 @@ def archive_and_agent(tmp_path: Path) -> Iterator[tuple[SharedArchive, AgentProc
             tmp_path, [Destination(f"node{i}", node.dicom_port, node.ae_title, group=GROUP,
                                    dimse_timeout_s=10)
                        for i, node in enumerate(archive.nodes, start=1)],
-            listener_port=listener_port, frame_size=512)
+            listener_port=listener_port,
+            # paced, so that node 1 can be killed while a batch is still being captured and
+            # sent: a fast machine commits a whole unpaced batch between two looks
+            device_toml='[device]\ndriver = "simulated"\n[device.options]\nwidth = 512\n'
+                        "height = 512\nbits_stored = 12\nframe_rate = 4.0\n")
         agent.start()
         try:
             yield archive, agent
@@ -93,17 +98,23 @@ def test_failover_to_the_second_node_loses_and_duplicates_nothing(
     # the two nodes share one database: what node 1 stored, node 2 serves
     assert set(archive_uids(node2)) == set(before)
 
-    # node 1 dies (SIGKILL, as a crash) while objects are on their way to it: some of them
-    # committed there, the rest queued or in flight
-    during = acquire(agent, 16)
+    # node 1 dies (SIGKILL, as a crash) while a batch is being captured and sent to it: some
+    # of it committed there, the rest queued, in flight or not yet captured
+    known = {str(r["sop_instance_uid"]) for r in agent.queue_rows()}
+    batch: list[list[str]] = []
+    capture = threading.Thread(target=lambda: batch.append(acquire(agent, 16)))
+    capture.start()
+    try:
+        def half_way() -> bool:
+            rows = [r for r in agent.queue_rows() if r["sop_instance_uid"] not in known]
+            return any(r["state"] == "committed" for r in rows) and len(rows) < 15
 
-    def half_way() -> bool:
-        states = [r["state"] for r in agent.queue_rows() if r["sop_instance_uid"] in during]
-        return "committed" in states and any(s != "committed" for s in states)
-
-    wait_until(half_way, 60, "node1 to have committed part of the batch")
-    os.kill(node1.pid, signal.SIGKILL)
-    node1.stop()                                    # reaps it, closes its log
+        wait_until(half_way, 60, "node1 to have committed part of the batch")
+        os.kill(node1.pid, signal.SIGKILL)
+        node1.stop()                                # reaps it, closes its log
+    finally:
+        capture.join(timeout=120)
+    [during] = batch
     after = acquire(agent, 6)
 
     def moved_on() -> bool:
