@@ -31,9 +31,9 @@ logger = logging.getLogger(__name__)
 
 EndStatus = Literal["completed", "discontinued"]
 
-#: ended procedures kept for the console and `status`; older ones are forgotten (their images
-#: and MPPS live on in the queue and the MPPS journal), so a daemon that runs for months does
-#: not grow with every exam (bench soak)
+#: ended procedures kept for the console and `status`, as counts (`Procedure.image_counts`);
+#: older ones are forgotten (their images and MPPS live on in the queue and the MPPS journal),
+#: so a daemon that runs for months does not grow with every exam (bench soak)
 KEEP_ENDED = 50
 #: scheduled steps remembered as acquired on this station (the duplicate guard), newest kept
 KEEP_ACQUIRED = 5000
@@ -73,6 +73,13 @@ class Procedure:
     #: (Series, SOP Instance UID) of the dose SR, fixed before it is first built so that an
     #: end retried after a failure queues the same report, never a second one
     dose_report_uids: tuple[str, str] | None = None
+    #: None while the procedure keeps its images (`series`) and exposures (`events`): its
+    #: MPPS and dose SR need them until its end. Once the end is handled (the MPPS final in
+    #: its journal, the dose SR in the queue) they are dropped and only this is kept, Series
+    #: Instance UID -> images, for the console (issue 18: 2 references per image, forever,
+    #: were the daemon's heap growth). Rejecting an image later needs none of it: the queue
+    #: knows every image.
+    image_counts: dict[str, int] | None = None
 
     def matches(self, order: Order) -> bool:
         if self.order.scheduled or order.scheduled:
@@ -81,6 +88,20 @@ class Procedure:
                     and self.order.sps_id == order.sps_id)
         return (self.order.patient_id, self.order.patient_name) == \
             (order.patient_id, order.patient_name)
+
+    def counts(self) -> dict[str, int]:
+        """Series Instance UID -> images, whether the references are still kept or not."""
+        if self.image_counts is not None:
+            return dict(self.image_counts)
+        return {uid: len(images) for uid, images in self.series.items()}
+
+    def drop_references(self) -> None:
+        """Keep counts only (see `image_counts`); for an ended procedure whose end is
+        handled."""
+        if self.image_counts is None:
+            self.image_counts = self.counts()
+        self.series = {}
+        self.events = []
 
     def as_json(self) -> dict[str, Any]:
         """For the API and the console: ids, states and counts (names go only to the screen
@@ -95,8 +116,8 @@ class Procedure:
             "patient_name": self.order.patient_name,
             "study_instance_uid": self.order.study_instance_uid,
             "mpps_uid": self.mpps_uid,
-            "series": [{"series_instance_uid": uid, "images": len(images)}
-                       for uid, images in self.series.items()],
+            "series": [{"series_instance_uid": uid, "images": count}
+                       for uid, count in self.counts().items()],
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "end_reason": self.end_reason,
@@ -173,13 +194,16 @@ def _procedure_to_json(procedure: Procedure) -> dict[str, Any]:
                        for uid, refs in procedure.series.items()},
             "events": [event_to_json(e) for e in procedure.events],
             "dose_report_uids": (None if procedure.dose_report_uids is None
-                                 else list(procedure.dose_report_uids))}
+                                 else list(procedure.dose_report_uids)),
+            "image_counts": procedure.image_counts}
 
 
 def _procedure_from_json(data: dict[str, Any]) -> Procedure:
-    # "events" and "dose_report_uids" came with the dose SR: a file from before has neither
+    # "events" and "dose_report_uids" came with the dose SR, "image_counts" with issue 18: a
+    # file from before has none of them
     report_uids = data.get("dose_report_uids")
-    return Procedure(
+    counts = data.get("image_counts")
+    procedure = Procedure(
         procedure_id=str(data["procedure_id"]), order=order_from_json(data["order"]),
         started_at=float(data["started_at"]), state=str(data["state"]),
         mpps_uid=data["mpps_uid"], ended_at=data["ended_at"],
@@ -188,7 +212,13 @@ def _procedure_from_json(data: dict[str, Any]) -> Procedure:
                 for uid, refs in data["series"].items()},
         events=[event_from_json(e) for e in data.get("events", [])],
         dose_report_uids=None if report_uids is None
-        else (str(report_uids[0]), str(report_uids[1])))
+        else (str(report_uids[0]), str(report_uids[1])),
+        image_counts=None if counts is None else {str(u): int(n) for u, n in counts.items()})
+    if procedure.state != "in_progress":
+        # a file from before issue 18 kept every image of its ended procedures; nothing reads
+        # them (an end is never resumed from here), so they go, and with the next save
+        procedure.drop_references()
+    return procedure
 
 
 class Procedures:
@@ -363,6 +393,10 @@ class Procedures:
         if not images:
             return
         with self._lock:
+            if procedure.image_counts is not None:
+                self._count_late(procedure, procedure.image_counts, series_instance_uid,
+                                 len(images))
+                return
             procedure.series.setdefault(series_instance_uid, []).extend(images)
             known = {e.uid for e in procedure.events}
             procedure.events.extend(e for e in events if e.uid not in known)
@@ -380,6 +414,19 @@ class Procedures:
                 logger.error("procedure %s: MPPS not updated: %s", procedure.procedure_id, err)
             else:
                 self._report_mpps("update", procedure)
+
+    def _count_late(self, procedure: Procedure, counts: dict[str, int],
+                    series_instance_uid: str, images: int) -> None:
+        """Images of an acquisition that ran while another request ended its procedure (caller
+        holds the lock): queued, so they are sent; its MPPS is final, so they are only counted
+        (as before issue 18, when the MPPS refused them)."""
+        counts[series_instance_uid] = counts.get(series_instance_uid, 0) + images
+        logger.warning("procedure %s: %d image(s) of series %s queued after its end: not in "
+                       "its MPPS", procedure.procedure_id, images, series_instance_uid)
+        try:
+            self._save()
+        except ProcedureError as err:
+            logger.error("procedure %s: %s", procedure.procedure_id, err)
 
     def end(self, procedure_id: str, status: EndStatus, reason_code: str = "") -> Procedure:
         """COMPLETED, or DISCONTINUED with a reason from DICOM CID 9300.
@@ -422,7 +469,7 @@ class Procedures:
                 raise ProcedureError(f"procedure {procedure_id}: {err}") from err
             self._report_mpps("update", procedure)
         logger.info("procedure %s %s", procedure_id, status)
-        self._forget_old()
+        self._forget_old(procedure)
         return procedure
 
     def _rejected_images(self, procedure: Procedure, status: EndStatus) -> set[str]:
@@ -484,17 +531,21 @@ class Procedures:
         if rejected:
             self._mpps.withdraw_images(procedure.mpps_uid, rejected)
 
-    def _forget_old(self) -> None:
+    def _forget_old(self, just_ended: Procedure) -> None:
+        """After an end is handled (its MPPS final in the MPPS journal, its dose SR in the
+        queue, the audit told): the procedure keeps counts only, and the oldest ended ones
+        beyond KEEP_ENDED are forgotten, in memory and in the state file."""
         with self._lock:
+            just_ended.drop_references()
             ended = sorted((p for p in self._procedures.values() if p.state != "in_progress"),
                            key=lambda p: p.ended_at or 0.0)
             for procedure in ended[:-KEEP_ENDED]:
                 del self._procedures[procedure.procedure_id]
-            if len(ended) > KEEP_ENDED:
-                try:
-                    self._save()
-                except ProcedureError as err:
-                    logger.error("%s", err)
+            try:
+                self._save()
+            except ProcedureError as err:
+                # the file keeps the references until the next save; nothing is lost
+                logger.error("%s", err)
 
     def all(self) -> list[Procedure]:
         with self._lock:
