@@ -16,21 +16,34 @@ class Clock:
         return self.now
 
 
-def test_due_one_window_after_the_first_stored_row() -> None:
+def test_at_most_one_request_per_window() -> None:
     clock = Clock()
     window = CommitmentWindow(window_s=0.1, max_instances=50, clock=clock)
     assert not window.pending() and not window.due()
     window.stored()
+    assert window.due()              # after a quiet window: at once, no added delay
+    assert window.take(lambda: ["a"], lambda rows: None) == ["a"]   # type: ignore[list-item]
     clock.now += 0.06
-    window.stored(3)                 # later rows do not push the window back
+    window.stored(3)                 # within the window of that request: they wait
     assert window.pending() and not window.due()
     assert abs(window.remaining_s() - 0.04) < 1e-9
     clock.now += 0.04
     assert window.due() and window.remaining_s() == 0.0
 
 
+def test_a_take_that_found_nothing_is_no_request() -> None:
+    clock = Clock()
+    window = CommitmentWindow(window_s=0.1, clock=clock)
+    window.stored()
+    assert window.take(list, lambda rows: None) == []    # another worker was first
+    window.stored()
+    assert window.due()              # no request was made: nothing to wait for
+
+
 def test_due_at_once_when_enough_rows_wait() -> None:
     window = CommitmentWindow(window_s=10.0, max_instances=5, clock=Clock())
+    window.stored()
+    window.take(lambda: ["a"], lambda rows: None)      # type: ignore[arg-type,return-value]
     window.stored(4)
     assert not window.due()
     window.stored()
