@@ -80,7 +80,9 @@ MAX_UNKNOWN_OUTCOMES = 5
 #: stored it (issue 18 item 5). Each request makes the archive open a new association to our
 #: listener for its report; one per batch per association made the listener the daemon's
 #: largest cost at 30 objects/s. The first row stored after a quiet window is asked for at
-#: once (no delay at low rates); under load a row waits at most this long for its request
+#: once (no delay at low rates); under load a row waits at most this long for its request.
+#: Measured (300 frames of 1024² 16-bit at 30/s into Orthanc, loaded machine): requests per
+#: object 0.98 -> 0.4, the daemon's CPU per object 31 -> 25.5 ms
 COMMIT_WINDOW_S = 0.1
 #: ...or as soon as this many instances wait for a request, so that one request (and report)
 #: stays small when objects arrive faster than the window
