@@ -92,7 +92,7 @@ def test_the_unit_has_the_service_contract_and_hardening() -> None:
         "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"], "LockPersonality": ["yes"],
         "MemoryDenyWriteExecute": ["yes"], "SystemCallArchitectures": ["native"],
         "StandardOutput": ["journal"],
-        # issue 18: the daemon's RSS creep was malloc arenas, not Python objects
+        # issue 18: most of the daemon's RSS creep was malloc arenas, not Python objects
         "Environment": ["MALLOC_ARENA_MAX=2"],
     }
     assert {key: settings.get(key) for key in expected} == expected
