@@ -11,7 +11,12 @@ from datetime import datetime, tzinfo
 
 from agent.errors import IODError
 from agent.iod import KNOWN_TRANSFER_SYNTAXES, UIDSource, encode_part10
-from agent.iod.dose_sr import XRAY_RADIATION_DOSE_SR, build_dose_sr, validate_dose_sr
+from agent.iod.dose_sr import (
+    SERIES_DESCRIPTION,
+    XRAY_RADIATION_DOSE_SR,
+    build_dose_sr,
+    validate_dose_sr,
+)
 from agent.iod.uids import MAX_UID_LENGTH, is_valid_uid
 from agent.iod.valuerep import format_dt
 from agent.procedures import EndingSeries, Procedure
@@ -93,7 +98,7 @@ def queue_dose_report(queue: QueueStore, uids: UIDSource, device: DeviceInfo,
     reference = SOPReference(XRAY_RADIATION_DOSE_SR, sop_uid)
     if queue.objects_by_uid([sop_uid]):
         logger.info("procedure %s: dose report already queued", procedure.procedure_id)
-        return [(series_uid, (reference,))]
+        return [EndingSeries(series_uid, (reference,), SERIES_DESCRIPTION)]
     zone = tz or datetime.now().astimezone().tzinfo
     if zone is None:    # astimezone() always sets one; this tells mypy
         raise IODError("X-Ray Radiation Dose SR: no local time zone")
@@ -111,4 +116,4 @@ def queue_dose_report(queue: QueueStore, uids: UIDSource, device: DeviceInfo,
                            transfer_syntax_uid=KNOWN_TRANSFER_SYNTAXES[TRANSFER_SYNTAX])
     logger.info("procedure %s: dose report of %d exposure(s) queued as item %d",
                 procedure.procedure_id, len(procedure.events), queued.queue_id)
-    return [(series_uid, (reference,))]
+    return [EndingSeries(series_uid, (reference,), SERIES_DESCRIPTION)]

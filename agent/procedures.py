@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from agent.errors import AgentError
 from agent.iod import UIDSource
@@ -45,8 +45,15 @@ STATE_VERSION = 1
 MppsHook = Callable[[str, "Procedure"], None]
 
 
-#: (Series Instance UID, the objects queued in it): a series the procedure made at its end
-EndingSeries = tuple[str, tuple[SOPReference, ...]]
+class EndingSeries(NamedTuple):
+    """A series the procedure made at its end (the dose SR's), for the MPPS."""
+
+    series_instance_uid: str
+    references: tuple[SOPReference, ...]
+    #: the objects' own Series Description: the MPPS series item carries the same value
+    series_description: str = ""
+
+
 #: called as a procedure ends, before its MPPS is final: queues what the end makes (the dose
 #: SR) and returns its series for the MPPS; raises AgentError if it cannot (the end is refused)
 EndingHook = Callable[["Procedure"], Sequence[EndingSeries]]
@@ -525,9 +532,10 @@ class Procedures:
         rejected images left out. Raises MppsError."""
         if self._mpps is None or procedure.mpps_uid is None:
             return
-        for series_instance_uid, references in ending:
-            self._mpps.add_series(procedure.mpps_uid, series_instance_uid, references,
-                                  protocol_name=self.protocol_name(procedure))
+        for series in ending:
+            self._mpps.add_series(procedure.mpps_uid, series.series_instance_uid,
+                                  series.references, protocol_name=self.protocol_name(procedure),
+                                  series_description=series.series_description)
         if rejected:
             self._mpps.withdraw_images(procedure.mpps_uid, rejected)
 

@@ -194,6 +194,8 @@ def test_ending_queues_one_dose_sr_that_the_mpps_lists(tmp_path: Path, status: s
         assert [r.ReferencedSOPInstanceUID for r in
                 sr_item.ReferencedNonImageCompositeSOPInstanceSequence] == [sop_uid]
         assert sr_item.ReferencedImageSequence == []
+        # the series item carries what the report carries, no other value (issue 16 item 3)
+        assert sr_item.SeriesDescription == report.SeriesDescription != ""
         assert len(items["2.25.10"].ReferencedImageSequence) == 2
     finally:
         queue.close()
