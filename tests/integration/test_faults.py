@@ -269,11 +269,16 @@ def test_kill_9_storm(tmp_path: Path, agents: list[AgentProcess]) -> None:
                 # (30 frames ~ 1 s at the simulated 30 fps) was rarely acknowledged before
                 # the kill and the storm's count depended on the machine's speed
                 while not out or out[-1].returncode == 0:
-                    out.append(acquire(agent, 5))
+                    out.append(acquire(agent, 10))
 
             acquirer = threading.Thread(target=keep_acquiring)
             acquirer.start()
-            threading.Event().wait(rng.uniform(0.05, 2.0))    # a random instant, not a sync
+            # once the restarted daemon has acknowledged something (its first acquisition after
+            # a restart waits for recovery and the device), kill it at a random instant of the
+            # acquisitions that follow
+            wait_until(lambda: bool(results) or not acquirer.is_alive(), 60,
+                       "no acquisition answered after the restart")
+            threading.Event().wait(rng.uniform(0.0, 1.0))     # a random instant, not a sync
             agent.kill9()
             kills += 1
             acquirer.join(timeout=60)
