@@ -68,8 +68,10 @@ def _one_rate(ws: Workspace, rate: float, frames: int, listener_port: int,
         stored.append(row["stored_at"] - t_frame)
     return {
         "rate": rate, "objects": len(rows),
-        "objects_s": (len(commits) - 1) / (commits[-1] - commits[0]) if len(commits) > 1
-        else None,
+        # coalesced commitment (one report for several objects) can record every commit of a
+        # tiny run at one instant: no span, no rate
+        "objects_s": (len(commits) - 1) / (commits[-1] - commits[0])
+        if len(commits) > 1 and commits[-1] > commits[0] else None,
         "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95),
         "latency_max_s": max(latencies),
         "stored_p50_s": percentile(stored, 50), "stored_p95_s": percentile(stored, 95),

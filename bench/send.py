@@ -330,7 +330,8 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         by_key = {(r.name, t): Row(size.label, r.label, t, count, total_bytes,
                                    receiver_name=r.name)
                   for r in receivers for t in tools if t in (r.tools or tools)}
-        for repeat in range(max(repeats, FAIR_REPEATS)):
+        # --tiny proves the code runs: one repeat, not the fair comparison's three
+        for repeat in range(max(repeats, 1 if tiny() else FAIR_REPEATS)):
             # interleaved: every tool once per repeat, the order rotating; the tools outside
             # the fair comparison stop after --repeats
             active = tuple(t for t in tools if repeat < repeats or t in FAIR_TOOLS)
