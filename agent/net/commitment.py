@@ -6,13 +6,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from agent.errors import NetworkError
-from agent.records import CommitmentResult
+
+if TYPE_CHECKING:
+    # imported where a report is parsed, in the daemon: a sending process only passes reports
+    # on (agent.records is 0.2 MB per process)
+    from agent.records import CommitmentResult
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -103,6 +107,8 @@ def parse_commitment_report(event_type_id: int | None, ds: Dataset | None) -> Co
     CommitmentReportError
         Unknown event type, missing or invalid Transaction UID, invalid references.
     """
+    from agent.records import CommitmentResult
+
     if event_type_id not in (EVENT_ALL_COMMITTED, EVENT_SOME_FAILED):
         raise CommitmentReportError(f"Event Type ID {event_type_id!r}: expected 1 or 2")
     if ds is None:

@@ -18,13 +18,14 @@ import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.config import TLS_PROFILES, AgentConfig
 from agent.errors import ConfigError
 
-#: PS3.15 B.9 (BCP195), B.10 (Non-Downgrading BCP195, the default), B.11 (Extended BCP195)
-PROFILES = TLS_PROFILES
+if TYPE_CHECKING:
+    # not at run time: a sending process builds client contexts and never reads the
+    # configuration (agent.config is 0.6 MB per process)
+    from agent.config import AgentConfig
 
 #: `status` warns this many days before our certificate expires (issue 14)
 EXPIRY_WARNING_DAYS = 30
@@ -61,6 +62,9 @@ MAXIMUM_VERSION: dict[str, ssl.TLSVersion] = {
     "bcp195": ssl.TLSVersion.MAXIMUM_SUPPORTED,
     "bcp195-extended": ssl.TLSVersion.TLSv1_2,
 }
+#: PS3.15 B.9 (BCP195), B.10 (Non-Downgrading BCP195, the default), B.11 (Extended BCP195):
+#: the values of agent.config.TLS_PROFILES, in its order (a unit test checks they agree)
+PROFILES: tuple[str, ...] = tuple(TLS12_SUITES)
 
 
 class TlsConfigError(ConfigError):
