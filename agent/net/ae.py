@@ -103,10 +103,22 @@ class NoDelayAssociationSocket(AssociationSocket):
     #: our certificate only then, so its refusal shows up at the first read (issue 14)
     tls_error: ssl.SSLError | None = None
 
+    #: held by every write on this connection: the DUL's PDUs (send below) and a C-STORE
+    #: written whole by agent.net.direct_store, which must not be interleaved
+    write_lock: threading.Lock
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.write_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
     def _create_socket(self, address: AddressInformation) -> socket.socket:
         sock = super()._create_socket(address)
         set_nodelay(sock)
         return sock
+
+    def send(self, bytestream: bytes) -> None:
+        with self.write_lock:
+            super().send(bytestream)
 
     def connect(self, primitive: T_CONNECT) -> None:
         """pynetdicom 3.0's connect, but the TLS handshake runs after the TCP connection
@@ -357,6 +369,7 @@ class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
         # swapped, to get the read deadline and the length and byte bounds
         assoc.dul.socket.__class__ = AcceptorAssociationSocket
         sock = cast(AcceptorAssociationSocket, assoc.dul.socket)
+        sock.write_lock = threading.Lock()      # no __init__ ran for the swapped class
         server = self.server
         sock.pdu_read_timeout_s = getattr(server, "pdu_read_timeout_s", PDU_READ_TIMEOUT_S)
         sock.max_pdu_bytes = getattr(server, "max_pdu_bytes", MAX_PDU_READ_BYTES)

@@ -284,6 +284,9 @@ class _Child:
         self.report_answers: queue.Queue[int] = queue.Queue()
         self.report_seen = threading.Event()
         self.assoc: Any = None
+        #: write C-STORE data sets from the file (agent.net.direct_store) where the socket allows
+        self.direct = os.environ.get("AGENT_DIRECT_STORE", "1") != "0"
+        self.message_id = 0
 
     def send(self, message: ChildMessage) -> None:
         with self.send_lock:
@@ -384,11 +387,21 @@ class _Child:
         return outcome
 
     def _store_one(self, key: int, path: str) -> StoreOutcome:
+        from agent.net.direct_store import WireError, send_c_store_direct, supports
         from agent.net.transcode import uncompressed_copy
 
         try:
             try:
-                status = self.assoc.send_c_store(path)
+                if self.direct and supports(self.assoc):
+                    self.message_id = self.message_id % 0xFFFF + 1
+                    try:
+                        status = send_c_store_direct(self.assoc, Path(path), self.message_id)
+                    except WireError as err:
+                        # part of the request may be at the archive: outcome unknown
+                        logger.warning("C-STORE of queue item %d: %s", key, err)
+                        return StoreOutcome(key)
+                else:
+                    status = self.assoc.send_c_store(path)
             except ValueError:
                 # no accepted context in the file's own syntax: send a decoded copy that
                 # pynetdicom can convert to what was accepted (Implicit VR LE)
