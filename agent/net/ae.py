@@ -46,6 +46,8 @@ from agent.errors import (
     PeerUnreachable,
     TlsHandshakeError,
 )
+from agent.net import quiet_reactor
+from agent.net.quiet_reactor import Waker, wait_ready
 from agent.net.tls import (
     PeerTls,
     certificate_names_address,
@@ -120,6 +122,20 @@ class NoDelayAssociationSocket(AssociationSocket):
         with self.write_lock:
             super().send(bytestream)
 
+    #: set by AgentAE on associations we open: the DUL then waits in `ready` instead of
+    #: polling (agent.net.quiet_reactor)
+    waker: Waker | None = None
+
+    @property
+    def ready(self) -> bool:
+        waker = self.waker
+        if waker is None:
+            return bool(super().ready)
+        return wait_ready(self, waker)
+
+    def close(self) -> None:
+        super().close()         # shuts the socket down, which closes the waker
+
     def connect(self, primitive: T_CONNECT) -> None:
         """pynetdicom 3.0's connect, but the TLS handshake runs after the TCP connection
         instead of inside it, bounded by the same connection timeout. pynetdicom reports both
@@ -163,6 +179,13 @@ class NoDelayAssociationSocket(AssociationSocket):
             # pynetdicom closes only after a successful shutdown(), which fails on a socket
             # that never connected: the fd was left to the garbage collector
             sock.close()
+        waker = self.waker
+        if waker is not None:
+            dul = self.assoc.dul
+            # Association.abort() shuts the socket down from its own thread once the DUL has
+            # stopped; while the DUL runs, only its own thread may close what it selects on
+            if threading.current_thread() is dul or not dul.is_alive():
+                waker.close()
 
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes > MAX_PDU_READ_BYTES:
@@ -294,6 +317,8 @@ class AgentAE(AE):  # type: ignore[misc]
     ) -> AssociationSocket:
         sock = NoDelayAssociationSocket(assoc, address=address)
         sock.tls_args = tls_args
+        if quiet_reactor.applies():
+            sock.waker = quiet_reactor.install(assoc)
         return sock
 
 

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 #: bytes of the file read and written per sendmsg call (a whole number of fragments is used)
@@ -66,26 +67,38 @@ def pdu_header(context_id: int, control: int, length: int) -> bytes:
     return _HEADER.pack(P_DATA_TF, 0, length + 6, length + 2, context_id, control)
 
 
-def command_bytes(assoc: Any, msg_id: int, sop_class: str, sop_instance: str,
-                  path: Path, offset: int) -> bytes:
-    """The C-STORE-RQ command set, encoded by pynetdicom's own message class (Implicit VR
-    Little Endian, group length computed, Command Data Set Type "present")."""
-    from pynetdicom.dimse_messages import C_STORE_RQ
-    from pynetdicom.dimse_primitives import C_STORE
-    from pynetdicom.dsutils import encode
+def _element(keyword: str, value: bytes) -> bytes:
+    # Implicit VR Little Endian, group 0000 (PS3.7 6.3.1, PS3.5 7.1.3)
+    tag = tag_for_keyword(keyword)
+    assert tag is not None and tag >> 16 == 0x0000, keyword
+    return struct.pack("<HHL", 0x0000, tag & 0xFFFF, len(value)) + value
 
-    request = C_STORE()
-    request.MessageID = msg_id
-    request.Priority = 2                # low, as pynetdicom's send_c_store default
-    request.AffectedSOPClassUID = sop_class
-    request.AffectedSOPInstanceUID = sop_instance
-    request._dataset_path = (path, offset)      # what makes Command Data Set Type 0x0001
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    encoded = encode(message.command_set, True, True)
-    if encoded is None:
-        raise ValueError(f"{path}: the C-STORE command set could not be encoded")
-    return bytes(encoded)
+
+def _uid(value: str) -> bytes:
+    encoded = value.encode("ascii")
+    return encoded + b"\x00" if len(encoded) % 2 else encoded     # UI pads with NUL
+
+
+def command_bytes(msg_id: int, sop_class: str, sop_instance: str) -> bytes:
+    """The C-STORE-RQ command set (PS3.7 9.3.1.1), encoded here instead of by pynetdicom's
+    message classes, which cost ~0.4 ms per object through pydicom; the test holds it byte for
+    byte to pynetdicom's own encoding (priority low, Command Data Set Type 0x0001 "present",
+    no Move Originator).
+
+    Raises
+    ------
+    ValueError
+        A UID that is not ASCII.
+    """
+    body = b"".join((                               # in tag order
+        _element("AffectedSOPClassUID", _uid(sop_class)),
+        _element("CommandField", struct.pack("<H", 0x0001)),            # C-STORE-RQ
+        _element("MessageID", struct.pack("<H", msg_id)),
+        _element("Priority", struct.pack("<H", 0x0002)),                # low
+        _element("CommandDataSetType", struct.pack("<H", 0x0001)),      # a data set follows
+        _element("AffectedSOPInstanceUID", _uid(sop_instance)),
+    ))
+    return _element("CommandGroupLength", struct.pack("<L", len(body))) + body
 
 
 def send_c_store_direct(assoc: Any, path: Path, msg_id: int) -> Dataset:
@@ -117,7 +130,7 @@ def send_c_store_direct(assoc: Any, path: Path, msg_id: int) -> Dataset:
     context = assoc._get_valid_context(sop_class, file_meta.TransferSyntaxUID, "scu",
                                        allow_conversion=False)
     context_id = int(context.context_id)
-    command = command_bytes(assoc, msg_id, sop_class, sop_instance, path, offset)
+    command = command_bytes(msg_id, sop_class, sop_instance)
 
     with open(path, "rb") as file:          # opened before anything is sent
         length = os.fstat(file.fileno()).st_size - offset
