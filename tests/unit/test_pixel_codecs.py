@@ -126,8 +126,11 @@ def test_without_codecs_the_decompressed_copy_comes_from_a_helper(tmp_path: Path
     ds.save_as(corrupt, enforce_file_format=True)
     result = run_python(FORGO, f"""
         from pathlib import Path
+        from agent.net import transcode
         from agent.net.transcode import TranscodeError, uncompressed_copy
+        transcode.HELPER_IDLE_S = 1.0
         ds = uncompressed_copy(Path({str(compressed)!r}))
+        helper = transcode._helper._proc
         errors = []
         for name in ("missing.dcm", "corrupt.dcm"):
             try:
@@ -135,9 +138,16 @@ def test_without_codecs_the_decompressed_copy_comes_from_a_helper(tmp_path: Path
                 errors.append(None)
             except (OSError, TranscodeError) as err:
                 errors.append([type(err).__name__, str(err)])
+        again = uncompressed_copy(Path({str(compressed)!r}))
+        kept = transcode._helper._proc is helper and helper.poll() is None
+        helper.wait(30)                 # idle for HELPER_IDLE_S: it ends by itself
+        after_idle = uncompressed_copy(Path({str(compressed)!r}))
+        renewed = transcode._helper._proc is not helper
     """, LOADED_CODECS, """
         print(json.dumps({"uid": ds.SOPInstanceUID, "syntax": ds.file_meta.TransferSyntaxUID,
-                          "pixels": ds.PixelData.hex(), "errors": errors, "loaded": loaded}))
+                          "pixels": ds.PixelData.hex(), "errors": errors, "loaded": loaded,
+                          "kept": kept, "renewed": renewed,
+                          "later": [again.PixelData.hex(), after_idle.PixelData.hex()]}))
     """)
     # lossless and under the same SOP Instance UID (DICOM-NOTES.md §6)
     assert result["uid"] == uid
@@ -148,6 +158,9 @@ def test_without_codecs_the_decompressed_copy_comes_from_a_helper(tmp_path: Path
     assert undecodable[0] == "TranscodeError" and undecodable[1]
     # the helper decoded: this process still has no codec
     assert result["loaded"] == []
+    # one helper for consecutive copies (also after errors), a new one after it ended idle
+    assert result["kept"] is True and result["renewed"] is True
+    assert [bytes.fromhex(pixels) for pixels in result["later"]] == [PIXELS, PIXELS]
 
 
 def test_the_tls_profiles_are_the_configs() -> None:
