@@ -5,7 +5,7 @@ the objects that makes are ~28 MB of private heap in every one of them. Forked f
 that imported them once, those pages stay shared until written. Measured with `python -m bench
 footprint` (3 sending processes after 3 objects, without pixel codecs: agent.pixel_codecs):
 3 x 32 MB PSS as separate interpreters; 15 + 3 x 14 MB for this process and its 3 children;
-the whole agent 158 -> 117-120 MB (median 118). A child is ready in ms instead of ~0.3 s.
+the whole agent 158 -> 117-120 MB (median 119). A child is ready in ms instead of ~0.3 s.
 
 Forking is safe here: this process has one thread and holds nothing but its control socket
 (the daemon, with its threads, never forks).
