@@ -202,7 +202,9 @@ def _write_message(assoc: Any, file: Any, length: int, context_id: int,
                 remaining -= got
         except WireError:
             raise
-        except OSError as err:
+        except (OSError, ValueError) as err:
+            # ValueError: the DUL closed the socket under us (the archive aborted), so it
+            # has no descriptor left to poll or write
             raise WireError(f"sending the C-STORE request failed: {err}") from err
         finally:
             view.release()
