@@ -27,8 +27,8 @@ from bench.common import (
     DestinationSpec,
     Orthanc,
     Workspace,
-    child_pids,
     cpu_seconds,
+    descendants,
     frame_time,
     free_port,
     say,
@@ -119,7 +119,7 @@ def _capture_once(ws: Workspace, name: str, *, frames: int, duration: int,
         sampler = threading.Thread(target=sample_backlog, daemon=True)
         cpu = CpuSampler({"agent": daemon.pid, "orthanc": orthanc.pid,
                           **{f"sender{i}": pid
-                             for i, pid in enumerate(child_pids(daemon.pid))}})
+                             for i, pid in enumerate(descendants(daemon.pid))}})
         sampler.start()
         t0 = time.time()
         try:

@@ -205,6 +205,13 @@ def process_label(pid: int) -> str:
     text = " ".join(a.decode(errors="replace") for a in args if a)
     if "store_process" in text:
         return "sending process"
+    if "agent.net.zygote" in text:
+        # a forked sending process keeps the forking process's command line, not its name
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return "?"
+        return "sending process" if name == "agent-sending" else "forking process"
     if "-m agent" in text or " agent " in text:
         return "daemon"
     return Path(args[0].decode(errors="replace")).name if args and args[0] else "?"

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import child_pids, cpu_seconds
+from bench.common import cpu_seconds, descendants
 
 
 def _nodelay_ae() -> Any:
@@ -161,7 +161,7 @@ def send_agent(spool: Path, destination: str, host: str, port: int, called_ae: s
         return {"seconds": seconds, "objects": total, "failed": total - counts.get("sent", 0),
                 "workers": n_workers, "negotiated_max_pdu": health.negotiated_max_pdu,
                 "cpu_s": cpu, "latencies_s": latencies,
-                "sending_processes": len(child_pids(os.getpid()))}
+                "sending_processes": _sending_processes()}
     finally:
         store.close()
 
@@ -184,11 +184,27 @@ def _record_round_trips() -> list[float]:
     return seconds
 
 
+def _sending_processes() -> int:
+    """How many sending processes run below this one (named by agent.net.zygote)."""
+    from agent.net.zygote import CHILD_NAME
+
+    count = 0
+    for pid in descendants(os.getpid()):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == CHILD_NAME:
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
 def _tree_cpu_seconds() -> float:
     """utime + stime of this process (the forwarder, as in the daemon) and of every process
     it started (the sending processes), from /proc."""
     total = 0.0
-    for pid in [os.getpid(), *child_pids(os.getpid())]:
+    # descendants, not children: the sending processes are forked by agent.net.zygote, a
+    # child of this process
+    for pid in [os.getpid(), *descendants(os.getpid())]:
         try:
             total += cpu_seconds(pid)
         except OSError:

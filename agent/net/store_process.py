@@ -26,7 +26,6 @@ import os
 import queue
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from typing import Any, TypeVar
 
 from agent.errors import AgentError, AssociationError
 from agent.net import status as dimse_status
+from agent.net import zygote
 from agent.net.commitment import CommitmentReport
 from agent.net.messages import (
     Associate,
@@ -58,6 +58,7 @@ from agent.net.messages import (
     Stored,
     StoreOutcome,
 )
+from agent.net.zygote import ForkedChild
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class StoreProcess:
         self._hang_slack_s = hang_slack_s
         self._report_handler = report_handler
         self._log_level = log_level
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: ForkedChild | None = None
         self._conn: Connection | None = None
         self._ready = False
         self._timeout_s = 60.0
@@ -115,14 +116,9 @@ class StoreProcess:
         env["AGENT_STORE_PROCESS_LOG_LEVEL"] = logging.getLevelName(level) \
             if isinstance(level, int) else str(level)
         try:
-            self._proc = subprocess.Popen(
-                # -c, not -m: the classes pickled back must be agent.net.store_process's,
-                # not __main__'s
-                [sys.executable, "-c", "import sys; from agent.net.store_process import "
-                 "child_main; sys.exit(child_main(int(sys.argv[1])))", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
-                close_fds=True,
-            )
+            # forked from one process that imported pydicom and pynetdicom once, without
+            # pixel codecs: their pages are shared (agent.net.zygote)
+            self._proc = zygote.spawn(theirs.fileno(), env)
         except OSError as err:
             ours.close()
             raise StoreProcessError(f"{self.name}: cannot start the sending process: "
