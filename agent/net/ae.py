@@ -109,8 +109,14 @@ class NoDelayAssociationSocket(AssociationSocket):
     #: written whole by agent.net.direct_store, which must not be interleaved
     write_lock: threading.Lock
 
+    #: over TLS, held by every call into the connection's SSL object (a read by the DUL, a
+    #: write by anyone): OpenSSL allows one SSL object to be used from several threads, but
+    #: never by two at once. Taken after write_lock, never before it.
+    ssl_lock: threading.Lock
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.write_lock = threading.Lock()
+        self.ssl_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
@@ -120,7 +126,11 @@ class NoDelayAssociationSocket(AssociationSocket):
 
     def send(self, bytestream: bytes) -> None:
         with self.write_lock:
-            super().send(bytestream)
+            if isinstance(self.socket, ssl.SSLSocket):
+                with self.ssl_lock:
+                    super().send(bytestream)
+            else:
+                super().send(bytestream)
 
     #: set by AgentAE on associations we open: the DUL then waits in `ready` instead of
     #: polling (agent.net.quiet_reactor)
@@ -194,10 +204,25 @@ class NoDelayAssociationSocket(AssociationSocket):
                            nr_bytes, MAX_PDU_READ_BYTES)
             raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit")
         try:
+            if isinstance(self.socket, ssl.SSLSocket):
+                return self._recv_tls(self.socket, nr_bytes)
             data: bytearray = super().recv(nr_bytes)
         except ssl.SSLError as err:
             self.tls_error = err
             raise
+        return data
+
+    def _recv_tls(self, sock: ssl.SSLSocket, nr_bytes: int) -> bytearray:
+        """pynetdicom's recv loop with each SSL read under ssl_lock (a C-STORE may be written
+        from another thread: agent.net.direct_store). The DUL reads only once `ready` saw data,
+        so a read holds the lock only while a record arrives."""
+        data = bytearray()
+        while len(data) < nr_bytes:
+            with self.ssl_lock:
+                chunk = sock.recv(min(nr_bytes - len(data), 65536))
+            if not chunk:
+                break                   # closed: the DUL sees a short PDU
+            data.extend(chunk)
         return data
 
 
@@ -395,6 +420,7 @@ class BoundedRequestHandler(RequestHandler):  # type: ignore[misc]
         assoc.dul.socket.__class__ = AcceptorAssociationSocket
         sock = cast(AcceptorAssociationSocket, assoc.dul.socket)
         sock.write_lock = threading.Lock()      # no __init__ ran for the swapped class
+        sock.ssl_lock = threading.Lock()
         server = self.server
         sock.pdu_read_timeout_s = getattr(server, "pdu_read_timeout_s", PDU_READ_TIMEOUT_S)
         sock.max_pdu_bytes = getattr(server, "max_pdu_bytes", MAX_PDU_READ_BYTES)

@@ -56,10 +56,13 @@ class WireError(OSError):
 
 
 def supports(assoc: Any) -> bool:
-    """Whether this association can take the direct path (a plaintext socket we created)."""
-    sock = getattr(assoc.dul.socket, "socket", None)
-    return (isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
-            and getattr(assoc.dul.socket, "write_lock", None) is not None)
+    """Whether this association can take the direct path (a socket we created, with the
+    locks agent.net.ae.NoDelayAssociationSocket gives it)."""
+    transport = assoc.dul.socket
+    sock = getattr(transport, "socket", None)
+    return (isinstance(sock, socket.socket)
+            and getattr(transport, "write_lock", None) is not None
+            and getattr(transport, "ssl_lock", None) is not None)
 
 
 def pdu_header(context_id: int, control: int, length: int) -> bytes:
@@ -175,14 +178,19 @@ def _write_message(assoc: Any, file: Any, length: int, context_id: int,
     per_batch = max(1, min(BATCH_BYTES // fragment, MAX_IOV // 2))
     buffer = bytearray(per_batch * fragment)
     view = memoryview(buffer)
+    if isinstance(sock, ssl.SSLSocket):
+        def send(sock: Any, buffers: list[Any], timeout_s: float | None) -> None:
+            _send_tls(sock, buffers, timeout_s, transport.ssl_lock)
+    else:
+        send = _send_all
     with transport.write_lock:
         try:
-            _send_all(sock, [pdu_header(context_id, COMMAND_LAST, len(command)), command],
-                      timeout_s)
+            send(sock, [pdu_header(context_id, COMMAND_LAST, len(command)), command],
+                 timeout_s)
             remaining = length
             if remaining == 0:
                 # Command Data Set Type says a data set follows: send it, empty and last
-                _send_all(sock, [pdu_header(context_id, DATA_LAST, 0)], timeout_s)
+                send(sock, [pdu_header(context_id, DATA_LAST, 0)], timeout_s)
             while remaining > 0:
                 want = min(remaining, len(buffer))
                 got = file.readinto(view[:want])
@@ -198,7 +206,7 @@ def _write_message(assoc: Any, file: Any, length: int, context_id: int,
                     buffers.append(pdu_header(context_id, DATA_LAST if last else DATA_MORE,
                                               end - start))
                     buffers.append(view[start:end])
-                _send_all(sock, buffers, timeout_s)
+                send(sock, buffers, timeout_s)
                 remaining -= got
         except WireError:
             raise
@@ -208,6 +216,23 @@ def _write_message(assoc: Any, file: Any, length: int, context_id: int,
             raise WireError(f"sending the C-STORE request failed: {err}") from err
         finally:
             view.release()
+
+
+def _send_tls(sock: ssl.SSLSocket, buffers: list[Any], timeout_s: float | None,
+              ssl_lock: Any) -> None:
+    """One sendall of the joined buffers (an SSLSocket has no sendmsg; one ~1 MB copy) under
+    the SSL lock, with the DIMSE timeout as the socket's timeout meanwhile: the DUL's reads
+    take the same lock, so nothing else uses the socket until it is restored."""
+    data = b"".join(buffers)
+    with ssl_lock:
+        previous = sock.gettimeout()
+        sock.settimeout(timeout_s)
+        try:
+            sock.sendall(data)
+        except TimeoutError as err:
+            raise TimeoutError(f"the archive read nothing for {timeout_s:g} s") from err
+        finally:
+            sock.settimeout(previous)
 
 
 def _send_all(sock: socket.socket, buffers: list[Any], timeout_s: float | None) -> None:

@@ -151,8 +151,11 @@ def wait_ready(transport: Any, waker: Waker) -> bool:
     sock = transport.socket
     if sock is None or transport._is_connected is False:
         return False
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True                     # decrypted bytes select() cannot see (pynetdicom #528)
+    if isinstance(sock, ssl.SSLSocket):
+        with transport.ssl_lock:        # the SSL object is never used by two threads at once
+            pending = sock.pending()
+        if pending:
+            return True                 # decrypted bytes select() cannot see (pynetdicom #528)
     dul = transport.assoc.dul
     # flag first, then look at the queues: a put after the look sees the flag and wakes us
     waker.dul_waiting = True

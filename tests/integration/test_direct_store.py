@@ -5,6 +5,8 @@
   and object sizes that cross its 1 MB batches.
 - What the archive keeps is the spooled data set byte for byte: storescp --bit-preserving, and
   Orthanc (the stored file from its REST API), sent by the real sending process.
+- The same over DICOM TLS (storescp +tls --bit-preserving): the data set is written through the
+  SSL object under its lock while the DUL thread reads it.
 - An archive that stops reading, or aborts mid-object, ends the association with the outcome
   unknown (never "stored", never a hang).
 """
@@ -22,11 +24,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import build_context
+from support.certs import make_tls_world
 from support.peers import (
     LOCALHOST,
     RecordingRelay,
     free_port,
     start_storescp,
+    start_storescp_tls,
     stop_process,
     wait_until,
 )
@@ -35,6 +39,7 @@ from agent.demo.orthanc import start_orthanc
 from agent.net.ae import AgentAE, associate
 from agent.net.direct_store import WireError, send_c_store_direct, supports
 from agent.net.store_process import AssociationRequest, StoreProcess
+from agent.net.tls import PeerTls, TlsIdentity
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -195,19 +200,31 @@ def test_orthanc_keeps_the_spooled_data_set_byte_for_byte(tmp_path: Path) -> Non
         orthanc.stop()
 
 
+@pytest.mark.parametrize("over_tls", [False, True], ids=["plain", "tls"])
 def test_an_archive_that_stops_reading_ends_the_association_outcome_unknown(
-        tmp_path: Path) -> None:
+        tmp_path: Path, over_tls: bool) -> None:
     path = tmp_path / "big.dcm"
     write_sc(path, 40_000_000)
     port = free_port()
     # storescp sleeps 30 s before it reads the data set: our writes block once the socket
     # buffers are full, and the 1 s DIMSE timeout must end the wait
-    scp = start_storescp(tmp_path / "received", port, extra_args=["--sleep-during", "30"])
+    tls = None
+    if over_tls:
+        world = make_tls_world(tmp_path / "tls", key_type="rsa")
+        tls = PeerTls(TlsIdentity(world.client.certificate, world.client.private_key,
+                                  world.ca.certificate))
+        scp = start_storescp_tls(tmp_path / "received", port,
+                                 private_key=world.server.private_key,
+                                 certificate=world.server.certificate,
+                                 ca_file=world.ca.certificate,
+                                 extra_args=["--sleep-during", "30"])
+    else:
+        scp = start_storescp(tmp_path / "received", port, extra_args=["--sleep-during", "30"])
     ae = AgentAE("MODALITY1")
     ae.dimse_timeout = 1
     try:
         assoc = associate(ae, LOCALHOST, port, "STORESCP",
-                          contexts=[build_context(SC, [ExplicitVRLittleEndian])])
+                          contexts=[build_context(SC, [ExplicitVRLittleEndian])], tls=tls)
         try:
             with pytest.raises(WireError, match="read nothing for 1 s"):
                 send_c_store_direct(assoc, path, 1)
@@ -240,3 +257,41 @@ def test_child_reports_unknown_outcome_when_the_archive_aborts_mid_object(tmp_pa
     assert outcomes[0].status is None and outcomes[0].error is None
     assert outcomes[1].not_sent
     assert not sender.is_established
+
+
+def test_over_tls_storescp_keeps_the_spooled_data_set_byte_for_byte(tmp_path: Path) -> None:
+    world = make_tls_world(tmp_path / "tls", key_type="rsa")
+    tls = PeerTls(TlsIdentity(world.client.certificate, world.client.private_key,
+                              world.ca.certificate))
+    spooled = {}
+    for n, size in enumerate((100, 40_000, 3_000_000, 9_000_000)):
+        path = tmp_path / f"sc{n}.dcm"
+        spooled[write_sc(path, size)] = path
+    port = free_port()
+    out = tmp_path / "received"
+    scp = start_storescp_tls(out, port, private_key=world.server.private_key,
+                             certificate=world.server.certificate, ca_file=world.ca.certificate,
+                             extra_args=["--bit-preserving"])
+    try:
+        # in this process: the TLS association takes the direct path
+        assoc = associate(AgentAE("MODALITY1"), LOCALHOST, port, "STORESCP",
+                          contexts=[build_context(SC, [ExplicitVRLittleEndian])], tls=tls)
+        try:
+            assert supports(assoc)
+        finally:
+            assoc.release()
+        sender = StoreProcess("test", report_handler=lambda report: 0, hang_slack_s=3)
+        try:
+            sender.associate(AssociationRequest(
+                ae_title="MODALITY1", host=LOCALHOST, port=port, called_ae="STORESCP",
+                contexts=((SC, (ExplicitVRLittleEndian,)),), timeout_s=10, tls=tls))
+            outcomes = list(sender.store(list(enumerate(spooled.values()))))
+            sender.release()
+        finally:
+            sender.close()
+    finally:
+        stop_process(scp)
+    assert [o.status for o in outcomes] == [0, 0, 0, 0]
+    for uid, path in spooled.items():
+        [received] = [p for p in out.iterdir() if p.name.endswith(uid)]
+        assert data_set_bytes(received) == data_set_bytes(path)
