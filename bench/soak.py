@@ -10,10 +10,18 @@ and the descriptor count stays within 2 of the count before the first frame. An 
 holds per-frame records and builds one answer entry per object while it runs; those are
 released when it ends, which only the idle checkpoints show (the continuous samples show the
 per-acquisition rise as well).
+
+Where RSS grows (issue 18 item 4b): at each idle checkpoint the daemon's /proc/PID/smaps is
+summed by mapping kind (glibc's main heap, its other arenas, thread stacks, other anonymous
+mappings, libsqlite3, other files), with its thread count and CPU time, and the same sums over
+every process below it; the slope of each kind tells which memory carries the creep. The
+daemon is started with the environment the systemd unit sets (MALLOC_ARENA_MAX=2).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 import tracemalloc
@@ -47,6 +55,87 @@ ROUNDS = 6
 #: issue 18 item 4: RSS of the whole agent after warm-up (the first acquisition)
 SLOPE_TARGET_MB_PER_1000 = 0.1
 TRACEMALLOC_TOP = 12
+#: quiet before an idle checkpoint, after the last object is committed
+IDLE_S = 1.0
+
+
+#: what the systemd unit sets (packaging/systemd/modality-agent.service): the bench's daemon gets
+#: it too, or its slope is that of a configuration that does not ship
+SERVICE_ENV = {"MALLOC_ARENA_MAX": "2"}
+#: glibc's non-main arenas are heaps of at most HEAP_MAX_SIZE (64 MiB on 64-bit), aligned to it
+GLIBC_HEAP_ALIGN = 64 << 20
+MAPPING_KINDS = ("heap", "arenas", "stacks", "anon", "sqlite", "files", "other")
+_MAPPING_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$")
+
+
+def memory_breakdown(pid: int) -> dict[str, dict[str, int]]:
+    """Rss and Private_Dirty of one process from /proc/PID/smaps, summed by mapping kind (bytes):
+    heap = [heap] (glibc's main arena, brk), arenas = anonymous mappings that start on a 64 MiB
+    boundary or are followed by a reserved (---p) rest ending on one (glibc's other arenas),
+    stacks = anonymous mappings right above a one-page guard (thread stacks) and [stack],
+    anon = every other anonymous mapping (pymalloc's arenas, mmap'd mallocs above the
+    threshold, pixel buffers), sqlite = libsqlite3, files = other file-backed mappings,
+    other = [vdso] and the like. A heuristic where the kernel merged adjacent anonymous
+    mappings; the totals are exact."""
+    maps: list[dict[str, Any]] = []
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        header = _MAPPING_HEADER.match(line)
+        if header is not None:
+            maps.append({"start": int(header.group(1), 16), "end": int(header.group(2), 16),
+                         "perms": header.group(3), "name": header.group(4).strip(),
+                         "rss": 0, "private_dirty": 0})
+            continue
+        field, _, value = line.partition(":")
+        if field == "Rss" and maps:
+            maps[-1]["rss"] = int(value.split()[0]) * 1024
+        elif field == "Private_Dirty" and maps:
+            maps[-1]["private_dirty"] = int(value.split()[0]) * 1024
+    kinds = {kind: {"rss": 0, "private_dirty": 0} for kind in MAPPING_KINDS}
+    for index, mapping in enumerate(maps):
+        kind = kinds[_mapping_kind(mapping, maps[index - 1] if index else None,
+                                   maps[index + 1] if index + 1 < len(maps) else None)]
+        kind["rss"] += mapping["rss"]
+        kind["private_dirty"] += mapping["private_dirty"]
+    return kinds
+
+
+def _mapping_kind(mapping: dict[str, Any], below: dict[str, Any] | None,
+                  above: dict[str, Any] | None) -> str:
+    name = mapping["name"]
+    if name == "[heap]":
+        return "heap"
+    if name == "[stack]":
+        return "stacks"
+    if name.startswith("["):
+        return "other"
+    if name:
+        return "sqlite" if "libsqlite3" in name else "files"
+
+    def reserved(other: dict[str, Any] | None, adjacent_at: int) -> bool:
+        return other is not None and not other["name"] and other["perms"].startswith("---") \
+            and adjacent_at in (other["start"], other["end"])
+
+    if mapping["start"] % GLIBC_HEAP_ALIGN == 0 or (
+            reserved(above, mapping["end"]) and above is not None
+            and above["end"] % GLIBC_HEAP_ALIGN == 0):
+        return "arenas"
+    if reserved(below, mapping["start"]) and below is not None \
+            and below["end"] - below["start"] <= 64 * 1024:
+        return "stacks"
+    return "anon"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_count(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
 
 
 def least_squares_slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -98,7 +187,16 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         destinations=[DestinationSpec("archive", orthanc.dicom_port, orthanc.ae_title,
                                       storage_commitment=True)])
     traced = ws.path("tracemalloc") if TRACEMALLOC["on"] else None
-    daemon.start(tracemalloc_dir=traced)
+    saved = {name: os.environ.get(name) for name in SERVICE_ENV}
+    os.environ.update(SERVICE_ENV)
+    try:
+        daemon.start(tracemalloc_dir=traced)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     if traced is not None:
         # every process of the agent starts tracing now (bench/tracemalloc_hook)
         (traced / "start").write_text("")
@@ -119,9 +217,31 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
         samples.append(point)
         return point
 
+    def checkpoint() -> dict[str, Any]:
+        """An idle sample, with the daemon's memory by mapping kind and its thread count, and
+        the same breakdown summed over every process below it."""
+        point = sample(False)
+        point["smaps"] = memory_breakdown(daemon.pid)
+        point["threads"] = thread_count(daemon.pid)
+        point["cpu_s"] = cpu_seconds(daemon.pid)
+        below = {kind: {"rss": 0, "private_dirty": 0} for kind in MAPPING_KINDS}
+        point["rss_below"] = {}
+        for pid in descendants(daemon.pid):
+            try:
+                for kind, sizes in memory_breakdown(pid).items():
+                    for field, size in sizes.items():
+                        below[kind][field] += size
+                point["rss_below"][pid] = (process_label(pid), rss_bytes(pid))
+            except OSError:
+                pass            # ended between listing and reading
+        point["smaps_senders"] = below
+        point["processes_below"] = len(point["rss_below"])
+        checkpoints.append(point)
+        return point
+
     try:
-        time.sleep(1.0)
-        checkpoints.append(sample(False))
+        time.sleep(IDLE_S)
+        checkpoint()
         for round_index in range(ROUNDS):
             acquired: dict[str, Any] = {}
 
@@ -148,8 +268,8 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
                     raise TimeoutError(f"soak round {round_index + 1}: not done: {point}")
                 time.sleep(0.5)
             dropped += int(acquired["result"].get("dropped_frames", 0))
-            time.sleep(1.0)
-            checkpoints.append(sample(False))
+            time.sleep(IDLE_S)
+            checkpoint()
             if traced is not None and round_index in (0, ROUNDS - 1):
                 snapshots.append(request_snapshots(
                     traced, len(snapshots) + 1, [daemon.pid, *descendants(daemon.pid)]))
@@ -181,6 +301,25 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
     slope_total = slope(lambda c: c["rss"] + c["rss_senders"])
     slope_daemon = slope(lambda c: c["rss"])
     slope_senders = slope(lambda c: c["rss_senders"])
+    breakdown: dict[str, Any] = {}
+    for who, key in (("daemon", "smaps"), ("below", "smaps_senders")):
+        for kind in MAPPING_KINDS:
+            for field in ("rss", "private_dirty"):
+                breakdown[f"{who}_{kind}_{field}_slope_mb_per_1000"] = slope(
+                    lambda c, key=key, kind=kind, field=field: c[key][kind][field])
+                breakdown[f"{who}_{kind}_{field}_mb_checkpoints"] = [
+                    round(c[key][kind][field] / MB, 2) for c in checkpoints]
+    breakdown["daemon_threads_checkpoints"] = [c["threads"] for c in checkpoints]
+    breakdown["processes_below_checkpoints"] = [c["processes_below"] for c in checkpoints]
+    # which process below grew, from the checkpoint after round 1 to the last (same PID)
+    breakdown["below_growth_mb"] = {
+        f"{label} {pid}": round((rss - first["rss_below"][pid][1]) / MB, 2)
+        for pid, (label, rss) in last["rss_below"].items() if pid in first["rss_below"]}
+    breakdown["below_new_since_round_1"] = [
+        label for pid, (label, _) in last["rss_below"].items() if pid not in first["rss_below"]]
+    cpu_objects = last["committed"] - first["committed"]
+    breakdown["daemon_cpu_s_per_1000"] = (
+        (last["cpu_s"] - first["cpu_s"]) / cpu_objects * 1000 if cpu_objects else None)
     growth: dict[str, Any] = {}
     if len(snapshots) == 2:
         for pid, first_snap in snapshots[0].items():
@@ -198,6 +337,8 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
                           + ("; a --quick estimate (shorter run)" if quick else "")
                           + ("; TRACED run: tracemalloc inflates RSS" if traced else ""),
         "tracemalloc": growth or None,
+        "memory_breakdown": breakdown,
+        "service_env": SERVICE_ENV,
         "objects": objects, "rounds": ROUNDS, "dropped": dropped, "seconds": elapsed,
         "samples": len(samples), "committed": last["committed"], "failed": last["failed"],
         "rss_mb_checkpoints": [round(c["rss"] / MB, 2) for c in checkpoints],
@@ -236,6 +377,37 @@ def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], li
                   SLOPE_TARGET_MB_PER_1000 else "NOT MET")],
     )
     texts = [text]
+    kind_rows = []
+    for who, key in (("daemon", "smaps"), ("below", "smaps_senders")):
+        for kind in MAPPING_KINDS:
+            if all(c[key][kind]["rss"] == 0 for c in checkpoints):
+                continue
+            kind_rows.append(
+                [f"{who} {kind}",
+                 " ".join(f"{c[key][kind]['rss'] / MB:.1f}" for c in checkpoints),
+                 _fmt_slope(breakdown[f"{who}_{kind}_rss_slope_mb_per_1000"]),
+                 _fmt_slope(breakdown[f"{who}_{kind}_private_dirty_slope_mb_per_1000"])])
+    kind_rows.append(["daemon threads",
+                      " ".join(str(c["threads"]) for c in checkpoints), "", ""])
+    kind_rows.append(["processes below",
+                      " ".join(str(c["processes_below"]) for c in checkpoints), "", ""])
+    growth_note = ", ".join(f"{name} {mb:+.2f}"
+                            for name, mb in breakdown["below_growth_mb"].items())
+    texts.append(table(
+        "soak: memory by mapping kind (/proc/PID/smaps) at the idle checkpoints; daemon, and "
+        "every process below it summed",
+        ["kind", "Rss MB at each checkpoint", "Rss slope MB/1000", "Private_Dirty slope"],
+        kind_rows, left=2,
+        notes=["heap = [heap] (glibc main arena), arenas = anonymous mappings aligned to 64 MiB "
+               "(glibc thread arenas), stacks = thread stacks, anon = other anonymous mappings "
+               "(pymalloc arenas, mmap'd mallocs), sqlite = libsqlite3, files = other "
+               f"file-backed; daemon started with {SERVICE_ENV} as the systemd unit sets",
+               f"RSS growth after round 1 to after round {ROUNDS} of each process below: "
+               f"{growth_note or '-'}; started since: "
+               f"{', '.join(breakdown['below_new_since_round_1']) or 'none'}",
+               "daemon CPU after round 1: "
+               + ("-" if breakdown["daemon_cpu_s_per_1000"] is None else
+                  f"{breakdown['daemon_cpu_s_per_1000']:.2f} s per 1,000 objects")]))
     for name, grown in growth.items():
         texts.append(table(
             f"tracemalloc: what grew in the {name} between the idle checkpoint after round 1 "
