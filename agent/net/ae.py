@@ -197,12 +197,38 @@ class NoDelayAssociationSocket(AssociationSocket):
             if threading.current_thread() is dul or not dul.is_alive():
                 waker.close()
 
+    #: bytes read from the connection and given back (agent.net.direct_response), served
+    #: before the connection's own; then the error that reading met, if any
+    _unread: bytearray | None = None
+    _unread_error: BaseException | None = None
+
+    def unread(self, data: bytes | bytearray, error: BaseException | None = None) -> None:
+        """Give back bytes read from this connection (and the error reading more met): the
+        next recv() calls return them first, as if they had never been read."""
+        self._unread = bytearray(data)
+        self._unread_error = error
+
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes > MAX_PDU_READ_BYTES:
             # the DUL treats this as a closed connection (Evt17) and aborts the association
             logger.warning("peer announced a %d-byte PDU (limit %d): connection closed",
                            nr_bytes, MAX_PDU_READ_BYTES)
             raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit")
+        if self._unread is None:
+            return self._recv(nr_bytes)
+        data = self._unread[:nr_bytes]
+        del self._unread[:nr_bytes]
+        if len(data) == nr_bytes:
+            if not self._unread and self._unread_error is None:
+                self._unread = None
+            return data
+        # given back bytes used up; then the error reading them met, or the connection
+        error, self._unread, self._unread_error = self._unread_error, None, None
+        if error is not None:
+            raise error
+        return data + self._recv(nr_bytes - len(data))
+
+    def _recv(self, nr_bytes: int) -> bytearray:
         try:
             if isinstance(self.socket, ssl.SSLSocket):
                 return self._recv_tls(self.socket, nr_bytes)

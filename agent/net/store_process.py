@@ -383,6 +383,7 @@ class _Child:
         return outcome
 
     def _store_one(self, key: int, path: str) -> StoreOutcome:
+        from agent.net.direct_response import StoreResponse
         from agent.net.direct_store import WireError, send_c_store_direct, supports
         from agent.net.transcode import uncompressed_copy
 
@@ -391,18 +392,18 @@ class _Child:
                 if self.direct and supports(self.assoc):
                     self.message_id = self.message_id % 0xFFFF + 1
                     try:
-                        status = send_c_store_direct(self.assoc, Path(path), self.message_id)
+                        response = send_c_store_direct(self.assoc, Path(path), self.message_id)
                     except WireError as err:
                         # part of the request may be at the archive: outcome unknown
                         logger.warning("C-STORE of queue item %d: %s", key, err)
                         return StoreOutcome(key)
                 else:
-                    status = self.assoc.send_c_store(path)
+                    response = StoreResponse.from_dataset(self.assoc.send_c_store(path))
             except ValueError:
                 # no accepted context in the file's own syntax: send a decoded copy that
                 # pynetdicom can convert to what was accepted (Implicit VR LE)
                 copy = uncompressed_copy(Path(path))
-                status = self.assoc.send_c_store(copy)
+                response = StoreResponse.from_dataset(self.assoc.send_c_store(copy))
         except OSError as err:
             return StoreOutcome(key, error=SendError.UNREADABLE, detail=str(err))
         except ValueError as err:
@@ -412,10 +413,9 @@ class _Child:
             return StoreOutcome(key, error=SendError.NO_CONTEXT,
                                 detail=f"cannot decompress for the accepted syntax: "
                                        f"{type(err).__name__}: {err}")
-        code = dimse_status.status_code(status)
-        if code is None:
+        if response.status is None:
             return StoreOutcome(key)
-        return StoreOutcome(key, status=code, comment=str(status.get("ErrorComment", "") or ""))
+        return StoreOutcome(key, status=response.status, comment=response.error_comment or "")
 
     def n_action(self, request: NAction) -> None:
         from pynetdicom.sop_class import (

@@ -108,16 +108,17 @@ def store_through_relay(relay: RecordingRelay, path: Path, *, direct: bool) -> t
     try:
         assert supports(assoc)
         if direct:
-            status = send_c_store_direct(assoc, path, 1)
+            code = send_c_store_direct(assoc, path, 1).status
         else:
-            status = assoc.send_c_store(path)
+            code = assoc.send_c_store(path).Status
     finally:
         assoc.release()
     connections = relay.connections()
     assert len(connections) == before + 1
     upstream = bytes(connections[-1].upstream)
     # release sent: the relay has the whole request once the release answer came back
-    return int(status.Status), upstream
+    assert code is not None
+    return int(code), upstream
 
 
 @pytest.mark.parametrize("max_pdu", [4096, 16384, 131072])
