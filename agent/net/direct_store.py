@@ -4,21 +4,23 @@ Why: pynetdicom sends a data set as one P-DATA primitive per PDU (16 KB with Ort
 storescp), each handed through the DUL's queue, its state machine and a PDU encode on the
 reactor thread: ~95 µs of Python per PDU, ~1.9 ms of the sending thread and ~1.2 ms of the
 reactor per 0.5 MB object, against ~1.2 ms per whole object for DCMTK storescu (issue 18,
-profile in README "Performance"). Here pynetdicom still negotiates, releases, aborts, reads
-every PDU the archive sends and decodes the C-STORE-RSP; only the request's bytes are written
-by us: the command set as pynetdicom encodes it, then the data set in the same fragments
-pynetdicom would make (PS3.8 9.3.5, E.2: PDV of at most max PDU - 6 bytes, control header
-0x00 / 0x02 on the last), ~1 MB of the file per `sendmsg` call, headers and file slices as
-separate buffers so nothing is copied and the GIL is released in the kernel call.
+profile in README "Performance"). Here pynetdicom still negotiates, releases, aborts and reads
+every PDU the archive sends; the request's bytes are written by us: the command set as
+pynetdicom encodes it, then the data set in the same fragments pynetdicom would make (PS3.8
+9.3.5, E.2: PDV of at most max PDU - 6 bytes, control header 0x00 / 0x02 on the last), ~1 MB
+of the file per `sendmsg` call, headers and file slices as separate buffers so nothing is
+copied and the GIL is released in the kernel call. The file meta information is read here too
+(`read_file_meta`), and the plain C-STORE-RSP is decoded on the DUL thread without pydicom
+(agent.net.direct_response).
 
 Whole messages are never interleaved with the DUL's own writes (an N-EVENT-REPORT-RSP, an
 A-ABORT): both go through `WriteLock` of the association's socket (agent.net.ae), held here for
 the whole message. The association's reactor is paused exactly as pynetdicom's own
 `send_c_store` pauses it, so the response is taken by us and nobody else.
 
-Only for plaintext sockets: an ssl.SSLSocket has no sendmsg, and OpenSSL does not allow one
-thread to write while the DUL thread reads the same connection, so over TLS the caller uses
-pynetdicom's `send_c_store` (`supports()` says which).
+Over TLS (an ssl.SSLSocket has no sendmsg) each ~1 MB batch is joined and written with
+sendall under the socket's SSL lock, which the DUL's reads take too: OpenSSL does not allow
+two threads in one SSL object at once.
 """
 
 from __future__ import annotations
