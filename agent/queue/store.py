@@ -719,12 +719,21 @@ class QueueStore:
 
     def mark_sent(self, delivery_id: int, note: str = "") -> None:
         """The archive answered Success or Warning: it holds the object."""
+        self.mark_sent_many([(delivery_id, note)])
+
+    def mark_sent_many(self, outcomes: Sequence[tuple[int, str]]) -> None:
+        """`mark_sent` for several rows, (delivery id, note) each, in one transaction: the
+        commit (and its fsync) is most of what recording an outcome costs (issue 18 item 3:
+        0.094 ms CPU per row one by one, 0.03 four at a time, 0.01 sixteen at a time)."""
+        if not outcomes:
+            return
         now = self._now()
         with self._tx() as conn:
-            conn.execute(
+            conn.executemany(
                 "UPDATE deliveries SET state=?, stored_at=?, updated_at=?, last_error=?, "
                 "unknown_outcomes=0 WHERE delivery_id=? AND state=?",
-                (S.SENT, now, now, note, delivery_id, S.SENDING),
+                [(S.SENT, now, now, note, delivery_id, S.SENDING)
+                 for delivery_id, note in outcomes],
             )
 
     def mark_retry(self, delivery_ids: Sequence[int], reason: str, next_attempt_at: float,
