@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from agent import crashpoints
 from agent.errors import AlreadyQueuedError, QueueError, SpoolFullError, UnknownQueueItemError
@@ -35,6 +36,7 @@ from agent.records import (
 logger = logging.getLogger(__name__)
 
 S = DeliveryState
+_V = TypeVar("_V")
 
 #: Failure Reason (PS3.4 J.3.3.1.2, Table J.3-2): the archive does not hold the object → resend
 FAILURE_NO_SUCH_OBJECT = 0x0112
@@ -203,6 +205,26 @@ def _make_private(db_path: Path) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+
+
+#: the lengths of the queue's `IN (?, ...)` lists: a list of values is padded to the next of
+#: these by repeating its last value (which changes no result) and a longer one is split.
+#: Python's sqlite3 caches 128 prepared statements per connection, keyed by their SQL text: a
+#: list of every length made a new statement per length, each holding memory and evicting the
+#: statements the forwarder prepares all the time (issue 18 item 4b)
+IN_LIST_SIZES = tuple(2 ** n for n in range(9))       # 1 .. 256
+
+
+def _in_lists(values: Iterable[_V]) -> Iterator[tuple[str, list[_V]]]:
+    """("?,?,...", values) for each `IN (...)` query `values` take (none for no values),
+    duplicates left out; the lists are of the lengths in IN_LIST_SIZES."""
+    unique = list(dict.fromkeys(values))
+    largest = IN_LIST_SIZES[-1]
+    for start in range(0, len(unique), largest):
+        chunk = unique[start:start + largest]
+        size = next(n for n in IN_LIST_SIZES if n >= len(chunk))
+        chunk += [chunk[-1]] * (size - len(chunk))
+        yield ",".join("?" * size), chunk
 
 
 class QueueStore:
@@ -554,15 +576,19 @@ class QueueStore:
 
     def reroutes(self, queue_ids: Iterable[int] | None = None) -> list[dict[str, object]]:
         """Moves recorded by `reassign` (oldest first): queue id, group, from, to, when."""
-        sql = ("SELECT d.queue_id, r.group_name, r.from_destination, r.to_destination, "
-               "r.moved_at FROM reroutes r JOIN deliveries d USING (delivery_id)")
-        args: list[object] = []
+        sql = ("SELECT r.rowid AS move, d.queue_id, r.group_name, r.from_destination, "
+               "r.to_destination, r.moved_at FROM reroutes r JOIN deliveries d "
+               "USING (delivery_id)")
+        queries: list[tuple[str, list[int]]] = [(sql, [])]
         if queue_ids is not None:
-            ids = list(queue_ids)
-            sql += f" WHERE d.queue_id IN ({','.join('?' * len(ids))})"
-            args.extend(ids)
+            queries = [(f"{sql} WHERE d.queue_id IN ({marks})", ids)
+                       for marks, ids in _in_lists(queue_ids)]
         with self._lock:
-            return [dict(r) for r in self.conn.execute(sql + " ORDER BY r.rowid", args)]
+            rows = [dict(r) for q, args in queries for r in self.conn.execute(q, args)]
+        rows.sort(key=lambda r: r["move"])
+        for row in rows:
+            del row["move"]
+        return rows
 
     def make_due(self, destination: str) -> int:
         """`destination`'s rows waiting out a backoff — pending ones to send, sent ones to ask
@@ -614,22 +640,27 @@ class QueueStore:
         sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN objects o USING (queue_id)"  # noqa: S608
         where: list[str] = []
         args: list[object] = []
-        if queue_ids is not None:
-            ids = list(queue_ids)
-            where.append(f"d.queue_id IN ({','.join('?' * len(ids))})")
-            args.extend(ids)
         if state is not None:
             where.append("d.state=?")
             args.append(state)
         if destination is not None:
             where.append("d.destination=?")
             args.append(destination)
+        lists: list[tuple[str, list[int]]] = [("", [])]
+        if queue_ids is not None:
+            lists = list(_in_lists(queue_ids))
+            where.append("d.queue_id IN ({marks})")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY d.delivery_id LIMIT ?"
-        args.append(limit)
         with self._lock:
-            return [_delivery(r) for r in self.conn.execute(sql, args)]
+            rows = [_delivery(r) for marks, ids in lists
+                    for r in self.conn.execute(sql.format(marks=marks), [*args, *ids, limit])]
+        if len(lists) > 1:
+            # each list gave its lowest `limit`: the lowest of them all
+            rows.sort(key=lambda d: d.delivery_id)
+            del rows[limit:]
+        return rows
 
     def recent_queue_ids(self, limit: int = 50) -> list[int]:
         """The newest objects first (purged ones excluded)."""
@@ -826,14 +857,12 @@ class QueueStore:
     def objects_by_uid(self, sop_instance_uids: Iterable[str]) -> dict[str, QueuedObject]:
         """The queued objects of these SOP Instance UIDs (purged ones too); unknown UIDs are
         simply absent."""
-        uids = list(dict.fromkeys(sop_instance_uids))
         found: dict[str, QueuedObject] = {}
         with self._lock:
-            for start in range(0, len(uids), 500):        # SQLite's variable limit
-                chunk = uids[start:start + 500]
+            for marks, uids in _in_lists(sop_instance_uids):
                 for row in self.conn.execute(
-                    "SELECT * FROM objects WHERE sop_instance_uid IN "  # noqa: S608
-                    f"({','.join('?' * len(chunk))})", chunk,
+                    f"SELECT * FROM objects WHERE sop_instance_uid IN ({marks})",  # noqa: S608
+                    uids,
                 ):
                     found[row["sop_instance_uid"]] = _object(row)
         return found
@@ -842,37 +871,33 @@ class QueueStore:
         """Rejected objects (all, or those of `queue_ids`), by queue id."""
         sql = ("SELECT r.queue_id, o.sop_instance_uid, r.reason, r.rejected_at "
                "FROM rejections r JOIN objects o USING (queue_id)")
-        args: list[object] = []
+        queries: list[tuple[str, list[int]]] = [(sql, [])]
         if queue_ids is not None:
-            ids = list(queue_ids)
-            sql += f" WHERE r.queue_id IN ({','.join('?' * len(ids))})"
-            args.extend(ids)
+            queries = [(f"{sql} WHERE r.queue_id IN ({marks})", ids)
+                       for marks, ids in _in_lists(queue_ids)]
         with self._lock:
             return {row["queue_id"]: ObjectRejection(row["queue_id"], row["sop_instance_uid"],
                                                      row["reason"], row["rejected_at"])
-                    for row in self.conn.execute(sql, args)}
+                    for q, args in queries for row in self.conn.execute(q, args)}
 
     def rejected_uids(self, sop_instance_uids: Iterable[str]) -> set[str]:
         """Which of these SOP Instance UIDs are rejected: an open procedure's MPPS must not
         list them any more (issue 16 item 2)."""
-        uids = list(dict.fromkeys(sop_instance_uids))
         rejected: set[str] = set()
         with self._lock:
-            for start in range(0, len(uids), 500):
-                chunk = uids[start:start + 500]
+            for marks, uids in _in_lists(sop_instance_uids):
                 rejected.update(row[0] for row in self.conn.execute(
                     "SELECT o.sop_instance_uid FROM rejections r JOIN objects o "  # noqa: S608
-                    f"USING (queue_id) WHERE o.sop_instance_uid IN ({','.join('?' * len(chunk))})",
-                    chunk))
+                    f"USING (queue_id) WHERE o.sop_instance_uid IN ({marks})", uids))
         return rejected
 
     def note_queue_ids(self, queue_ids: Iterable[int]) -> set[int]:
         """Which of these objects are rejection notes (their rows wait for another object)."""
-        ids = list(queue_ids)
         with self._lock:
-            return {row[0] for row in self.conn.execute(
-                "SELECT DISTINCT d.queue_id FROM note_waits w JOIN deliveries d "  # noqa: S608
-                f"USING (delivery_id) WHERE d.queue_id IN ({','.join('?' * len(ids))})", ids)}
+            return {row[0] for marks, ids in _in_lists(queue_ids)
+                    for row in self.conn.execute(
+                        "SELECT DISTINCT d.queue_id FROM note_waits w JOIN deliveries d "  # noqa: S608
+                        f"USING (delivery_id) WHERE d.queue_id IN ({marks})", ids)}
 
     def reject(self, queue_ids: Sequence[int], reason: str, *,
                cancel: Sequence[tuple[int, str]], notes: Sequence[NoteToQueue],
@@ -944,18 +969,18 @@ class QueueStore:
     def _check_rejection_plan(conn: sqlite3.Connection, queue_ids: Sequence[int],
                               cancel: Sequence[tuple[int, str]],
                               notes: Sequence[NoteToQueue]) -> None:
-        ids = list(queue_ids)
-        marks = ",".join("?" * len(ids))
-        already = conn.execute(
-            "SELECT o.sop_instance_uid FROM rejections r JOIN objects o "  # noqa: S608
-            f"USING (queue_id) WHERE r.queue_id IN ({marks})", ids).fetchone()
-        if already is not None:
-            raise RejectionConflict(f"SOP Instance UID {already[0]} is already rejected; "
-                                    "nothing was changed")
-        rows = conn.execute(
+        lists = list(_in_lists(queue_ids))
+        for marks, ids in lists:
+            already = conn.execute(
+                "SELECT o.sop_instance_uid FROM rejections r JOIN objects o "  # noqa: S608
+                f"USING (queue_id) WHERE r.queue_id IN ({marks})", ids).fetchone()
+            if already is not None:
+                raise RejectionConflict(f"SOP Instance UID {already[0]} is already rejected; "
+                                        "nothing was changed")
+        rows = [row for marks, ids in lists for row in conn.execute(
             "SELECT d.queue_id, d.destination, d.state, o.sop_instance_uid "  # noqa: S608
             f"FROM deliveries d JOIN objects o USING (queue_id) WHERE d.queue_id IN ({marks})",
-            ids).fetchall()
+            ids)]
         for row in rows:
             if row["state"] == S.SENDING:
                 raise ObjectInFlightError(
