@@ -155,3 +155,37 @@ def test_what_was_answered_before_the_sender_failed_is_recorded_and_nothing_more
                                  DeliveryState.SENDING]
     finally:
         store.close()
+
+
+class WatchingSender(ScriptedSender):
+    """Answers Success for every object, each after a round trip of `seconds`, and notes the
+    state of the previous object's row at the moment it answers the next one."""
+
+    def __init__(self, queue: QueueStore, seconds: float, count: int) -> None:
+        super().__init__([0] * count)
+        self.queue = queue
+        self.seconds = seconds
+        self.seen: list[DeliveryState] = []
+
+    def store(self, items: Sequence[tuple[int, Path]]) -> Iterator[StoreOutcome]:
+        for index, (key, _path) in enumerate(items):
+            if index:
+                self.seen.append(self.queue.deliveries(destination=DEST)[index - 1].state)
+            yield StoreOutcome(key, status=0, seconds=self.seconds)
+
+
+@pytest.mark.parametrize(("seconds", "recorded_before_next"), [(0.001, False), (1.0, True)])
+def test_a_slow_object_is_recorded_before_the_next_one_is_answered(
+        tmp_path: Path, seconds: float, recorded_before_next: bool) -> None:
+    """Outcomes wait to be recorded together only while objects go fast: after a round trip
+    over RECORD_GROUP_WITHIN_S the object is recorded at once, not when the next one (which
+    may take as long) is answered."""
+    store = make_store(tmp_path, 3)
+    try:
+        sender = WatchingSender(store, seconds, 3)
+        assert make_worker(store, sender).run_once()
+        assert states(store) == [DeliveryState.SENT] * 3
+        expected = DeliveryState.SENT if recorded_before_next else DeliveryState.SENDING
+        assert sender.seen == [expected, expected]
+    finally:
+        store.close()
