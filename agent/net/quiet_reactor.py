@@ -15,10 +15,12 @@ open association doing nothing, and two thirds of a sending process's CPU while 
   .pynetdicom_fixes) holds unchanged. While it waits it counts as paused (it touches nothing),
   so a send_*() no longer spins until its next turn.
 
-What still runs every IDLE_WAIT_S (50 ms) instead of every 1 ms: the ARTIM, idle-timer and
-kill checks, so a timeout or a peer-less shutdown is seen at most 50 ms later than before
-(a stop or kill wakes the loops at once). 20 ms cost an idle association ~25 ms of CPU per
-second on the loaded machine, 50 ms ~11-14 ms. Applied to
+What still runs every IDLE_WAIT_S (200 ms) instead of every 1 ms: the ARTIM, idle-timer and
+kill checks, so a timeout or a peer-less shutdown is seen at most 200 ms later than before
+(a stop or kill wakes the loops at once; the ARTIM and network timeouts are tens of seconds).
+An idle association cost ~25 ms of CPU per second at 20 ms, ~10-14 at 50 ms, ~3 at 200 ms;
+it matters while an association waits on a slow archive (an fsync per object), where three of
+them spent ~0.15 ms of CPU per 0.5 MB object on timer checks at 50 ms (issue 18). Applied to
 the associations we open (agent.net.ae.AgentAE), only on the pynetdicom releases the fix module
 was checked against; another release keeps pynetdicom's loops.
 """
@@ -38,7 +40,7 @@ import pynetdicom
 from agent.net.pynetdicom_fixes import is_affected
 
 #: the longest either loop waits without work before it looks at its timers again
-IDLE_WAIT_S = 0.05
+IDLE_WAIT_S = 0.2
 
 
 class Waker:
