@@ -7,6 +7,10 @@ Event.wait, and a signal is handled only when it wakes). When the bench writes `
 tracing begins (tracemalloc, 8 frames; not from start-up: tracing the imports would slow the
 daemon's start past the bench's patience); when it writes `request-N`, the process dumps a
 snapshot to `<pid>-N.snap`. The bench compares two snapshots to show where memory grew.
+
+The sending processes are forked from one pre-imported process (agent.net.zygote), not started
+as interpreters: this module does not run in them, and fork() keeps only the forking thread, so
+the watcher is started again in every forked child (os.register_at_fork).
 """
 
 from __future__ import annotations
@@ -39,15 +43,20 @@ def _watch(folder: Path, done: set[str]) -> None:
             os.replace(f"{target}.tmp", target)
 
 
+def _start_watcher(path: Path) -> None:
+    # requests already there were for the processes before this one
+    before = {p.name for p in path.glob("request-*")}
+    threading.Thread(target=_watch, args=(path, before), name="bench-tracemalloc",
+                     daemon=True).start()
+
+
 def _install() -> None:
     folder = os.environ.get("BENCH_TRACEMALLOC_DIR")
     if not folder:
         return
     path = Path(folder)
-    # requests already there were for the processes before this one
-    before = {p.name for p in path.glob("request-*")}
-    threading.Thread(target=_watch, args=(path, before), name="bench-tracemalloc",
-                     daemon=True).start()
+    _start_watcher(path)
+    os.register_at_fork(after_in_child=lambda: _start_watcher(path))
 
 
 _install()
