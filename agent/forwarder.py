@@ -21,18 +21,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
-from pydicom.tag import Tag
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from agent import crashpoints
 from agent.audit import AlertKind, AuditPeer, AuditTrail, AuditUnavailable, Outcome
+from agent.audit.study_ref import UNKNOWN, StudyRef, read_study_ref  # noqa: F401
 from agent.config import DestinationSection, QueueSection
 from agent.errors import AgentError, AssociationError, TlsHandshakeError
 from agent.heartbeat import Heartbeat, stall_point
@@ -253,35 +250,10 @@ class DestinationHealth:
         }
 
 
-#: the header elements an audit message names: Patient ID, Study Instance UID, Accession Number
-_AUDIT_TAGS = [Tag(0x0010, 0x0020), Tag(0x0020, 0x000D), Tag(0x0008, 0x0050)]
 #: objects whose study is remembered between "stored" and the commitment report, and
 #: (destination, study) pairs whose Begin Transferring was sent in this run: bounded, so a
 #: daemon that runs for months does not grow with every study
 AUDIT_CACHE_SIZE = 50_000
-#: named in an audit message for a file whose header cannot be read (the event still counts)
-UNKNOWN = "(unreadable)"
-
-
-@dataclass(frozen=True)
-class StudyRef:
-    """What an audit message names of one object's study (patient data: never logged)."""
-
-    patient_id: str
-    study_uid: str
-    accession: str = ""
-
-
-def read_study_ref(path: Path) -> StudyRef:
-    """The patient and study of a spooled Part 10 file, from its header only (no pixels)."""
-    try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=_AUDIT_TAGS)
-    except (OSError, InvalidDicomError, ValueError, EOFError):
-        return StudyRef(UNKNOWN, UNKNOWN)
-    patient_id = str(ds.get("PatientID", "") or "").strip()
-    study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
-    return StudyRef(patient_id or UNKNOWN, study_uid or UNKNOWN,
-                    str(ds.get("AccessionNumber", "") or "").strip())
 
 
 def _sop_counts(sop_classes: Iterable[str]) -> dict[str, int]:
