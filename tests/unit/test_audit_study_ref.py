@@ -465,3 +465,36 @@ def test_a_byte_changed_anywhere_in_the_header_gets_pydicoms_answer(tmp_path: Pa
             damaged[at] = value
             path.write_bytes(damaged)
             assert answer(path) == reference(path), f"byte {at} = {value:#x}"
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_a_header_longer_than_the_first_read_is_read_again_whole(
+        tmp_path: Path, explicit: bool, pydicom_reads: list[str]) -> None:
+    path = tmp_path / "1.dcm"
+    icon = element(0x00091010, "OB", b"\1" * 20_000, explicit=explicit)
+    later = element(0x00091011, "OB", b"\0" * 50_000, explicit=explicit)
+    path.write_bytes(crafted(explicit, early=icon, extra=later))
+    assert answer(path) == StudyRef("PID-7", "1.2.3.4", "ACC-7")
+    assert pydicom_reads == []
+    assert answer(path) == reference(path)
+
+
+def test_a_file_the_size_of_the_first_read_is_read_whole(tmp_path: Path,
+                                                         pydicom_reads: list[str]) -> None:
+    data = crafted(True, pixels=False)
+    filler = 4096 - len(data) - 8
+    path = tmp_path / "1.dcm"
+    path.write_bytes(crafted(True, pixels=False,
+                             extra=element(0x00091010, "SH", b"x" * filler, explicit=True)))
+    assert path.stat().st_size == 4096
+    assert answer(path) == StudyRef("PID-7", "1.2.3.4", "ACC-7")
+    assert pydicom_reads == []
+
+
+def test_a_header_past_the_largest_read_goes_to_pydicom(tmp_path: Path,
+                                                        pydicom_reads: list[str]) -> None:
+    path = tmp_path / "1.dcm"
+    path.write_bytes(crafted(True, early=element(0x00091010, "OB", b"\1" * 300_000,
+                                                 explicit=True)))
+    assert answer(path) == StudyRef("PID-7", "1.2.3.4", "ACC-7") == reference(path)
+    assert len(pydicom_reads) == 2   # the fallback, then the reference
