@@ -4,7 +4,8 @@ is reported done. The daemon holds one `AuditTrail`; docs/audit.md lists the mes
 
 Modules: `messages` (the XML, pure), `syslog` (RFC 5424 message and octet-counted framing,
 pure), `spool` (the durable queue), `transport` (sockets), `sender` (the sending thread),
-`trail` (the API).
+`trail` (the API), `study_ref` (the patient and study an audit message names, read from a
+spooled file's header).
 """
 
 from agent.audit.messages import AuditPeer, Outcome
