@@ -392,7 +392,7 @@ class _Child:
                 if self.direct and supports(self.assoc):
                     self.message_id = self.message_id % 0xFFFF + 1
                     try:
-                        response = send_c_store_direct(self.assoc, Path(path), self.message_id)
+                        response = send_c_store_direct(self.assoc, path, self.message_id)
                     except WireError as err:
                         # part of the request may be at the archive: outcome unknown
                         logger.warning("C-STORE of queue item %d: %s", key, err)
