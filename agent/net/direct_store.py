@@ -175,6 +175,12 @@ def _send_open_file(assoc: Any, fd: int, path: StrPath, msg_id: int) -> StoreRes
         assoc._reactor_checkpoint.set()
     if response is None:
         assoc._handle_no_response()
+        if assoc.acse.is_aborted() or assoc.is_aborted:
+            # the archive aborted or closed the connection (pynetdicom's state machine put the
+            # A-ABORT / A-P-ABORT indication before waking us): the association is over now,
+            # not only once its reactor next looks, so the caller's next "still established?"
+            # does not send another object into it (seen at a 200 ms reactor wait)
+            assoc.is_established = False
         return StoreResponse(None)
     if isinstance(response, StoreResponse):
         return response

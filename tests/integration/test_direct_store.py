@@ -296,3 +296,36 @@ def test_over_tls_storescp_keeps_the_spooled_data_set_byte_for_byte(tmp_path: Pa
     for uid, path in spooled.items():
         [received] = [p for p in out.iterdir() if p.name.endswith(uid)]
         assert data_set_bytes(received) == data_set_bytes(path)
+
+
+def test_an_association_the_archive_aborted_is_over_when_the_send_returns(tmp_path: Path) -> None:
+    """Whichever way the abort shows (a write that fails, or the state machine's "no answer"
+    once the request is out), the association is no longer established when the send returns:
+    the sending process asks exactly that before its next object. Before, pynetdicom's reactor
+    said so only when it next looked (up to its 200 ms wait), and the next object went out into
+    the dead association and waited for the whole DIMSE timeout."""
+    path = tmp_path / "big.dcm"
+    write_sc(path, 3_000_000)
+    seen = []
+    for attempt in range(20):
+        port = free_port()
+        scp = start_storescp(tmp_path / f"received{attempt}", port, extra_args=["--abort-during"])
+        try:
+            ae = AgentAE("MODALITY1")
+            ae.dimse_timeout = 5
+            assoc = associate(ae, LOCALHOST, port, "STORESCP",
+                              contexts=[build_context(SC, [ExplicitVRLittleEndian])])
+            try:
+                try:
+                    response = send_c_store_direct(assoc, path, 1)
+                    seen.append("no answer")
+                    assert response.status is None
+                except WireError:
+                    seen.append("write failed")
+                assert not assoc.is_established, f"attempt {attempt}: still established"
+            finally:
+                if assoc.is_established:
+                    assoc.abort()
+        finally:
+            stop_process(scp)
+    assert seen
