@@ -26,6 +26,7 @@ only Command Group Length, Affected SOP Class / Instance UID and Error Comment.
 
 from __future__ import annotations
 
+import queue
 import struct
 from dataclasses import dataclass
 from types import MethodType
@@ -191,7 +192,10 @@ def _reading(original: Any) -> Any:
             return
         dul._agent_expected = None          # one answer per request
         dul._agent_fast_responses += 1
-        dul.assoc.dimse.msg_queue.put((expected.context_id, response))
+        # queue.Queue's own put: it wakes the sender blocked in get(); the association reactor
+        # (paused for this C-STORE) has nothing to do with the answer, so it is not woken
+        # (agent.net.quiet_reactor.WakingQueue would) and sleeps on
+        queue.Queue.put(dul.assoc.dimse.msg_queue, (expected.context_id, response))
 
     return _read_pdu_data
 
