@@ -335,7 +335,11 @@ class _Child:
                 return
 
     def established(self) -> bool:
-        return self.assoc is not None and bool(self.assoc.is_established)
+        # an abort already received counts, also before the association's reactor has looked
+        # at it (it waits up to agent.net.quiet_reactor.IDLE_WAIT_S): pynetdicom's own
+        # send_c_store and send_n_action leave is_established to the reactor
+        return (self.assoc is not None and bool(self.assoc.is_established)
+                and not self.assoc.acse.is_aborted())
 
     def release(self) -> None:
         if self.established():
