@@ -248,6 +248,21 @@ class _Header:
             raise _Fallback  # pydicom guesses the syntax from the data set
         return at, syntax
 
+    def element_header(self, at: int, explicit: bool) -> tuple[int, bytes, int, int]:
+        """(tag, VR (b"" in implicit VR), value length, where the value starts) of the element
+        at `at`, whose first 8 bytes are there."""
+        buf = self.buf
+        if not explicit:
+            group, element, length = _IMPLICIT_HEAD.unpack_from(buf, at)
+            return group << 16 | element, b"", length, at + 8
+        group, element, vr, length = _EXPLICIT_HEAD.unpack_from(buf, at)
+        if vr not in _VRS:
+            raise _Fallback
+        if vr in _LONG_VRS:
+            self.need(at + 12)
+            return group << 16 | element, vr, _LENGTH.unpack_from(buf, at + 8)[0], at + 12
+        return group << 16 | element, vr, length, at + 8
+
     def data_set(self, at: int, explicit: bool) -> dict[int, bytes]:
         """The wanted top-level elements' raw values, walking to Pixel Data or the file's end."""
         buf = self.buf
@@ -255,7 +270,6 @@ class _Header:
             # pydicom would switch VR encoding, or read a command set (group 0000)
             raise _Fallback
         values: dict[int, bytes] = {}
-        unpack = _EXPLICIT_HEAD.unpack_from if explicit else _IMPLICIT_HEAD.unpack_from
         size = len(buf)
         while True:
             if at + 8 > size:
@@ -264,21 +278,7 @@ class _Header:
                     # past the end, after an element that claims more than there is)
                     return values
                 raise _NeedMore
-            if explicit:
-                group, element, vr, length = unpack(buf, at)
-                if vr not in _VRS:
-                    raise _Fallback
-                if vr in _LONG_VRS:
-                    self.need(at + 12)
-                    length = _LENGTH.unpack_from(buf, at + 8)[0]
-                    at += 12
-                else:
-                    at += 8
-            else:
-                group, element, length = unpack(buf, at)
-                vr = b""
-                at += 8
-            tag = group << 16 | element
+            tag, vr, length, at = self.element_header(at, explicit)
             if tag == _ITEM_END:
                 raise _Fallback
             if tag in _PIXELS:
@@ -335,7 +335,6 @@ class _Header:
         # VR is not two capitals (PS3.5 7.5 allows it): such an item falls back below, as
         # every VR is two capitals; an empty item reads the same either way
         buf = self.buf
-        unpack = _EXPLICIT_HEAD.unpack_from if explicit else _IMPLICIT_HEAD.unpack_from
         while True:
             if end is not None and at >= end:
                 if at != end:
@@ -346,21 +345,7 @@ class _Header:
                 if end is not None or buf[at + 4:at + 8] != b"\0\0\0\0":
                     raise _Fallback
                 return at + 8
-            if explicit:
-                group, element, vr, length = unpack(buf, at)
-                if vr not in _VRS:
-                    raise _Fallback
-                if vr in _LONG_VRS:
-                    self.need(at + 12)
-                    length = _LENGTH.unpack_from(buf, at + 8)[0]
-                    at += 12
-                else:
-                    at += 8
-            else:
-                group, element, length = unpack(buf, at)
-                vr = b""
-                at += 8
-            tag = group << 16 | element
+            tag, vr, length, at = self.element_header(at, explicit)
             if tag >> 16 == 0xFFFE:
                 raise _Fallback   # an item or delimiter where an element belongs
             if length == _UNDEFINED:
