@@ -30,6 +30,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,27 @@ def _element(keyword: str, value: bytes) -> bytes:
     return struct.pack("<HHL", 0x0000, tag & 0xFFFF, len(value)) + value
 
 
+def _element_header(keyword: str) -> bytes:
+    # the tag of an element whose length is packed per message (after it, "<L")
+    tag = tag_for_keyword(keyword)
+    assert tag is not None and tag >> 16 == 0x0000, keyword
+    return struct.pack("<HH", 0x0000, tag & 0xFFFF)
+
+
+# the parts of the command set that are the same in every C-STORE-RQ, encoded once: per
+# object only the two UIDs, the message ID and the group length are packed (issue 18: the
+# sending thread's Python per object)
+_SOP_CLASS_TAG = _element_header("AffectedSOPClassUID")
+_MESSAGE_ID_TAG = _element_header("MessageID") + struct.pack("<L", 2)
+_SOP_INSTANCE_TAG = _element_header("AffectedSOPInstanceUID")
+_COMMAND_FIELD = _element("CommandField", struct.pack("<H", 0x0001))            # C-STORE-RQ
+_PRIORITY_AND_TYPE = (_element("Priority", struct.pack("<H", 0x0002))           # low
+                      + _element("CommandDataSetType", struct.pack("<H", 0x0001)))  # data set
+_GROUP_LENGTH_TAG = _element_header("CommandGroupLength") + struct.pack("<L", 4)
+_LENGTH = struct.Struct("<L")
+_MESSAGE_ID = struct.Struct("<H")
+
+
 def _uid(value: str) -> bytes:
     encoded = value.encode("ascii")
     return encoded + b"\x00" if len(encoded) % 2 else encoded     # UI pads with NUL
@@ -102,15 +124,15 @@ def command_bytes(msg_id: int, sop_class: str, sop_instance: str) -> bytes:
     ValueError
         A UID that is not ASCII.
     """
+    sop_class_value, sop_instance_value = _uid(sop_class), _uid(sop_instance)
     body = b"".join((                               # in tag order
-        _element("AffectedSOPClassUID", _uid(sop_class)),
-        _element("CommandField", struct.pack("<H", 0x0001)),            # C-STORE-RQ
-        _element("MessageID", struct.pack("<H", msg_id)),
-        _element("Priority", struct.pack("<H", 0x0002)),                # low
-        _element("CommandDataSetType", struct.pack("<H", 0x0001)),      # a data set follows
-        _element("AffectedSOPInstanceUID", _uid(sop_instance)),
+        _SOP_CLASS_TAG, _LENGTH.pack(len(sop_class_value)), sop_class_value,
+        _COMMAND_FIELD,
+        _MESSAGE_ID_TAG, _MESSAGE_ID.pack(msg_id),
+        _PRIORITY_AND_TYPE,
+        _SOP_INSTANCE_TAG, _LENGTH.pack(len(sop_instance_value)), sop_instance_value,
     ))
-    return _element("CommandGroupLength", struct.pack("<L", len(body))) + body
+    return _GROUP_LENGTH_TAG + _LENGTH.pack(len(body)) + body
 
 
 def send_c_store_direct(assoc: Any, path: StrPath, msg_id: int) -> StoreResponse:
@@ -150,10 +172,7 @@ def _send_open_file(assoc: Any, fd: int, path: StrPath, msg_id: int) -> StoreRes
     if missing:
         raise AttributeError(f"{path}: file meta information lacks {', '.join(missing)}")
     sop_class, sop_instance, offset = meta.sop_class, meta.sop_instance, meta.offset
-    # the same choice pynetdicom makes for a file sent as it is: its own syntax, no conversion
-    context = assoc._get_valid_context(sop_class, UID(meta.transfer_syntax), "scu",
-                                       allow_conversion=False)
-    context_id = int(context.context_id)
+    context_id = _context_id(assoc, sop_class, meta.transfer_syntax)
     command = command_bytes(msg_id, sop_class, sop_instance)
     length = os.fstat(fd).st_size - offset
 
@@ -186,6 +205,28 @@ def _send_open_file(assoc: Any, fd: int, path: StrPath, msg_id: int) -> StoreRes
         return response
     # declined by the fast path: pynetdicom decoded it
     return StoreResponse.from_dataset(assoc._check_received_status(response))
+
+
+def _context_id(assoc: Any, sop_class: str, transfer_syntax: str) -> int:
+    """The presentation context pynetdicom would choose for a file sent as it is (its own
+    syntax, no conversion), remembered per association: the accepted contexts never change
+    during one, and pynetdicom's choice builds and validates two pydicom UIDs per object.
+
+    Raises
+    ------
+    ValueError
+        No accepted context for that SOP class in that transfer syntax (not remembered).
+    """
+    chosen: dict[tuple[str, str], int] | None = getattr(assoc, "_agent_context_ids", None)
+    if chosen is None:
+        chosen = assoc._agent_context_ids = {}
+    key = (sop_class, transfer_syntax)
+    context_id = chosen.get(key)
+    if context_id is None:
+        context = assoc._get_valid_context(sop_class, UID(transfer_syntax), "scu",
+                                           allow_conversion=False)
+        context_id = chosen[key] = int(context.context_id)
+    return context_id
 
 
 class _FileSlice:
@@ -317,8 +358,7 @@ def _write_message(assoc: Any, file: Any, length: int, context_id: int,
     # a command set of a C-STORE (~200 bytes) always fits one fragment of a legal max PDU
     timeout_s = assoc.dimse_timeout
     per_batch = max(1, min(BATCH_BYTES // fragment, MAX_IOV // 2))
-    buffer = bytearray(per_batch * fragment)
-    view = memoryview(buffer)
+    view = _batch_buffer(min(per_batch * fragment, length))
     if isinstance(sock, ssl.SSLSocket):
         def send(sock: Any, buffers: list[Any], timeout_s: float | None) -> None:
             _send_tls(sock, buffers, timeout_s, transport.ssl_lock)
@@ -333,7 +373,7 @@ def _write_message(assoc: Any, file: Any, length: int, context_id: int,
                 # Command Data Set Type says a data set follows: send it, empty and last
                 send(sock, [pdu_header(context_id, DATA_LAST, 0)], timeout_s)
             while remaining > 0:
-                want = min(remaining, len(buffer))
+                want = min(remaining, len(view))
                 got = file.readinto(view[:want])
                 if got != want:
                     # the spool file changed under us (it never should): part of the message
@@ -359,6 +399,21 @@ def _write_message(assoc: Any, file: Any, length: int, context_id: int,
             view.release()
 
 
+#: per thread, the buffer a batch of the file is read into: kept between objects, because a
+#: new one per object (zero-filled, ~1 MB) cost the sending thread as much as the kernel's
+#: copy of the data into the socket (issue 18, perf of a sending process into Orthanc)
+_BUFFERS = threading.local()
+
+
+def _batch_buffer(size: int) -> memoryview:
+    """A writable view of `size` bytes (release it after use), from this thread's buffer,
+    which only grows (to at most one batch, ~1 MB)."""
+    buffer: bytearray | None = getattr(_BUFFERS, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _BUFFERS.buffer = bytearray(size)
+    return memoryview(buffer)[:size]
+
+
 def _send_tls(sock: ssl.SSLSocket, buffers: list[Any], timeout_s: float | None,
               ssl_lock: Any) -> None:
     """One sendall of the joined buffers (an SSLSocket has no sendmsg; one ~1 MB copy) under
@@ -377,26 +432,40 @@ def _send_tls(sock: ssl.SSLSocket, buffers: list[Any], timeout_s: float | None,
 
 
 def _send_all(sock: socket.socket, buffers: list[Any], timeout_s: float | None) -> None:
-    """sendmsg until every byte of `buffers` is written; non-blocking calls with a poll in
-    between so that an archive that stops reading is noticed after `timeout_s`."""
-    pending = [memoryview(b).cast("B") for b in buffers]
+    """sendmsg until every byte of `buffers` (bytes or one-byte-per-item views) is written;
+    non-blocking calls with a poll in between so that an archive that stops reading is
+    noticed after `timeout_s`."""
+    flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+    try:
+        sent = sock.sendmsg(buffers, (), flags)
+    except BlockingIOError:
+        sent = 0
+    if sent == sum(map(len, buffers)):
+        return              # the usual case: the socket took the whole batch at once
+    pending = _unsent([memoryview(b).cast("B") for b in buffers], sent)
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
     try:
         while pending:
+            if not poller.poll(None if timeout_s is None else timeout_s * 1000):
+                raise TimeoutError(f"the archive read nothing for {timeout_s:g} s")
             try:
-                sent = sock.sendmsg(pending, (), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                sent = sock.sendmsg(pending, (), flags)
             except BlockingIOError:
                 sent = 0
-            while sent and pending:
-                head = pending[0]
-                if sent >= len(head):
-                    sent -= len(head)
-                    pending.pop(0)
-                else:
-                    pending[0] = head[sent:]
-                    sent = 0
-            if pending and not poller.poll(None if timeout_s is None else timeout_s * 1000):
-                raise TimeoutError(f"the archive read nothing for {timeout_s:g} s")
+            pending = _unsent(pending, sent)
     finally:
         poller.unregister(sock)
+
+
+def _unsent(pending: list[memoryview], sent: int) -> list[memoryview]:
+    """What is left of `pending` after its first `sent` bytes went out."""
+    while sent and pending:
+        head = pending[0]
+        if sent >= len(head):
+            sent -= len(head)
+            pending.pop(0)
+        else:
+            pending[0] = head[sent:]
+            sent = 0
+    return pending

@@ -20,9 +20,9 @@ kill -9 or a crash point: an orphan must not go on sending after a new daemon to
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
+import pickle
 import queue
 import socket
 import subprocess
@@ -169,7 +169,7 @@ class StoreProcess:
         self._ensure_ready()
         assert self._conn is not None
         try:
-            self._conn.send(message)
+            self._conn.send_bytes(_dumps(message))
         except OSError as err:
             raise self._kill(f"is gone ({err})") from err
 
@@ -195,7 +195,7 @@ class StoreProcess:
                 logger.exception("%s: recording a commitment report failed", self.name)
                 # not recorded: the archive should send it again
                 status = dimse_status.PROCESSING_FAILURE
-            conn.send(ReportStatus(status))
+            conn.send_bytes(_dumps(ReportStatus(status)))
 
     def _expect(self, kind: type[_M], timeout_s: float) -> _M:
         """The next message, which must be a `kind`; anything else means the child is broken."""
@@ -285,8 +285,9 @@ class _Child:
         self.message_id = 0
 
     def send(self, message: ChildMessage) -> None:
+        data = _dumps(message)
         with self.send_lock:
-            self.conn.send(message)
+            self.conn.send_bytes(data)
 
     def read_forever(self) -> None:
         """The only reader of the socket: ops to the main thread, answers to reports to the
@@ -380,13 +381,9 @@ class _Child:
         self.send(Stored(self.established()))
 
     def store_one(self, key: int, path: str) -> StoreOutcome:
-        t0 = time.perf_counter()
-        outcome = self._store_one(key, path)
-        if outcome.error is None:
-            outcome = dataclasses.replace(outcome, seconds=time.perf_counter() - t0)
-        return outcome
+        return self._store_one(key, path, time.perf_counter())
 
-    def _store_one(self, key: int, path: str) -> StoreOutcome:
+    def _store_one(self, key: int, path: str, t0: float) -> StoreOutcome:
         from agent.net.direct_response import StoreResponse
         from agent.net.direct_store import WireError, send_c_store_direct, supports
         from agent.net.transcode import uncompressed_copy
@@ -400,7 +397,7 @@ class _Child:
                     except WireError as err:
                         # part of the request may be at the archive: outcome unknown
                         logger.warning("C-STORE of queue item %d: %s", key, err)
-                        return StoreOutcome(key)
+                        return StoreOutcome(key, seconds=time.perf_counter() - t0)
                 else:
                     response = StoreResponse.from_dataset(self.assoc.send_c_store(path))
             except ValueError:
@@ -417,9 +414,11 @@ class _Child:
             return StoreOutcome(key, error=SendError.NO_CONTEXT,
                                 detail=f"cannot decompress for the accepted syntax: "
                                        f"{type(err).__name__}: {err}")
+        seconds = time.perf_counter() - t0
         if response.status is None:
-            return StoreOutcome(key)
-        return StoreOutcome(key, status=response.status, comment=response.error_comment or "")
+            return StoreOutcome(key, seconds=seconds)
+        return StoreOutcome(key, status=response.status, comment=response.error_comment or "",
+                            seconds=seconds)
 
     def n_action(self, request: NAction) -> None:
         from pynetdicom.sop_class import (
@@ -443,6 +442,14 @@ class _Child:
             # (DICOM-NOTES.md §4): give an archive that answers here the time to do so
             self.report_seen.wait(request.wait_s)
         self.send(NActionDone(code, self.established()))
+
+
+def _dumps(message: ParentMessage | ChildMessage) -> bytes:
+    """A message as `Connection.send` would pickle it, without multiprocessing's
+    ForkingPickler: its reducers (sockets, connections) are never needed here, and it copies
+    copyreg's whole dispatch table for every message (issue 18: ~4 % of a sending process's
+    Python time at one message per object). `Connection.recv` unpickles either."""
+    return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
 
 
 def child_main(fd: int) -> int:
