@@ -25,6 +25,7 @@ from agent.audit.trail import AUDIT_FOLDER
 from agent.config import AgentConfig
 from agent.dose_report import queue_dose_report
 from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder, TransferAudit
+from agent.gc_policy import freeze_start_up_objects
 from agent.iod import UIDSource, encoder_status
 from agent.listener import CommitmentReportHandler, Listener, Refusal
 from agent.metrics import LatencyHistogram
@@ -509,6 +510,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stop.set())
         self.start()
+        # once: what start-up built lives as long as the daemon (agent.gc_policy); here and
+        # not in start(), which tests also call inside their own process
+        frozen = freeze_start_up_objects()
+        logger.debug("garbage collector: %d start-up objects frozen", frozen)
         try:
             self._stop.wait()
         finally:
