@@ -121,12 +121,23 @@ class ReportOutcome:
     ignored: list[str] = field(default_factory=list)   # instance UIDs not in the transaction
 
 
-#: rows per destination and state; a cancelled row (a rejected object's, never sent) counts
-#: as "rejected", not as the `failed` it is stored as
-_COUNTS_SQL = """SELECT destination, CASE WHEN c.delivery_id IS NULL THEN state
-    ELSE 'rejected' END AS state, COUNT(*) AS n
-    FROM deliveries LEFT JOIN cancellations c USING (delivery_id)
-    GROUP BY destination, 2"""
+#: rows per destination and state, read in the order of the deliveries_by_state index
+#: (destination, state, ...): SQLite counts each group as it walks the index. Grouped by an
+#: expression (the cancelled rows' "rejected" folded in) it sorted every row of the table
+#: instead, on every status call, in a sort buffer that grew with the queue up to the page
+#: cache's size (512 KiB): in the daemon those transient buffers, tens of thousands of them
+#: over a soak, landed in glibc's heap between long-lived allocations and its RSS crept with
+#: the queue (issue 18 item 4b; tests/unit/test_queue_counts_memory.py)
+_COUNTS_SQL = "SELECT destination, state, COUNT(*) AS n FROM deliveries GROUP BY destination, state"
+#: a cancelled row (a rejected object's, never sent) counts as "rejected", not as the
+#: `failed` it is stored as. Cancellations are few: CROSS JOIN keeps them the outer loop
+#: (SQLite would otherwise walk every delivery and look each up), and sorting them is cheap
+_CANCELLED_COUNTS_SQL = """SELECT d.destination, d.state, COUNT(*) AS n
+    FROM cancellations c CROSS JOIN deliveries d ON d.delivery_id = c.delivery_id
+    GROUP BY d.destination, d.state"""
+
+
+_STATE_NAMES = frozenset(s.value for s in S)
 
 
 def _no_counts() -> dict[str, int]:
@@ -673,9 +684,17 @@ class QueueStore:
         """{destination: {state: n}} with every state present."""
         result: dict[str, dict[str, int]] = {dest: _no_counts() for dest in self.destinations}
         with self._lock:
+            # every write goes through this connection under this lock: both see the same rows
             rows = self.conn.execute(_COUNTS_SQL).fetchall()
+            cancelled = self.conn.execute(_CANCELLED_COUNTS_SQL).fetchall()
         for row in rows:
             result.setdefault(row["destination"], _no_counts())[row["state"]] = row["n"]
+        for row in cancelled:
+            counts = result[row["destination"]]
+            counts[row["state"]] -= row["n"]
+            if counts[row["state"]] == 0 and row["state"] not in _STATE_NAMES:
+                del counts[row["state"]]
+            counts["rejected"] = counts.get("rejected", 0) + row["n"]
         return result
 
     def oldest_pending_at(self, destination: str) -> float | None:
