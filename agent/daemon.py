@@ -28,6 +28,7 @@ from agent.forwarder import DestinationHealth, DestinationWorker, Forwarder, Tra
 from agent.gc_policy import freeze_start_up_objects
 from agent.iod import UIDSource, encoder_status
 from agent.listener import CommitmentReportHandler, Listener, Refusal
+from agent.malloc_policy import fix_mmap_threshold
 from agent.metrics import LatencyHistogram
 from agent.mpps import MppsClient
 from agent.net.stow import check_secret_files
@@ -509,6 +510,11 @@ class Daemon:
     def run_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stop.set())
+        # before the threads start: large transient buffers stay out of glibc's heap
+        # (agent.malloc_policy, issue 18 item 4b); here and not in start(), which tests also
+        # call inside their own process
+        if fix_mmap_threshold():
+            logger.debug("malloc: mmap threshold fixed")
         self.start()
         # once: what start-up built lives as long as the daemon (agent.gc_policy); here and
         # not in start(), which tests also call inside their own process
