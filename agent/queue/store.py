@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent import crashpoints
 from agent.errors import AlreadyQueuedError, QueueError, SpoolFullError, UnknownQueueItemError
@@ -687,15 +687,7 @@ class QueueStore:
             # every write goes through this connection under this lock: both see the same rows
             rows = self.conn.execute(_COUNTS_SQL).fetchall()
             cancelled = self.conn.execute(_CANCELLED_COUNTS_SQL).fetchall()
-        for row in rows:
-            result.setdefault(row["destination"], _no_counts())[row["state"]] = row["n"]
-        for row in cancelled:
-            counts = result[row["destination"]]
-            counts[row["state"]] -= row["n"]
-            if counts[row["state"]] == 0 and row["state"] not in _STATE_NAMES:
-                del counts[row["state"]]
-            counts["rejected"] = counts.get("rejected", 0) + row["n"]
-        return result
+        return _fold_counts(result, rows, cancelled)
 
     def oldest_pending_at(self, destination: str) -> float | None:
         # one state per query: for `state IN (?, ?)` SQLite builds an ephemeral table of the
@@ -1312,16 +1304,27 @@ def read_counts(db_path: Path) -> dict[str, dict[str, int]]:
             has_cancellations = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name='cancellations'"
             ).fetchone() is not None
+            rows = conn.execute(_COUNTS_SQL).fetchall()
             # a database not yet upgraded (schema < 2) has no cancelled row
-            rows = conn.execute(
-                _COUNTS_SQL if has_cancellations else
-                "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state"
-            ).fetchall()
+            cancelled = (conn.execute(_CANCELLED_COUNTS_SQL).fetchall()
+                         if has_cancellations else [])
         finally:
             conn.close()
     except sqlite3.DatabaseError as err:
         raise QueueError(f"{db_path}: {err}") from err
-    result: dict[str, dict[str, int]] = {}
+    return _fold_counts({}, rows, cancelled)
+
+
+def _fold_counts(result: dict[str, dict[str, int]], rows: Iterable[Sequence[Any]],
+                 cancelled: Iterable[Sequence[Any]]) -> dict[str, dict[str, int]]:
+    """`result` filled from (destination, state, n) rows of deliveries, and cancelled rows
+    (same shape) moved from their stored state to "rejected"."""
     for destination, state, n in rows:
         result.setdefault(destination, _no_counts())[state] = n
+    for destination, state, n in cancelled:
+        counts = result[destination]
+        counts[state] -= n
+        if counts[state] == 0 and state not in _STATE_NAMES:
+            del counts[state]
+        counts["rejected"] = counts.get("rejected", 0) + n
     return result
