@@ -58,5 +58,7 @@ def test_run_forever_freezes_once_started_and_before_it_waits(
     monkeypatch.setattr(daemon, "start", start)
     monkeypatch.setattr(daemon, "stop", lambda: calls.append("stop"))
     monkeypatch.setattr(daemon_module, "freeze_start_up_objects", freeze)
+    # not pytest's own malloc (agent.malloc_policy has its own test)
+    monkeypatch.setattr(daemon_module, "fix_mmap_threshold", lambda: False)
     daemon.run_forever()
     assert calls == ["start", "freeze", "wait", "stop"]
