@@ -139,6 +139,38 @@ _CANCELLED_COUNTS_SQL = """SELECT d.destination, d.state, COUNT(*) AS n
 
 _STATE_NAMES = frozenset(s.value for s in S)
 
+#: objects `purge` reads at a time
+PURGE_BATCH = 256
+
+
+def _purgeable_sql(destinations: int) -> str:
+    """The objects `purge` may delete, in queue order after `:after`: not purged yet, with at
+    least one delivery row, and every row either cancelled (rejected before it was sent) at
+    least `:retention` s before `:now`, or in its destination's final state (`:dN` -> `:sN`,
+    `destinations` pairs; a destination not listed is never final) since then.
+
+    Decided by SQLite, row by row along the primary key and the (queue_id, destination) index
+    (no sort, no temporary table): the purge pass used to fetch every unpurged object's rows
+    every minute and judge them in Python, a day's worth with the default retention. In the
+    daemon that was ~300 bytes of short-lived Python objects per queued object per pass
+    (~15 MB at 50,000 objects): pymalloc's arenas grew to each pass's peak and other objects
+    allocated meanwhile kept them, so RSS crept with the queue (issue 18 item 4b;
+    tests/unit/test_queue_purge_memory.py)."""
+    final = ("CASE d.destination " + " ".join(
+        f"WHEN :d{n} THEN :s{n}" for n in range(destinations)) + " END") \
+        if destinations else "NULL"
+    return f"""SELECT o.queue_id FROM objects o
+    WHERE o.queue_id > :after AND o.purged_at IS NULL
+    AND EXISTS (SELECT 1 FROM deliveries d WHERE d.queue_id = o.queue_id)
+    AND NOT EXISTS (
+        SELECT 1 FROM deliveries d LEFT JOIN cancellations c USING (delivery_id)
+        WHERE d.queue_id = o.queue_id AND NOT CASE
+            WHEN c.cancelled_at IS NOT NULL THEN c.cancelled_at + :retention <= :now
+            WHEN d.state = {final}
+                AND COALESCE(d.committed_at, d.stored_at) + :retention <= :now THEN 1
+            ELSE 0 END)
+    ORDER BY o.queue_id LIMIT :limit"""  # noqa: S608 - placeholders only, no values
+
 
 def _no_counts() -> dict[str, int]:
     # "rejected" appears only once a row is: readers of the released shape stay unchanged
@@ -1228,40 +1260,33 @@ class QueueStore:
         `final_states` gives, per destination, the state that counts as final: `committed`
         where storage commitment is used, `sent` where it is not. An object with a row for a
         destination not in `final_states` is kept.
+
+        SQLite decides which objects are due (`_purgeable_sql`), PURGE_BATCH at a time: the
+        rows of objects still within retention (a day of them) never become Python objects.
         """
         now = self._now()
-        with self._lock:
-            candidates = self.conn.execute(
-                "SELECT o.queue_id, d.destination, d.state, c.cancelled_at, "
-                "COALESCE(d.committed_at, d.stored_at) AS done_at "
-                "FROM objects o JOIN deliveries d USING (queue_id) "
-                "LEFT JOIN cancellations c USING (delivery_id) WHERE o.purged_at IS NULL"
-            ).fetchall()
-        ready: dict[int, bool] = {}
-        for row in candidates:
-            final = final_states.get(row["destination"])
-            if row["cancelled_at"] is not None:
-                # rejected before it was sent: final there from the rejection on
-                ok = row["cancelled_at"] + retention_s <= now
-            else:
-                ok = (
-                    final is not None
-                    and row["state"] == final
-                    and row["done_at"] is not None
-                    and row["done_at"] + retention_s <= now
-                )
-            ready[row["queue_id"]] = ready.get(row["queue_id"], True) and ok
+        finals = sorted((str(d), str(state)) for d, state in final_states.items())
+        sql = _purgeable_sql(len(finals))
+        params: dict[str, object] = {"retention": retention_s, "now": now,
+                                     "limit": PURGE_BATCH}
+        for n, (destination, state) in enumerate(finals):
+            params[f"d{n}"], params[f"s{n}"] = destination, state
         purged = 0
-        for queue_id, ok in ready.items():
-            if not ok:
-                continue
-            # the row first: a crash in between leaves a purged row's file, removed at recovery,
-            # never a live row without its file (which would read as data loss)
-            with self._tx() as conn:
-                conn.execute("UPDATE objects SET purged_at=? WHERE queue_id=?", (now, queue_id))
-            self.spool.object_path(queue_id).unlink(missing_ok=True)
-            purged += 1
-        return purged
+        after = 0
+        while True:
+            with self._lock:
+                due = [row[0] for row in self.conn.execute(sql, {**params, "after": after})]
+            for queue_id in due:
+                # the row first: a crash in between leaves a purged row's file, removed at
+                # recovery, never a live row without its file (which would read as data loss)
+                with self._tx() as conn:
+                    conn.execute("UPDATE objects SET purged_at=? WHERE queue_id=?",
+                                 (now, queue_id))
+                self.spool.object_path(queue_id).unlink(missing_ok=True)
+                purged += 1
+            if len(due) < PURGE_BATCH:
+                return purged
+            after = due[-1]
 
 
 def _check_groups(destinations: Sequence[str], groups: Mapping[str, Sequence[str]]) -> None:
