@@ -116,9 +116,17 @@ class NoDelayAssociationSocket(AssociationSocket):
     #: never by two at once. Taken after write_lock, never before it.
     ssl_lock: threading.Lock
 
+    #: the sending thread reads this connection's PDUs itself while it sends C-STOREs one
+    #: after another (agent.net.direct_response.take_reading): the DUL then neither waits on
+    #: the socket nor reads from it. Changed only under read_lock, which the DUL holds while
+    #: it reads a PDU, so the two never read at once.
+    direct_reader: bool = False
+    read_lock: threading.Lock
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.write_lock = threading.Lock()
         self.ssl_lock = threading.Lock()
+        self.read_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
@@ -203,6 +211,10 @@ class NoDelayAssociationSocket(AssociationSocket):
     #: before the connection's own; then the error that reading met, if any
     _unread: bytearray | None = None
     _unread_error: BaseException | None = None
+
+    def has_unread(self) -> bool:
+        """Whether bytes (or an error) were given back and wait to be read."""
+        return self._unread is not None
 
     def unread(self, data: bytes | bytearray, error: BaseException | None = None) -> None:
         """Give back bytes read from this connection (and the error reading more met): the

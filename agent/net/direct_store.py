@@ -10,8 +10,8 @@ pynetdicom encodes it, then the data set in the same fragments pynetdicom would 
 9.3.5, E.2: PDV of at most max PDU - 6 bytes, control header 0x00 / 0x02 on the last), ~1 MB
 of the file per `sendmsg` call, headers and file slices as separate buffers so nothing is
 copied and the GIL is released in the kernel call. The file meta information is read here too
-(`read_file_meta`), and the plain C-STORE-RSP is decoded on the DUL thread without pydicom
-(agent.net.direct_response).
+(`read_file_meta`), and the plain C-STORE-RSP is decoded without pydicom, within a batch by
+the sending thread itself, else by the DUL thread (agent.net.direct_response).
 
 Whole messages are never interleaved with the DUL's own writes (an N-EVENT-REPORT-RSP, an
 A-ABORT): both go through `WriteLock` of the association's socket (agent.net.ae), held here for
@@ -135,9 +135,15 @@ def command_bytes(msg_id: int, sop_class: str, sop_instance: str) -> bytes:
     return _GROUP_LENGTH_TAG + _LENGTH.pack(len(body)) + body
 
 
-def send_c_store_direct(assoc: Any, path: StrPath, msg_id: int) -> StoreResponse:
+def send_c_store_direct(assoc: Any, path: StrPath, msg_id: int, *,
+                        more_follow: bool = False) -> StoreResponse:
     """Send the Part 10 file at `path` by C-STORE on `assoc`; the response's status (None: no
     response, the association aborted) and Error Comment, whichever way it was read.
+
+    The calling thread reads the answer itself where it can (direct_response.take_reading).
+    With `more_follow` it stays the socket's reader after a normal return, for the next
+    C-STORE it sends at once: the caller must then call `direct_response.end_reading` before
+    it does anything else on the association (the DUL does not read the socket meanwhile).
 
     `path` may be a plain str, as the sending process passes it: pathlib interns every part of
     a path, and a unique spool file name per object made each sending process's table of
@@ -157,11 +163,18 @@ def send_c_store_direct(assoc: Any, path: StrPath, msg_id: int) -> StoreResponse
     """
     # one descriptor for the meta information and the data set, opened before anything is
     # sent (os-level: a Python file object costs more than the reads here)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    keep_reading = False
     try:
-        return _send_open_file(assoc, fd, path, msg_id)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            response = _send_open_file(assoc, fd, path, msg_id)
+        finally:
+            os.close(fd)
+        keep_reading = more_follow
+        return response
     finally:
-        os.close(fd)
+        if not keep_reading:
+            direct_response.end_reading(assoc)
 
 
 def _send_open_file(assoc: Any, fd: int, path: StrPath, msg_id: int) -> StoreResponse:
@@ -178,12 +191,22 @@ def _send_open_file(assoc: Any, fd: int, path: StrPath, msg_id: int) -> StoreRes
 
     direct_response.install(assoc)
     _pause_reactor(assoc)
+    expected = direct_response.Expected(context_id, msg_id)
     # before the first byte: the answer may come while the last ones are still written
-    direct_response.expect(assoc, direct_response.Expected(context_id, msg_id))
+    direct_response.expect(assoc, expected)
+    reading_here = direct_response.take_reading(assoc)
     try:
         _write_message(assoc, _FileSlice(fd, path, offset), length, context_id, command)
-        _cx, response = assoc.dimse.get_msg(block=True)
+        response = None
+        if reading_here:
+            response = direct_response.read_answer(assoc, expected, assoc.dimse_timeout)
+        if response is None:
+            _cx, response = assoc.dimse.get_msg(block=True)
+    except TimeoutError:
+        # read here, no answer within the DIMSE timeout: as pynetdicom's own wait would end
+        response = None
     except WireError:
+        direct_response.end_reading(assoc)
         assoc._reactor_checkpoint.set()
         # a half-sent message cannot be taken back: the association ends here (outside
         # the write lock, which the A-ABORT's own write needs)

@@ -66,6 +66,11 @@ class Waker:
             return
         self._wake_dul()
 
+    def wake_dul(self) -> None:
+        """Wake the DUL reactor if it waits in select (not the association reactor)."""
+        if self.dul_waiting:
+            self._wake_dul()
+
     def _wake_dul(self) -> None:
         with self._lock:
             if self._closed:
@@ -161,13 +166,23 @@ def wait_ready(transport: Any, waker: Waker) -> bool:
         if pending:
             return True                 # decrypted bytes select() cannot see (pynetdicom #528)
     dul = transport.assoc.dul
-    # flag first, then look at the queues: a put after the look sees the flag and wakes us
+    # flag first, then look at the queues and who reads the socket: a put or a socket given
+    # back after the look sees the flag and wakes us
     waker.dul_waiting = True
     try:
+        reader_elsewhere = transport.direct_reader
+        if transport.has_unread() and not reader_elsewhere:
+            return True                 # bytes the sending thread read and gave back
         busy = (not dul.event_queue.empty() or not dul.to_provider_queue.empty()
                 or dul._kill_thread or waker.closed)
-        # the waker is closed only by this thread (the DUL's, in close()) or once it ended
-        watched = [sock] if waker.closed else [sock, waker.reader]
+        # the waker is closed only by this thread (the DUL's, in close()) or once it ended;
+        # the socket is left out while the sending thread reads it (agent.net.direct_response
+        # .take_reading), which wakes us when it gives the socket back
+        watched = [] if reader_elsewhere else [sock]
+        if not waker.closed:
+            watched.append(waker.reader)
+        if not watched:
+            return False
         readable, _, _ = select.select(watched, [], [], 0 if busy else IDLE_WAIT_S)
     except (OSError, TimeoutError, ValueError):
         # Evt17: transport connection closed (as pynetdicom's ready)
