@@ -174,7 +174,7 @@ def _reading(original: Any) -> Any:
                 # the socket looked readable before the sending thread took it over: the
                 # sending thread reads this PDU (take_reading)
                 return
-            if not transport.has_unread() and not _still_readable(transport.socket):
+            if not transport.has_unread() and not _still_readable(transport):
                 # it looked readable, and the sending thread read what was there (and gave
                 # the socket back) before we got the lock: a read now would block until the
                 # archive sends again, which may wait for us (an A-RELEASE-RP, say)
@@ -184,10 +184,13 @@ def _reading(original: Any) -> Any:
     return _read_pdu_data
 
 
-def _still_readable(sock: Any) -> bool:
-    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
-        return True             # never read by the sending thread (take_reading): as before
+def _still_readable(transport: Any) -> bool:
+    sock = transport.socket
+    if not isinstance(sock, socket.socket):
+        return True             # closed under us: pynetdicom's read reports it
     try:
+        if isinstance(sock, ssl.SSLSocket) and _tls_pending(transport, sock):
+            return True
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True             # closed under us: pynetdicom's read reports it
@@ -256,17 +259,16 @@ def _in_plain_transfer(dul: Any) -> bool:
 
 def take_reading(assoc: Any) -> bool:
     """Let the calling (sending) thread read the association's socket from now on; False if
-    it may not: TLS (the DUL reads an SSL object under its lock), pynetdicom's own loops
-    (they poll the socket), bytes given back and not yet read, or the DUL in the middle of
-    reading a PDU (never waited for: it may wait on a slow peer)."""
+    it may not: pynetdicom's own loops (they poll the socket), bytes given back and not yet
+    read, or the DUL in the middle of reading a PDU (never waited for: it may wait on a slow
+    peer). Over TLS every read takes the socket's SSL lock, as the DUL's do."""
     transport = assoc.dul.socket
     if transport is None:
         return False
     if getattr(transport, "direct_reader", False):
         return True
     sock = getattr(transport, "socket", None)
-    if (getattr(transport, "waker", None) is None or not isinstance(sock, socket.socket)
-            or isinstance(sock, ssl.SSLSocket)):
+    if getattr(transport, "waker", None) is None or not isinstance(sock, socket.socket):
         return False
     lock = transport.read_lock
     if not lock.acquire(blocking=False):
@@ -312,24 +314,35 @@ def read_answer(assoc: Any, expected: Expected, timeout_s: float | None
     dul = assoc.dul
     transport = dul.socket
     sock: socket.socket = transport.socket
+    tls = isinstance(sock, ssl.SSLSocket)
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     data = bytearray()
     need = _PDU_HEADER_BYTES
     while len(data) < need:
-        wait_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-        if not poller.poll(wait_ms):
-            if deadline is not None and time.monotonic() >= deadline:
-                end_reading(assoc, data)
-                raise TimeoutError(f"no answer within {timeout_s:g} s")
-            continue
+        # decrypted bytes OpenSSL holds already are invisible to poll (pynetdicom #528)
+        if not (tls and _tls_pending(transport, sock)):
+            wait_ms = (-1 if deadline is None
+                       else max(0, int((deadline - time.monotonic()) * 1000)))
+            if not poller.poll(wait_ms):
+                if deadline is not None and time.monotonic() >= deadline:
+                    end_reading(assoc, data)
+                    raise TimeoutError(f"no answer within {timeout_s:g} s")
+                continue
+        # the answer whole in one call, usually; more than one PDU is given back below
+        want = _PDU_HEADER_BYTES + MAX_FAST_PDU_BYTES - len(data)
         try:
-            # the answer whole in one call, usually; more than one PDU is given back below
-            chunk = sock.recv(_PDU_HEADER_BYTES + MAX_FAST_PDU_BYTES - len(data))
+            chunk = (_recv_tls(transport, sock, want, deadline) if tls else sock.recv(want))
         except BlockingIOError:
             continue
+        except TimeoutError:
+            # a TLS record begun and not finished within the DIMSE timeout
+            end_reading(assoc, data)
+            raise TimeoutError(f"no answer within {timeout_s:g} s") from None
         except OSError as err:
+            if isinstance(err, ssl.SSLError):
+                transport.tls_error = err           # as the DUL's read records it (issue 14)
             end_reading(assoc, data, err)           # the DUL's read meets the same error
             return None
         if not chunk:
@@ -353,3 +366,23 @@ def read_answer(assoc: Any, expected: Expected, timeout_s: float | None
     if len(data) > need:
         end_reading(assoc, data[need:])             # the archive said more: pynetdicom's
     return response
+
+
+def _tls_pending(transport: Any, sock: ssl.SSLSocket) -> bool:
+    with transport.ssl_lock:
+        return bool(sock.pending())
+
+
+def _recv_tls(transport: Any, sock: ssl.SSLSocket, size: int, deadline: float | None
+              ) -> bytes:
+    """One SSL read under the SSL lock (OpenSSL never in one SSL object from two threads),
+    bounded by the deadline: poll saw bytes, but they may be part of a record, or a record
+    that carries no data (a TLS 1.3 session ticket)."""
+    with transport.ssl_lock:
+        previous = sock.gettimeout()
+        sock.settimeout(None if deadline is None
+                        else max(0.001, deadline - time.monotonic()))
+        try:
+            return sock.recv(size)
+        finally:
+            sock.settimeout(previous)

@@ -160,11 +160,6 @@ def wait_ready(transport: Any, waker: Waker) -> bool:
     sock = transport.socket
     if sock is None or transport._is_connected is False:
         return False
-    if isinstance(sock, ssl.SSLSocket):
-        with transport.ssl_lock:        # the SSL object is never used by two threads at once
-            pending = sock.pending()
-        if pending:
-            return True                 # decrypted bytes select() cannot see (pynetdicom #528)
     dul = transport.assoc.dul
     # flag first, then look at the queues and who reads the socket: a put or a socket given
     # back after the look sees the flag and wakes us
@@ -173,6 +168,11 @@ def wait_ready(transport: Any, waker: Waker) -> bool:
         reader_elsewhere = transport.direct_reader
         if transport.has_unread() and not reader_elsewhere:
             return True                 # bytes the sending thread read and gave back
+        if isinstance(sock, ssl.SSLSocket) and not reader_elsewhere:
+            with transport.ssl_lock:    # the SSL object is never used by two threads at once
+                pending = sock.pending()
+            if pending:
+                return True             # decrypted bytes select() cannot see (pynetdicom #528)
         busy = (not dul.event_queue.empty() or not dul.to_provider_queue.empty()
                 or dul._kill_thread or waker.closed)
         # the waker is closed only by this thread (the DUL's, in close()) or once it ended;

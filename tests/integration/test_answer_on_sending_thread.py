@@ -1,5 +1,5 @@
 """A batch of direct C-STOREs whose answers the sending thread reads itself, against DCMTK
-storescp (agent.net.direct_response.take_reading / read_answer / end_reading).
+storescp, plain and over TLS (agent.net.direct_response.take_reading / read_answer / end_reading).
 
 Before, the DUL thread read every answer and handed it over through the DIMSE message queue:
 one wake-up of that thread per object (~0.25 ms of CPU per 0.5 MB object into Orthanc, issue
@@ -16,12 +16,20 @@ from typing import Any
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.presentation import build_context
-from support.peers import LOCALHOST, free_port, start_storescp, stop_process
+from support.certs import make_tls_world
+from support.peers import (
+    LOCALHOST,
+    free_port,
+    start_storescp,
+    start_storescp_tls,
+    stop_process,
+)
 from test_direct_store import SC, write_sc
 
 from agent.net import direct_response
 from agent.net.ae import AgentAE, associate
 from agent.net.direct_store import send_c_store_direct, supports
+from agent.net.tls import PeerTls, TlsIdentity
 
 OBJECTS = 10
 
@@ -36,12 +44,24 @@ def files(tmp_path: Path) -> list[Path]:
     return paths
 
 
-@pytest.fixture
-def storescp_port(tmp_path: Path) -> Iterator[int]:
+@pytest.fixture(params=["plain", "tls"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path
+            ) -> Iterator[tuple[int, PeerTls | None]]:
+    """storescp, plain or over TLS: its port and the TLS the agent's side needs."""
     port = free_port()
-    scp = start_storescp(tmp_path / "received", port)
+    tls = None
+    if request.param == "tls":
+        world = make_tls_world(tmp_path / "tls", key_type="rsa")
+        tls = PeerTls(TlsIdentity(world.client.certificate, world.client.private_key,
+                                  world.ca.certificate))
+        scp = start_storescp_tls(tmp_path / "received", port,
+                                 private_key=world.server.private_key,
+                                 certificate=world.server.certificate,
+                                 ca_file=world.ca.certificate)
+    else:
+        scp = start_storescp(tmp_path / "received", port)
     try:
-        yield port
+        yield port, tls
     finally:
         stop_process(scp)
 
@@ -63,9 +83,10 @@ def count_dul_reads(assoc: Any) -> list[int]:
 
 
 def test_within_a_batch_the_dul_reads_no_answer_and_gets_the_socket_back(
-        storescp_port: int, files: list[Path]) -> None:
-    assoc = associate(AgentAE("MODALITY1"), LOCALHOST, storescp_port, "STORESCP",
-                      contexts=[build_context(SC, [ExplicitVRLittleEndian])])
+        archive: tuple[int, PeerTls | None], files: list[Path]) -> None:
+    port, tls = archive
+    assoc = associate(AgentAE("MODALITY1"), LOCALHOST, port, "STORESCP",
+                      contexts=[build_context(SC, [ExplicitVRLittleEndian])], tls=tls)
     try:
         assert supports(assoc)
         reads = count_dul_reads(assoc)
@@ -86,7 +107,8 @@ def test_within_a_batch_the_dul_reads_no_answer_and_gets_the_socket_back(
 
 
 def test_an_answer_it_declines_is_pynetdicoms_and_the_batch_goes_on(
-        storescp_port: int, files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        archive: tuple[int, PeerTls | None], files: list[Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # every other answer declined after the sending thread read it: given back to the DUL,
     # which reads it again through pynetdicom; the next object takes the socket again
     original = direct_response.parse_store_response
@@ -97,8 +119,9 @@ def test_an_answer_it_declines_is_pynetdicoms_and_the_batch_goes_on(
         return original(body, expected) if expected.message_id % 2 else None
 
     monkeypatch.setattr(direct_response, "parse_store_response", every_other)
-    assoc = associate(AgentAE("MODALITY1"), LOCALHOST, storescp_port, "STORESCP",
-                      contexts=[build_context(SC, [ExplicitVRLittleEndian])])
+    port, tls = archive
+    assoc = associate(AgentAE("MODALITY1"), LOCALHOST, port, "STORESCP",
+                      contexts=[build_context(SC, [ExplicitVRLittleEndian])], tls=tls)
     try:
         reads = count_dul_reads(assoc)
         statuses = [send_c_store_direct(assoc, path, n + 1,
@@ -147,7 +170,7 @@ def test_answers_read_here_keep_the_network_timeout_from_running_out(tmp_path: P
 
 
 def test_a_dul_that_saw_the_answer_arrive_does_not_wait_for_more(
-        storescp_port: int, files: list[Path]) -> None:
+        archive: tuple[int, PeerTls | None], files: list[Path]) -> None:
     # the race the sending-memory test met 1 round in ~5: the DUL saw the socket readable
     # (the answer arriving), the sending thread read the answer and gave the socket back, then
     # the DUL took the read lock and read: it blocked in recv with nothing to read, and the
@@ -157,8 +180,9 @@ def test_a_dul_that_saw_the_answer_arrive_does_not_wait_for_more(
 
     ae = AgentAE("MODALITY1")
     ae.acse_timeout = 5
-    assoc = associate(ae, LOCALHOST, storescp_port, "STORESCP",
-                      contexts=[build_context(SC, [ExplicitVRLittleEndian])])
+    port, tls = archive
+    assoc = associate(ae, LOCALHOST, port, "STORESCP",
+                      contexts=[build_context(SC, [ExplicitVRLittleEndian])], tls=tls)
     try:
         assert send_c_store_direct(assoc, files[0], 1).status == 0
         assert direct_response.fast_responses(assoc) == 1
