@@ -313,16 +313,22 @@ def read_answer(assoc: Any, expected: Expected, timeout_s: float | None
     """
     dul = assoc.dul
     transport = dul.socket
-    sock: socket.socket = transport.socket
-    tls = isinstance(sock, ssl.SSLSocket)
+    sock: socket.socket | None = transport.socket
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    try:
+        if sock is None:
+            raise ValueError("socket closed")
+        poller.register(sock, select.POLLIN)
+    except (OSError, ValueError):
+        end_reading(assoc)              # closed under us: the DUL's state machine says how
+        return None
+    tls_sock = sock if isinstance(sock, ssl.SSLSocket) else None
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     data = bytearray()
     need = _PDU_HEADER_BYTES
     while len(data) < need:
         # decrypted bytes OpenSSL holds already are invisible to poll (pynetdicom #528)
-        if not (tls and _tls_pending(transport, sock)):
+        if not (tls_sock is not None and _tls_pending(transport, tls_sock)):
             wait_ms = (-1 if deadline is None
                        else max(0, int((deadline - time.monotonic()) * 1000)))
             if not poller.poll(wait_ms):
@@ -333,7 +339,8 @@ def read_answer(assoc: Any, expected: Expected, timeout_s: float | None
         # the answer whole in one call, usually; more than one PDU is given back below
         want = _PDU_HEADER_BYTES + MAX_FAST_PDU_BYTES - len(data)
         try:
-            chunk = (_recv_tls(transport, sock, want, deadline) if tls else sock.recv(want))
+            chunk = (_recv_tls(transport, tls_sock, want, deadline) if tls_sock is not None
+                     else sock.recv(want))
         except BlockingIOError:
             continue
         except TimeoutError:
