@@ -218,9 +218,17 @@ class NoDelayAssociationSocket(AssociationSocket):
 
     def unread(self, data: bytes | bytearray, error: BaseException | None = None) -> None:
         """Give back bytes read from this connection (and the error reading more met): the
-        next recv() calls return them first, as if they had never been read."""
+        next recv() calls return them first, as if they had never been read.
+
+        Bytes given back earlier and not read yet come after these (they were read after
+        them): the sending thread gives back a whole PDU it read, say an A-ABORT, and the
+        DUL's PDU reader gives back the header it took of it."""
+        if self._unread:
+            self._unread[:0] = data      # an error met beyond the older bytes stays theirs
+            return
+        pending_error = self._unread_error if self._unread is not None else None
         self._unread = bytearray(data)
-        self._unread_error = error
+        self._unread_error = error if error is not None else pending_error
 
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes > MAX_PDU_READ_BYTES:

@@ -195,3 +195,32 @@ def test_a_dul_that_saw_the_answer_arrive_does_not_wait_for_more(
     finally:
         if assoc.is_established:
             assoc.abort()
+
+
+def test_an_a_abort_instead_of_the_answer_ends_the_send_at_once(tmp_path: Path,
+                                                               files: list[Path]) -> None:
+    # storescp --abort-after sends A-ABORT (10 bytes) where the answer belongs: the sending
+    # thread reads it whole and gives it back; the DUL must get all 10 bytes again (it once got
+    # 6, and the send waited for the whole DIMSE timeout)
+    import time
+
+    port = free_port()
+    scp = start_storescp(tmp_path / "received", port, extra_args=["--abort-after"])
+    try:
+        ae = AgentAE("MODALITY1")
+        ae.dimse_timeout = 20
+        assoc = associate(ae, LOCALHOST, port, "STORESCP",
+                          contexts=[build_context(SC, [ExplicitVRLittleEndian])])
+        try:
+            started = time.monotonic()
+            response = send_c_store_direct(assoc, files[0], 1)
+            took = time.monotonic() - started
+            assert response.status is None
+            assert took < 5, f"the abort was seen only after {took:.1f} s"
+            assert not assoc.is_established
+            assert assoc.is_aborted or assoc.acse.is_aborted()
+        finally:
+            if assoc.is_established:
+                assoc.abort()
+    finally:
+        stop_process(scp)

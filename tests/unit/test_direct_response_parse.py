@@ -198,6 +198,36 @@ def test_unread_short_read_stays_short_on_a_closed_connection() -> None:
         assert transport.recv(10) == b"abc"
 
 
+def test_bytes_given_back_twice_keep_their_order() -> None:
+    # the sending thread gives back a whole A-ABORT PDU it read; the DUL's reader takes its
+    # 6-byte header, sees it is not an answer and gives the header back: all 10 bytes must
+    # come again, in order (the header once replaced the 4 bytes behind it)
+    a_abort = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])
+    ours, theirs = socket.socketpair()
+    ours.settimeout(2)                  # a lost byte fails the test instead of hanging it
+    with ours, theirs:
+        transport = bare_socket(ours)
+        transport.unread(a_abort)
+        head = transport.recv(6)
+        transport.unread(head)
+        assert transport.recv(6) == a_abort[:6]
+        assert transport.recv(4) == a_abort[6:]
+        theirs.sendall(b"next")
+        assert transport.recv(4) == b"next"
+
+
+def test_an_error_given_back_stays_behind_the_bytes_before_it() -> None:
+    ours, theirs = socket.socketpair()
+    ours.settimeout(2)
+    with ours, theirs:
+        transport = bare_socket(ours)
+        transport.unread(b"\x07\x00", ConnectionResetError("reset by peer"))
+        transport.unread(transport.recv(1))
+        assert transport.recv(2) == b"\x07\x00"
+        with pytest.raises(ConnectionResetError):
+            transport.recv(4)
+
+
 # --- file meta read without pydicom ----------------------------------------------------------
 
 def write_part10(path: Path, syntax: str, *, extra_meta: bool = False) -> None:
