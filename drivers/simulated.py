@@ -61,7 +61,9 @@ def bars(rows: int, columns: int, bits_stored: int, index: int,
     top = (1 << bits_stored) - 1
     levels = np.rint((7 - np.arange(8)) / 7 * top)
     dtype = np.uint8 if bits_stored <= 8 else np.uint16
-    return np.broadcast_to(levels[bar_of_column], (rows, columns)).astype(dtype)
+    # order="C": a frame laid out as a real device's buffer is (astype keeps a broadcast
+    # view's layout, and every later copy of a 1024² frame then walked it column-wise)
+    return np.broadcast_to(levels[bar_of_column], (rows, columns)).astype(dtype, order="C")
 
 
 def gradient(rows: int, columns: int, bits_stored: int, index: int,
@@ -78,7 +80,7 @@ def gradient(rows: int, columns: int, bits_stored: int, index: int,
         return np.rint(np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
     top = (1 << bits_stored) - 1
     dtype = np.uint8 if bits_stored <= 8 else np.uint16
-    return np.broadcast_to(np.rint(x * top), (rows, columns)).astype(dtype)
+    return np.broadcast_to(np.rint(x * top), (rows, columns)).astype(dtype, order="C")
 
 
 def noise(rows: int, columns: int, bits_stored: int, index: int, color: bool = False,

@@ -469,11 +469,28 @@ def check_image_pixel(frame: Frame) -> None:
 def pixel_data_bytes(frame: Frame) -> bytes:
     """The frame as a Pixel Data value: little endian, colour-by-pixel (Planar Configuration
     0), padded to even length with one zero byte (PS3.5 §8.1.1)."""
-    pixels = frame.pixels
-    data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+    data = _little_endian(frame.pixels).tobytes()    # C order, one copy
     if len(data) % 2:
         data += b"\x00"
     return data
+
+
+def _little_endian(pixels: np.ndarray) -> np.ndarray:
+    """`pixels` in little-endian byte order, the same array when it is so already. Not
+    `np.ascontiguousarray(pixels, dtype=...newbyteorder("<"))`: numpy copies for an explicit
+    '<' dtype even when the array's native one is the same, and a frame that is not
+    C-contiguous was copied again by tobytes(): 4 MB per 1024² 16-bit frame where 2 do (and
+    on a virtual machine every fresh page is a costly fault)."""
+    little = pixels.dtype.newbyteorder("<")
+    return pixels if pixels.dtype == little else pixels.astype(little)
+
+
+def _frame_bytes(pixels: np.ndarray) -> memoryview | bytes:
+    """The pixels' bytes in C order: a view when they lie so in memory, else one copy."""
+    pixels = _little_endian(pixels)
+    if pixels.flags.c_contiguous:
+        return memoryview(pixels).cast("B")
+    return pixels.tobytes()
 
 
 def add_image_pixel_module(ds: Dataset, frames: Frame | Sequence[Frame]) -> None:
@@ -497,8 +514,8 @@ def add_image_pixel_module(ds: Dataset, frames: Frame | Sequence[Frame]) -> None
 
 
 def _stacked_bytes(frames: Sequence[Frame]) -> bytes:
-    pixels = np.stack([frame.pixels for frame in frames])
-    data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+    # the pixels frame after frame, copied once (np.stack, then tobytes, made two or three)
+    data = b"".join([_frame_bytes(frame.pixels) for frame in frames])
     if len(data) % 2:
         data += b"\x00"
     return data

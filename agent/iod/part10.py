@@ -37,6 +37,8 @@ _CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 #: tag_in_exception() re-raises a UnicodeEncodeError as TypeError (wrong constructor args)
 _ENCODING_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
 
+PIXEL_DATA_TAG = 0x7FE00010
+
 
 def enforce_strict_writing() -> None:
     """Make pydicom raise, not warn and write '?', on a value it cannot encode.
@@ -176,7 +178,14 @@ def encode_part10(ds: Dataset, transfer_syntax: str = "explicit-little") -> byte
         out = Dataset(ds)   # a new top level sharing the elements: file_meta is ours alone
     else:
         out = compressed_copy(ds, transfer_syntax)
-    out.file_meta = _file_meta(ds, uid)
+    meta = _file_meta(ds, uid)
+    # native Pixel Data last: written after pydicom's bytes rather than through them, so the
+    # pixels are copied once (into the result) instead of three times (pydicom's buffer,
+    # its getvalue(), the caller's bytes); the same bytes as dcmwrite (tests/unit/test_part10_copies.py)
+    pixel_data = _trailing_native_pixel_data(out) if uid == ExplicitVRLittleEndian else None
+    if pixel_data is not None:
+        out = Dataset({tag: elem for tag, elem in out.items() if tag != PIXEL_DATA_TAG})
+    out.file_meta = meta
     fp = DicomBytesIO()
     try:
         dcmwrite(fp, out, enforce_file_format=True)
@@ -187,4 +196,24 @@ def encode_part10(ds: Dataset, transfer_syntax: str = "explicit-little") -> byte
         raise IODError(
             f"Part 10: the dataset cannot be encoded ({type(err).__name__})"
         ) from err
-    return fp.getvalue()
+    if pixel_data is None:
+        return fp.getvalue()
+    vr, value = pixel_data
+    # Explicit VR Little Endian, OB/OW: tag, VR, 2 reserved bytes, 4-byte length (PS3.5 7.1.2)
+    header = struct.pack("<HH2sHI", PIXEL_DATA_TAG >> 16, PIXEL_DATA_TAG & 0xFFFF,
+                         vr.encode("ascii"), 0, len(value))
+    return b"".join((fp.getvalue(), header, value))
+
+
+def _trailing_native_pixel_data(ds: Dataset) -> tuple[str, bytes] | None:
+    """(VR, value) of `ds`'s Pixel Data when it can be appended by hand: the dataset's last
+    element, OB or OW, a bytes value of even length (what build_image makes). None otherwise
+    (anything after it, an encapsulated or odd value): pydicom writes those itself."""
+    elem = ds.get_item(PIXEL_DATA_TAG)
+    if not isinstance(elem, DataElement) or elem.VR not in ("OB", "OW"):
+        return None
+    value = elem.value
+    if type(value) is not bytes or len(value) % 2 or len(value) >= 0xFFFFFFFF \
+            or elem.is_undefined_length or max(ds.keys()) != PIXEL_DATA_TAG:
+        return None
+    return elem.VR, value
