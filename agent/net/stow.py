@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from http import HTTPStatus
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import httpx
 from pydicom import Dataset
 
 from agent import __version__
@@ -46,6 +45,12 @@ from agent.net.status import (
     classify_store_status,
 )
 from agent.net.tls import PeerTls, client_context, tls_identity
+
+if TYPE_CHECKING:
+    # imported where a client is made or its errors are caught: the daemon imports this
+    # module for its config checks, and httpx (~3.4 MB, 50 modules) is for DICOMweb
+    # destinations only (issue 18 item 4a)
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -379,6 +384,8 @@ class DicomWebClient:
     def __init__(self, destination: DestinationSection, *, tls: ssl.SSLContext | None = None,
                  transport: httpx.BaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        import httpx
+
         self.destination = destination
         self._clock = clock
         self.url = destination.url.rstrip("/")
@@ -457,6 +464,8 @@ class DicomWebClient:
 
     def _post(self, sent: Sequence[str], body: Iterator[bytes],
               headers: dict[str, str]) -> StowOutcome:
+        import httpx
+
         try:
             with self._client.stream("POST", f"{self.url}/studies", content=body,
                                      headers=headers) as response:
@@ -528,6 +537,8 @@ class DicomWebClient:
         return self._qido(sop_instance_uid, {sop_instance_uid}).get(sop_instance_uid)
 
     def _qido(self, value: str, wanted: set[str]) -> dict[str, str]:
+        import httpx
+
         headers = self._headers(DICOM_JSON)
         try:
             response = self._client.get(
@@ -565,6 +576,8 @@ class DicomWebClient:
     def probe(self) -> tuple[bool, str, float]:
         """`echo`/`selftest`: GET <url>/studies?limit=1 with the credentials; (ok, detail,
         seconds). Never raises for a network or credentials problem: it is the answer."""
+        import httpx
+
         started = time.monotonic()
         try:
             response = self._client.get(f"{self.url}/studies", params={"limit": "1"},
