@@ -489,7 +489,7 @@ def _frame_bytes(pixels: np.ndarray) -> memoryview | bytes:
     """The pixels' bytes in C order: a view when they lie so in memory, else one copy."""
     pixels = _little_endian(pixels)
     if pixels.flags.c_contiguous:
-        return memoryview(pixels).cast("B")
+        return pixels.data.cast("B")
     return pixels.tobytes()
 
 

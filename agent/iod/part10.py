@@ -179,9 +179,9 @@ def encode_part10(ds: Dataset, transfer_syntax: str = "explicit-little") -> byte
     else:
         out = compressed_copy(ds, transfer_syntax)
     meta = _file_meta(ds, uid)
-    # native Pixel Data last: written after pydicom's bytes rather than through them, so the
-    # pixels are copied once (into the result) instead of three times (pydicom's buffer,
-    # its getvalue(), the caller's bytes); the same bytes as dcmwrite (tests/unit/test_part10_copies.py)
+    # native Pixel Data last: appended to pydicom's bytes rather than written through them,
+    # so the pixels are copied once (into the result), not twice (pydicom's buffer, then its
+    # getvalue()); the same bytes as dcmwrite (tests/unit/test_part10_copies.py)
     pixel_data = _trailing_native_pixel_data(out) if uid == ExplicitVRLittleEndian else None
     if pixel_data is not None:
         out = Dataset({tag: elem for tag, elem in out.items() if tag != PIXEL_DATA_TAG})
