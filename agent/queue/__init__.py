@@ -7,7 +7,7 @@ needs (huey's "opaque chunk of data").
 from agent.queue.maintenance import BackupReport, VerifyReport, backup_spool, verify_spool
 from agent.queue.schema import SCHEMA_VERSION
 from agent.queue.spool import Spool, write_durably
-from agent.queue.store import QueueStore, ReportOutcome
+from agent.queue.store import NewObject, QueueStore, ReportOutcome
 
-__all__ = ["SCHEMA_VERSION", "BackupReport", "QueueStore", "ReportOutcome", "Spool",
+__all__ = ["SCHEMA_VERSION", "BackupReport", "NewObject", "QueueStore", "ReportOutcome", "Spool",
            "VerifyReport", "backup_spool", "verify_spool", "write_durably"]

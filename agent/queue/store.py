@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from agent import crashpoints
 from agent.errors import AlreadyQueuedError, QueueError, SpoolFullError, UnknownQueueItemError
 from agent.queue import schema
-from agent.queue.spool import Spool, install_synced, write_synced
+from agent.queue.spool import Spool, fsync_dir, install_synced, write_synced
 from agent.records import (
     DELIVERED_STATES,
     CommitmentResult,
@@ -37,6 +37,16 @@ logger = logging.getLogger(__name__)
 
 S = DeliveryState
 _V = TypeVar("_V")
+
+
+@dataclass(frozen=True)
+class NewObject:
+    """A Part 10 object to queue: its bytes and the UIDs the network needs."""
+
+    payload: bytes
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
 
 #: Failure Reason (PS3.4 J.3.3.1.2, Table J.3-2): the archive does not hold the object → resend
 FAILURE_NO_SUCH_OBJECT = 0x0112
@@ -483,53 +493,80 @@ class QueueStore:
             UID is already queued (a second copy under the same UID would be a different
             object).
         """
+        return self.enqueue_many([NewObject(payload, sop_instance_uid, sop_class_uid,
+                                            transfer_syntax_uid)])[0]
+
+    def enqueue_many(self, objects: Sequence[NewObject]) -> list[QueuedObject]:
+        """Store several objects durably as one group, all or none: each file written and
+        fsynced, then one transaction with their rows, the renames and one fsync of the
+        folder. One object costs three flushes to disk (its file, the folder, the commit); a
+        group of n costs n + 2, which is what lets a capture that fell behind a slow disk
+        catch up (the frames that waited in its buffer are queued together).
+
+        Raises
+        ------
+        QueueError
+            As `enqueue`, for the group: when it is raised, none of them is queued (queue them
+            one at a time to keep those that fit).
+        """
+        if not objects:
+            return []
         now = self._now()
-        self.check_room(len(payload))
-        sha256 = hashlib.sha256(payload).hexdigest()
-        tmp = self.spool.tmp_path(uuid.uuid4().hex)
+        self.check_room(sum(len(obj.payload) for obj in objects))
+        staged: list[tuple[NewObject, Path, str]] = []
         try:
-            write_synced(tmp, payload)
+            for obj in objects:
+                tmp = self.spool.tmp_path(uuid.uuid4().hex)
+                staged.append((obj, tmp, hashlib.sha256(obj.payload).hexdigest()))
+                write_synced(tmp, obj.payload)
             crashpoints.reached("after_tmp_write")
         except OSError as err:
-            tmp.unlink(missing_ok=True)
+            self._discard([tmp for _, tmp, _ in staged], [])
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(f"spool {self.spool.root}: disk full") from err
             raise QueueError(f"spool write failed: {err.strerror}") from err
-        final: Path | None = None
+        placed: list[Path] = []
+        queued: list[QueuedObject] = []
         try:
             with self._tx() as conn:
-                cur = conn.execute(
-                    "INSERT INTO objects (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-                    " size_bytes, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (sop_instance_uid, sop_class_uid, transfer_syntax_uid, len(payload),
-                     sha256, now),
-                )
-                queue_id = int(cur.lastrowid or 0)
-                conn.executemany(
-                    "INSERT INTO deliveries (queue_id, destination, state, next_attempt_at,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?)",
-                    [(queue_id, dest, S.PENDING, now, now) for dest in self.targets()],
-                )
-                final = self.spool.object_path(queue_id)
-                # the file is in place before the row commits: a row never points at nothing
-                install_synced(tmp, final)
+                for obj, tmp, sha256 in staged:
+                    cur = conn.execute(
+                        "INSERT INTO objects (sop_instance_uid, sop_class_uid,"
+                        " transfer_syntax_uid, size_bytes, sha256, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (obj.sop_instance_uid, obj.sop_class_uid, obj.transfer_syntax_uid,
+                         len(obj.payload), sha256, now),
+                    )
+                    queue_id = int(cur.lastrowid or 0)
+                    conn.executemany(
+                        "INSERT INTO deliveries (queue_id, destination, state,"
+                        " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                        [(queue_id, dest, S.PENDING, now, now) for dest in self.targets()],
+                    )
+                    final = self.spool.object_path(queue_id)
+                    os.replace(tmp, final)
+                    placed.append(final)
+                    queued.append(QueuedObject(queue_id, obj.sop_instance_uid,
+                                               obj.sop_class_uid, obj.transfer_syntax_uid,
+                                               len(obj.payload), sha256, now))
+                # the files are in place before the rows commit: a row never points at nothing
+                fsync_dir(self.spool.objects_dir)
                 crashpoints.reached("after_rename")
         except sqlite3.IntegrityError as err:
-            tmp.unlink(missing_ok=True)
+            self._discard([tmp for _, tmp, _ in staged], placed)
+            uids = [obj.sop_instance_uid for obj in objects]
             raise AlreadyQueuedError(
-                f"SOP Instance UID {sop_instance_uid} is already queued"
+                f"SOP Instance UID {uids[0]} is already queued" if len(uids) == 1 else
+                f"one of the SOP Instance UIDs {', '.join(uids)} is already queued"
             ) from err
         except (QueueError, OSError) as err:
-            # the row did not commit: neither file may stay (it was never acknowledged)
-            tmp.unlink(missing_ok=True)
-            if final is not None:
-                final.unlink(missing_ok=True)
+            # the rows did not commit: none of the files may stay (never acknowledged)
+            self._discard([tmp for _, tmp, _ in staged], placed)
             if isinstance(err, QueueError):
                 raise
             raise QueueError(f"queue write failed: {err}") from err
         crashpoints.reached("after_enqueue")
-        return QueuedObject(queue_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
-                            len(payload), sha256, now)
+        return queued
 
     # -- archive groups ----------------------------------------------------------------------
     def targets(self) -> tuple[str, ...]:
