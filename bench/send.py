@@ -406,8 +406,7 @@ def _report(rows: list[Row], ceilings: list[float], ceiling_total: int, scp_kind
         cpu_ms = statistics.median(row.cpu_s) / row.objects * 1000 if row.cpu_s else None
         ref_cpu = parallel_cpu.get((row.size, row.receiver))
         entry["cpu_ms_per_object"] = cpu_ms
-        entry["cpu_vs_storescu_parallel"] = cpu_ms / 1000 / ref_cpu if cpu_ms and ref_cpu \
-            else None
+        entry["cpu_vs_storescu_parallel"] = cpu_ratio(cpu_ms, ref_cpu)
         if row.seconds:
             stats = row.stats()
             ref = reference.get((row.size, row.receiver))
@@ -428,7 +427,7 @@ def _report(rows: list[Row], ceilings: list[float], ceiling_total: int, scp_kind
                       f"{ratio:.0%}" if ratio else "-", f"{ratio_n:.0%}" if ratio_n else "-",
                       cpu_ms,
                       f"{entry['cpu_vs_storescu_parallel']:.1f}x"
-                      if entry["cpu_vs_storescu_parallel"] else "-",
+                      if entry["cpu_vs_storescu_parallel"] is not None else "-",
                       f"{lat['p50']:.0f}/{lat['p99']:.0f}/{lat['max']:.0f}" if lat else
                       f"(mean {entry['mean_ms_per_object_whole_run']:.0f})"
                       if "mean_ms_per_object_whole_run" in entry else "-",
@@ -497,6 +496,16 @@ def _report(rows: list[Row], ceilings: list[float], ceiling_total: int, scp_kind
              "fair_runs": runs,
              "rows": json_rows, "tls": tls_result},
             [text, tls_text])
+
+
+def cpu_ratio(cpu_ms_per_object: float | None, ref_cpu_s_per_object: float | None
+              ) -> float | None:
+    """CPU per object against the reference's; None only when there is nothing to divide by.
+    A measured 0 (a short run within one clock tick of /proc's CPU times) is 0, not missing:
+    the tiny bench's agent sometimes finishes within a tick."""
+    if cpu_ms_per_object is None or not ref_cpu_s_per_object:
+        return None
+    return cpu_ms_per_object / 1000 / ref_cpu_s_per_object
 
 
 def _median_s(rows: list[Row], size: str, receiver: str, tool: str) -> float | None:

@@ -45,6 +45,16 @@ def test_a_stall_in_a_run_is_counted() -> None:
 
 
 @pytest.mark.usefixtures("bench_on_path")
+def test_cpu_measured_as_zero_is_a_ratio_of_zero() -> None:
+    from bench.send import cpu_ratio
+
+    # CI: a tiny run's agent finished within one clock tick, and the report said None
+    assert cpu_ratio(0.0, 0.002) == 0.0
+    assert cpu_ratio(1.0, 0.002) == pytest.approx(0.5)
+    assert cpu_ratio(None, 0.002) is None
+    assert cpu_ratio(1.0, 0.0) is None and cpu_ratio(1.0, None) is None
+
+
 def test_rss_slope_is_least_squares() -> None:
     from bench.soak import least_squares_slope
 
