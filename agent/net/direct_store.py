@@ -172,12 +172,24 @@ def send_c_store_direct(assoc: Any, path: StrPath, msg_id: int, *,
         try:
             response = _send_open_file(assoc, fd, path, msg_id)
         finally:
+            _drop_cached(fd)
             os.close(fd)
         keep_reading = more_follow
         return response
     finally:
         if not keep_reading:
             direct_response.end_reading(assoc)
+
+
+def _drop_cached(fd: int) -> None:
+    """On the wire, the file's pages are of no use in the page cache: a resend reads it from
+    disk, and the next frame's spool write reuses the pages (agent.queue.spool.drop_cached
+    says why that matters; the same advice here, the queue not being the network's to
+    import). Advice only: refused, nothing changes."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
 
 
 def _send_open_file(assoc: Any, fd: int, path: StrPath, msg_id: int) -> StoreResponse:
