@@ -8,8 +8,8 @@ frames the capture thread was too late to read: the simulated driver hands a lat
 next frame at once but keeps at most one interval of lag, so a real device would have lost
 30 x (first → last frame time) + 1 - frames read. `dropped` is their sum. The spool's write
 rate (bytes queued / capture time) is set against the disk's own rate for the same pattern
-(2 MB files: write, fsync, rename, fsync the folder), measured on the same file system just
-before and just after the capture.
+(2 MB files: write, fsync, drop from the page cache, rename, fsync the folder), measured on
+the same file system just before and just after the capture.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ RATE = 30.0
 
 
 def disk_fsync_rate(folder: Path, *, object_bytes: int, seconds: float) -> float:
-    """Bytes per second of durable object writes: tmp file, write, fsync, rename, fsync dir."""
+    """Bytes per second of durable object writes as the spool makes them: tmp file, write,
+    fsync, drop its pages from the page cache (agent.queue.spool.drop_cached: without it, on
+    the project's VM, this rate swung between ~60 and ~900 MB/s with how long the kernel's
+    free pages had lain unused, not with the disk), rename, fsync dir."""
     folder.mkdir(parents=True, exist_ok=True)
     payload = os.urandom(object_bytes)
     written = 0
@@ -57,6 +60,7 @@ def disk_fsync_rate(folder: Path, *, object_bytes: int, seconds: float) -> float
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
         os.replace(tmp, folder / f"{index}.dcm")
