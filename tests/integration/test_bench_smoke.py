@@ -55,6 +55,25 @@ def test_cpu_measured_as_zero_is_a_ratio_of_zero() -> None:
     assert cpu_ratio(1.0, 0.0) is None and cpu_ratio(1.0, None) is None
 
 
+def test_tls_ratio_of_ratios_sets_like_against_like() -> None:
+    from bench.send import DEFAULT_ASSOCIATIONS, Row, _tls_report, tls_ratio
+
+    assert tls_ratio(0.6, 0.8) == pytest.approx(0.75)
+    assert tls_ratio(None, 0.8) is None and tls_ratio(0.6, None) is None
+    # synthetic medians (seconds): the agent loses 40 % to TLS, one storescu 20 %, storescu
+    # as N processes 40 % as well
+    seconds = {("storescp", "agent"): 1.0, ("storescp-tls", "agent"): 1 / 0.6,
+               ("storescp", "storescu"): 2.0, ("storescp-tls", "storescu"): 2 / 0.8,
+               ("storescp", "storescu-parallel"): 1.2,
+               ("storescp-tls", "storescu-parallel"): 1.2 / 0.6}
+    rows = [Row("0.5 MB", receiver, tool, 10, 5_000_000, seconds=[value],
+                receiver_name=receiver) for (receiver, tool), value in seconds.items()]
+    result, text = _tls_report(rows)
+    assert result["ratio_of_ratios"] == pytest.approx(0.75)
+    assert result["ratio_of_ratios_parallel"] == pytest.approx(1.0)
+    assert f"vs storescu x {DEFAULT_ASSOCIATIONS}" in text
+
+
 def test_rss_slope_is_least_squares() -> None:
     from bench.soak import least_squares_slope
 
@@ -83,6 +102,9 @@ def test_every_scenario_runs_at_tiny_size() -> None:
     assert isinstance(send["stalls"], int) and send["stalls"] >= 0
     assert all(is_number(send["latency_ms"][k]) for k in ("p50", "p99", "max"))
     assert is_number(send["cpu_per_object_vs_storescu"])
+    # TLS: issue 14's ratio of ratios against one storescu, and like for like against N
+    assert is_number(send["tls"]["ratio_of_ratios"])
+    assert is_number(send["tls"]["ratio_of_ratios_parallel"])
     assert is_number(report["footprint"]["idle_pss_mb"]) and report["footprint"]["idle_pss_mb"] > 0
     assert is_number(report["soak"]["rss_slope_mb_per_1000"])
     assert report["capture"]["frames"] > 0 and report["capture"]["dropped"] >= 0
