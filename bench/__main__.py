@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.common import PROFILE, SCALE, TRACEMALLOC, Workspace, say
 
-SCENARIOS = ("send", "restart", "capture", "build", "e2e", "soak", "footprint")
+SCENARIOS = ("send", "scaling", "restart", "capture", "build", "e2e", "soak", "footprint")
 ALIASES = {"end-to-end": "e2e", "endtoend": "e2e"}
 #: run only when named: `fleet` starts a database, two Orthanc nodes and --agents daemons
 NAMED_ONLY = ("fleet",)

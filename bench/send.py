@@ -216,13 +216,16 @@ def warm_cache(files: Sequence[Path]) -> None:
                 pass
 
 
-def _run_dcmtk(ws: Workspace, tool: str, receiver: Receiver, files: list[Path]) -> RunResult:
+def _run_dcmtk(ws: Workspace, tool: str, receiver: Receiver, files: list[Path],
+               parts: int | None = None) -> RunResult:
     """storescu (one process) or storescu/dcmsend as N processes started together on the
     files split N ways (round robin), each with its own association; timed by wall clock
     from the first start to the last exit, CPU summed over the processes (getrusage of the
-    children waited for in between: only these)."""
+    children waited for in between: only these). `parts`: N (default: the agent's default
+    number of associations for the "-parallel" tools)."""
     log = ws.root / f"send-{tool}.log"
-    parts = 1 if tool == "storescu" else DEFAULT_ASSOCIATIONS
+    if parts is None:
+        parts = 1 if tool == "storescu" else DEFAULT_ASSOCIATIONS
     tls_args = receiver.tls.dcmtk_args("client") if receiver.tls else []
     commands = []
     for index in range(parts):

@@ -74,6 +74,32 @@ def test_tls_ratio_of_ratios_sets_like_against_like() -> None:
     assert f"vs storescu x {DEFAULT_ASSOCIATIONS}" in text
 
 
+@pytest.mark.usefixtures("bench_on_path")
+def test_scaling_reports_each_row_against_the_best_rate() -> None:
+    from bench.scaling import Cell, busy_share, report
+
+    # /proc/stat ticks: 100 in all, 25 of them idle or waiting
+    assert busy_share((1000, 400), (1100, 425)) == pytest.approx(0.75)
+    assert busy_share((1000, 400), (1000, 400)) is None
+    cells = [Cell("agent", 3, seconds=[2.0, 1.0, 1.1], archive_cpu_s=[0.4, 0.4, 0.5]),
+             Cell("storescu", 3, seconds=[1.0, 1.2, 0.8], busy=[0.8]),
+             Cell("agent", 6, seconds=[0.5], archive_cpu_s=[0.3]),
+             Cell("storescu", 6, problems=["exit 1"])]
+    result, [text] = report(cells, count=100)
+    assert result["ceiling_objects_per_s"] == pytest.approx(200.0)        # agent x 6
+    by = {(r["sender"], r["n"]): r for r in result["rows"]}
+    assert by[("agent", 3)]["objects_per_s"] == pytest.approx(100 / 1.1)
+    assert by[("agent", 3)]["share_of_ceiling"] == pytest.approx(100 / 1.1 / 200)
+    assert by[("agent", 3)]["archive_cpu_ms_per_object"] == pytest.approx(4.0)
+    assert by[("storescu", 3)]["machine_busy"] == pytest.approx(0.8)
+    assert by[("storescu", 6)]["objects_per_s"] is None
+    assert by[("storescu", 6)]["problems"] == ["exit 1"]
+    # storescu x 3 at 1.0 s, the agent at 1.1 s
+    assert result["ratio_by_n"]["3"] == pytest.approx(1.0 / 1.1)
+    assert result["ratio_by_n"]["6"] is None
+    assert "N=3 0.91" in text and "exit 1" in text
+
+
 def test_rss_slope_is_least_squares() -> None:
     from bench.soak import least_squares_slope
 
@@ -88,7 +114,7 @@ def test_every_scenario_runs_at_tiny_size() -> None:
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
-    for scenario in ("send", "restart", "capture", "build", "e2e", "soak", "footprint"):
+    for scenario in ("send", "scaling", "restart", "capture", "build", "e2e", "soak", "footprint"):
         assert scenario in report, scenario
         assert not report[scenario].get("error"), (scenario, report[scenario]["error"])
     send = report["send"]
