@@ -52,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
                         "(slows them down: its RSS figures are not the agent's)")
     parser.add_argument("--agents", type=int, metavar="N",
                         help="fleet: agent daemons to start (default 10; --quick: 2)")
+    parser.add_argument("--soak-objects", type=int, metavar="N",
+                        help="soak: objects in all (default 10,000; --quick: 2,000); issue 18 "
+                        "judges the RSS slope over 50,000")
     args = parser.parse_args(argv)
+    if args.soak_objects is not None:
+        if args.soak_objects < 6:
+            parser.error("--soak-objects: at least 6 (one per acquisition)")
+        from bench import soak
+        soak.OBJECTS["n"] = args.soak_objects
     if args.agents is not None:
         from bench import fleet
         fleet.AGENTS["n"] = args.agents

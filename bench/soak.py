@@ -177,8 +177,13 @@ def snapshot_growth(first: Path, last: Path, top: int = TRACEMALLOC_TOP) -> list
     return grown
 
 
+#: `--soak-objects N`: objects for the whole soak instead of the default (issue 18 item 4b
+#: asks for a flat RSS over 50,000; the full run's 10,000 keeps it at ~4 minutes)
+OBJECTS: dict[str, int | None] = {"n": None}
+
+
 def run(ws: Workspace, *, quick: bool, repeats: int) -> tuple[dict[str, Any], list[str]]:
-    objects = 40 if tiny() else 2_000 if quick else 10_000
+    objects = OBJECTS["n"] or (40 if tiny() else 2_000 if quick else 10_000)
     per_round = objects // ROUNDS
     listener_port = free_port()
     orthanc = ws.orthanc("orthanc-soak", agent_listener_port=listener_port)

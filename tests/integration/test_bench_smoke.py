@@ -135,3 +135,11 @@ def test_every_scenario_runs_at_tiny_size() -> None:
     assert is_number(report["soak"]["rss_slope_mb_per_1000"])
     assert report["capture"]["frames"] > 0 and report["capture"]["dropped"] >= 0
     assert report["restart"]["queued"] > 1 and report["restart"]["seconds_to_first_store"] > 0
+
+
+def test_soak_objects_below_one_per_acquisition_is_refused() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "soak", "--soak-objects", "5"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "--soak-objects: at least 6" in result.stderr
