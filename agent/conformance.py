@@ -573,6 +573,10 @@ def _ae_specification(config: AgentConfig) -> list[Section]:
                  str(network_ae.implementation_version_name)),
                 ("Implementation Class UID (Part 10 files)", IMPLEMENTATION_CLASS_UID),
                 ("Implementation Version Name (Part 10 files)", IMPLEMENTATION_VERSION_NAME),
+                # the network identity is the agent's own (agent.implementation): say what it is
+                # built on, for a peer's engineer who knows those libraries' behaviour
+                ("DICOM libraries", "pynetdicom (associations, DIMSE), pydicom (data sets, "
+                 "Part 10 files)"),
                 ("TCP connection timeout", f"{CONNECTION_TIMEOUT_S:g} s"),
                 ("ACSE timeout (associations we open)", f"{ACSE_TIMEOUT_S:g} s"),
                 ("ACSE timeout (listener)", f"{LISTENER_ACSE_TIMEOUT_S:g} s"),

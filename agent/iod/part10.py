@@ -16,15 +16,12 @@ from pydicom.filewriter import dcmwrite, write_data_element
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless
 
 from agent.errors import IODError
+
+# re-exported: agent.iod and its callers have always taken them from here
+from agent.implementation import IMPLEMENTATION_CLASS_UID as IMPLEMENTATION_CLASS_UID
+from agent.implementation import IMPLEMENTATION_VERSION_NAME as IMPLEMENTATION_VERSION_NAME
 from agent.iod.transfer_syntax import encoder_status, transfer_syntax_uid
 from agent.iod.uids import is_valid_uid
-
-#: our Implementation Class UID (PS3.7 D.3.3.2), made once from a UUID under 2.25; never change
-#: it for the same implementation version: peers may key work-arounds on it
-IMPLEMENTATION_CLASS_UID = "2.25.280777476021075484815203542916037057289"
-
-#: PS3.7 D.3.3.2: at most 16 characters; bump with every release that changes the encoding
-IMPLEMENTATION_VERSION_NAME = "MODAGENT_010"
 
 #: smallest Rows/Columns OpenJPEG (pylibjpeg-openjpeg 2.x) can encode with its fixed 6 DWT
 #: resolutions

@@ -48,6 +48,7 @@ from agent.errors import (
     PeerUnreachable,
     TlsHandshakeError,
 )
+from agent.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from agent.net import quiet_reactor
 from agent.net.quiet_reactor import Waker, wait_ready
 from agent.net.tls import (
@@ -380,6 +381,10 @@ class AgentAE(AE):  # type: ignore[misc]
 
     def __init__(self, ae_title: str) -> None:
         super().__init__(ae_title=ae_title)
+        # the agent's identity in A-ASSOCIATE-RQ/-AC, as in its files (agent.implementation),
+        # instead of pynetdicom's own
+        self.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        self.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         self.connection_timeout = CONNECTION_TIMEOUT_S
         self.acse_timeout = ACSE_TIMEOUT_S
         self.dimse_timeout = DIMSE_TIMEOUT_S

@@ -18,6 +18,7 @@ FORBIDDEN: list[tuple[str, tuple[str, ...]]] = [
     ("agent.queue", ("pydicom", "pynetdicom", "agent.iod", "agent.net", "drivers")),
     ("agent.records", ("agent.", "drivers", "pydicom", "pynetdicom")),
     ("agent.errors", ("agent.", "drivers", "pydicom", "pynetdicom")),
+    ("agent.implementation", ("agent.", "drivers", "pydicom", "pynetdicom")),
     ("agent.config", ("agent.iod", "agent.net", "agent.queue", "drivers", "pydicom",
                       "pynetdicom")),
     ("agent.net", ("agent.queue", "agent.iod", "agent.daemon", "agent.cli", "drivers")),
